@@ -1,0 +1,118 @@
+"""The engine's public surface for front ends (the TUI, the CLI, tests).
+
+A front end talks to a `ChatEngine`: it asks for a model to be loaded and for
+answers to be generated, and receives plain-Python events through callbacks.
+The callbacks run on the engine's own worker thread, so a UI must hand them
+over to its event loop (Textual: ``post_message``, which is thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from engine.events import GenerationResult, LoadProgress, TokenEvent
+
+MIN_EFFORT = 0.05
+
+
+class EffortSetting:
+    """The live effort dial: written by the UI thread, read by the engine before every token."""
+
+    def __init__(self, value: float = 1.0, cap: float = 1.0) -> None:
+        self._lock = threading.Lock()
+        self._cap = cap
+        self._value = self._clamp(value)
+
+    def _clamp(self, value: float) -> float:
+        return max(MIN_EFFORT, min(self._cap, float(value)))
+
+    def get(self) -> float:
+        with self._lock:
+            return self._value
+
+    def set(self, value: float) -> float:
+        """Set the effort (clamped to [MIN_EFFORT, cap]); returns the value now in force."""
+        with self._lock:
+            self._value = self._clamp(value)
+            return self._value
+
+    def step(self, delta: float) -> float:
+        with self._lock:
+            self._value = self._clamp(round(self._value + delta, 4))
+            return self._value
+
+    @property
+    def cap(self) -> float:
+        """The highest effort the loaded weights allow (below 1.0 with --load-ranks)."""
+        return self._cap
+
+    def set_cap(self, cap: float) -> None:
+        with self._lock:
+            self._cap = max(MIN_EFFORT, min(1.0, cap))
+            self._value = self._clamp(self._value)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What to answer: chat messages rendered through the model's template, or a raw prompt."""
+
+    messages: list[dict[str, str]] = field(default_factory=list)  # [{"role": ..., "content": ...}]
+    raw_prompt: str | None = None  # used verbatim (no chat template) when set
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str  # alias or file/folder name shown to the user
+    path: str
+    architecture: str
+    backend: str  # "metal" | "cuda" | "cpu"
+    device: str  # e.g. "Apple M2 Pro", "NVIDIA H100", "AMD EPYC (2 threads)"
+    context_limit: int
+    parameters: int
+    effort_cap: float = 1.0  # < 1.0 when loaded with --load-ranks
+    resident_bytes: int = 0
+
+
+class GenerationHandle(Protocol):
+    def cancel(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> GenerationResult | None: ...
+
+
+class ChatEngine(Protocol):
+    """What a front end needs from an engine; `engine.worker.EngineWorker` is the real one."""
+
+    effort: EffortSetting
+
+    def load(
+        self,
+        model: str,
+        on_progress: Callable[[LoadProgress], None],
+        on_done: Callable[[ModelInfo | None, str | None], None],
+    ) -> None:
+        """Load `model` (alias, GGUF path or HF folder) on the worker thread.
+
+        `on_done(info, None)` on success, `on_done(None, one_line_error)` on failure.
+        """
+
+    def generate(
+        self,
+        request: ChatRequest,
+        on_token: Callable[[TokenEvent], None],
+        on_done: Callable[[GenerationResult], None],
+    ) -> GenerationHandle:
+        """Start answering; returns at once. `on_done` is always called exactly once."""
+
+    def close(self) -> None: ...

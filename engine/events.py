@@ -1,0 +1,64 @@
+"""Plain-Python values that cross from the engine's worker thread to its callers.
+
+Nothing here holds an MLX array: the UI (and any other caller) only ever sees
+str / int / float, so it can never block on, or race with, MLX work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "context", "error"]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token, reported as soon as it exists."""
+
+    text: str  # the text this token completes (may be "" while UTF-8 is incomplete)
+    token_id: int
+    step_s: float  # wall-clock seconds between this token and the previous one (TTFT for the first)
+    effort: float  # the effort the user asked for when this token was computed
+    effective_effort: float  # share of projection weights actually multiplied for this token
+    index: int  # 1 for the first generated token
+    prompt_tokens: int
+    prompt_tps: float
+    ttft_s: float
+    context_used: int  # tokens in the KV cache after this token
+    context_limit: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The whole answer, delivered once after the last TokenEvent."""
+
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    prompt_tokens: int
+    generated_tokens: int
+    prompt_tps: float
+    decode_tps: float
+    ttft_s: float
+    finish_reason: FinishReason
+    effort_trace: list[float] = field(default_factory=list)  # requested effort per generated token
+    effective_trace: list[float] = field(default_factory=list)
+    step_trace: list[float] = field(default_factory=list)  # seconds per generated token
+    peak_memory_bytes: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Progress of a long load step: downloading, reading, converting."""
+
+    stage: str  # "download" | "verify" | "read" | "convert" | "load"
+    done: float  # bytes or items done
+    total: float  # bytes or items in all (0 when unknown)
+    unit: str = "B"  # "B" for bytes, "" for items
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
