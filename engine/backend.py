@@ -1,0 +1,50 @@
+"""Which MLX device we compute on, and the settings that follow from it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+# The CPU allocator keeps at most 32 MB of freed buffers by default; any op whose
+# output is larger is re-allocated and page-faulted on every step (~10x slower).
+CPU_CACHE_LIMIT = 8 << 30
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # "metal" | "cuda" | "cpu"
+    device: str  # human-readable device name
+    dtype: mx.Dtype  # compute / weight dtype for the dense MLX path
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def detect() -> Backend:
+    """Pick Metal, then CUDA, then the CPU, and configure MLX for it (once)."""
+    forced = os.environ.get("EFFORT_BACKEND", "").lower()
+    if forced not in ("", "cpu", "metal", "cuda"):
+        forced = ""
+    if forced in ("", "metal") and mx.metal.is_available():
+        info = mx.device_info()
+        return Backend("metal", str(info.get("device_name", "Apple GPU")), mx.float16)
+    if forced in ("", "cuda") and mx.cuda.is_available():
+        info = mx.device_info()
+        return Backend("cuda", str(info.get("device_name", "NVIDIA GPU")), mx.float16)
+    mx.set_default_device(mx.cpu)
+    mx.set_cache_limit(CPU_CACHE_LIMIT)
+    threads = os.cpu_count() or 1
+    return Backend("cpu", f"{_cpu_name()} ({threads} threads)", mx.float32)

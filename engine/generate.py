@@ -1,0 +1,138 @@
+"""The token loop: dense prefill, then one decode step per token at the effort in force.
+
+`Generator` keeps the KV cache between calls and reuses the longest common
+prefix of the previous and the new prompt, so a chat that resends its whole
+history only pays for the new turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from engine.api import EffortSetting, SamplingSettings
+from engine.errors import ContextLimitError
+from engine.events import GenerationResult, TokenEvent
+from engine.sampler import Sampler
+
+
+class Runtime(Protocol):
+    """A model ready to run: the MLX one, or a native CPU one."""
+
+    context_limit: int
+
+    def reset(self, keep: int) -> None:
+        """Keep the first `keep` cached positions, drop the rest."""
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids` to the cache (dense, batched); return the last position's logits."""
+
+    def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
+        """Append one token at `effort`; return (logits, effective effort)."""
+
+    def peak_memory(self) -> int: ...
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class Generator:
+    def __init__(self, runtime: Runtime, stop_ids: frozenset[int], stream_factory: Callable) -> None:
+        self.runtime = runtime
+        self.stop_ids = stop_ids
+        self.stream_factory = stream_factory  # () -> StreamDecoder
+        self._cached: list[int] = []  # token ids whose K/V are in the runtime's cache
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingSettings,
+        effort: EffortSetting,
+        cancel: threading.Event | None = None,
+        on_token: Callable[[TokenEvent], None] | None = None,
+    ) -> GenerationResult:
+        limit = self.runtime.context_limit
+        prompt_ids = list(prompt_ids)
+        if not prompt_ids:
+            raise ContextLimitError("the prompt is empty")
+        if len(prompt_ids) >= limit:
+            raise ContextLimitError(
+                f"the prompt has {len(prompt_ids)} tokens but the model's context holds {limit}; "
+                "start a new chat or shorten the prompt"
+            )
+        sampler = Sampler(sampling)
+        decoder = self.stream_factory()
+
+        start = time.perf_counter()
+        # Reuse the cached prefix, but always recompute at least the last prompt token.
+        keep = min(common_prefix(self._cached, prompt_ids), len(prompt_ids) - 1)
+        self.runtime.reset(keep)
+        self._cached = prompt_ids[:keep]
+        logits = self.runtime.prefill(prompt_ids[keep:])
+        self._cached = list(prompt_ids)
+        token = sampler(logits)
+        now = time.perf_counter()
+        ttft = now - start
+        prefilled = len(prompt_ids) - keep
+        prompt_tps = prefilled / ttft if ttft > 0 else 0.0
+
+        generated: list[int] = []
+        text_parts: list[str] = []
+        efforts: list[float] = []
+        effective: list[float] = []
+        steps: list[float] = []
+        finish = "length"
+        step_s, eff_req, eff_real = ttft, 1.0, 1.0
+        last = now
+        while True:
+            generated.append(token)
+            efforts.append(eff_req)
+            effective.append(eff_real)
+            steps.append(step_s)
+            if token in self.stop_ids:
+                finish = "stop"
+                delta = decoder.flush()
+            else:
+                delta = decoder.step(token)
+            text_parts.append(delta)
+            if on_token is not None:
+                on_token(
+                    TokenEvent(
+                        text=delta, token_id=token, step_s=step_s, effort=eff_req,
+                        effective_effort=eff_real, index=len(generated), prompt_tokens=len(prompt_ids),
+                        prompt_tps=prompt_tps, ttft_s=ttft, context_used=len(self._cached), context_limit=limit,
+                    )
+                )
+            if finish == "stop":
+                break
+            if len(generated) >= sampling.max_tokens:
+                break
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            if len(self._cached) >= limit:
+                finish = "context"
+                break
+            eff_req = effort.get()
+            logits, eff_real = self.runtime.step(token, eff_req)
+            self._cached.append(token)
+            token = sampler(logits)
+            now = time.perf_counter()
+            step_s, last = now - last, now
+        tail = decoder.flush() if finish != "stop" else ""
+        if tail:
+            text_parts.append(tail)
+        decode_time = sum(steps[1:])
+        decode_tps = (len(steps) - 1) / decode_time if decode_time > 0 else 0.0
+        return GenerationResult(
+            text="".join(text_parts), token_ids=generated, prompt_token_ids=prompt_ids,
+            prompt_tokens=len(prompt_ids), generated_tokens=len(generated), prompt_tps=prompt_tps,
+            decode_tps=decode_tps, ttft_s=ttft, finish_reason=finish, effort_trace=efforts,
+            effective_trace=effective, step_trace=steps, peak_memory_bytes=self.runtime.peak_memory(),
+        )
