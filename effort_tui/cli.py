@@ -196,19 +196,27 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="effort", description="Chat with a local LLM and turn its effort up and down.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command")
+COMMANDS = ("chat", "generate", "pull", "models", "convert", "eval", "bench")
 
-    chat = sub.add_parser("chat", help="open the chat app (the default)")
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    parser = argparse.ArgumentParser(
+        prog="effort", parents=[common], description="Chat with a local LLM and turn its effort up and down."
+    )
+    parser.set_defaults(debug=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
+
+    chat = add("chat", help="open the chat app (the default)")
     chat.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
     chat.add_argument("--effort", type=effort_value, help="starting effort, 0-1 (or a percentage)")
     chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
     chat.add_argument("--theme", help="theme name")
     chat.set_defaults(func=cmd_chat)
 
-    gen = sub.add_parser("generate", help="answer one prompt, streaming to stdout")
+    gen = add("generate", help="answer one prompt, streaming to stdout")
     gen.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder (default smollm2-135m)")
     gen.add_argument("--prompt", "-p", required=True, help="the user message")
     gen.add_argument("--system", help="a system message")
@@ -222,21 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
     gen.set_defaults(func=cmd_generate)
 
-    pull = sub.add_parser("pull", help="fetch a known model into the cache")
+    pull = add("pull", help="fetch a known model into the cache")
     pull.add_argument("name", nargs="?", default="smollm2-135m")
     pull.add_argument("--force", action="store_true", help="fetch again even if cached")
     pull.set_defaults(func=cmd_pull)
 
-    models = sub.add_parser("models", help="list known and cached models")
+    models = add("models", help="list known and cached models")
     models.set_defaults(func=cmd_models)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in COMMANDS for a in argv) and not any(a in ("-h", "--help") for a in argv):
+        argv = ["chat", *argv]  # `effort`, `effort --model X` open the chat
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args([*(argv or sys.argv[1:]), "chat"])
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
