@@ -1,0 +1,85 @@
+"""Building and loading the CPU kernels (C), compiled on first use with the system compiler.
+
+The library is cached under the cache dir, keyed by a hash of the sources and
+the compiler command, and written atomically, so a crash mid-build never leaves
+a broken library behind. Without a C compiler the engine still runs (on MLX
+alone), just without the fast CPU path; `build_error()` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import metal
+from engine.atomic import atomic_path
+from engine.paths import cache_dir
+
+SOURCES = ("cpu/effort_cpu.c", "cpu/decode.c")
+HEADERS = ("cpu/effort_cpu.h",)
+FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fno-math-errno", "-D_GNU_SOURCE"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    return None
+
+
+def _library_name() -> str:
+    return "libeffort.dylib" if sys.platform == "darwin" else "libeffort.so"
+
+
+def build(force: bool = False) -> Path:
+    """Compile the kernels (or reuse the cached build); raises RuntimeError with the compiler's message."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
+    files = [metal.path(s) for s in SOURCES]
+    include = metal.path("cpu")
+    digest = hashlib.sha256()
+    for f in [*files, *(metal.path(h) for h in HEADERS)]:
+        digest.update(f.read_bytes())
+    command = [cc, *FLAGS, f"-I{include}", *map(str, files), "-o"]
+    digest.update(" ".join(command).encode())
+    target = cache_dir() / "native" / digest.hexdigest()[:16] / _library_name()
+    if target.exists() and not force:
+        return target
+    with atomic_path(target) as tmp:
+        proc = subprocess.run([*command, str(tmp), "-lm", "-lpthread"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:300])
+            raise RuntimeError(f"compiling the CPU kernels failed: {first}")
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None (see `build_error()`)."""
+    global _lib, _error
+    with _lock:
+        if _lib is not None or _error is not None:
+            return _lib
+        if os.environ.get("EFFORT_NATIVE", "1") == "0":
+            _error = "disabled by EFFORT_NATIVE=0"
+            return None
+        try:
+            _lib = ctypes.CDLL(str(build()))
+        except (RuntimeError, OSError) as exc:
+            _error = str(exc)
+        return _lib
+
+
+def build_error() -> str | None:
+    library()
+    return _error

@@ -1,0 +1,138 @@
+"""The fast CPU path: MLX for the batched dense prefill, C kernels for every decode step.
+
+MLX on a Linux CPU runs a matrix-vector product at a fraction of memory
+bandwidth, so a decode step in MLX is ~20x slower than it needs to be. Here one
+ctypes call per token runs the whole network in C (metal/cpu/decode.c). The two
+halves keep one KV cache each and copy the rows the other one is missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from engine.model import PROJECTIONS, Model, weight_name
+from engine.runtime_mlx import MLXRuntime
+
+c_ptr = ctypes.c_void_p
+
+
+class Dims(ctypes.Structure):
+    _fields_ = [
+        *[(n, ctypes.c_int) for n in ("dim", "ffn", "n_layers", "n_heads", "n_kv", "head_dim", "vocab", "max_ctx", "window")],
+        ("eps", ctypes.c_float),
+    ]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [
+        ("dense", c_ptr * len(PROJECTIONS)),
+        ("bucket", c_ptr * len(PROJECTIONS)),
+        ("bias", c_ptr * 3),
+        ("attn_norm", c_ptr),
+        ("ffn_norm", c_ptr),
+    ]
+
+
+def _ptr(a: np.ndarray) -> int:
+    assert a.flags.c_contiguous
+    return a.ctypes.data
+
+
+def _numpy(w: mx.array, dtype) -> np.ndarray:
+    return np.ascontiguousarray(np.array(w.astype(mx.float32)), dtype=dtype)
+
+
+class CPURuntime:
+    """Runtime protocol (see engine.generate) backed by the C decode step."""
+
+    def __init__(self, model: Model, context_limit: int, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.model = model
+        self.context_limit = context_limit
+        self.prefiller = MLXRuntime(model, context_limit)
+        c = model.config
+        self._keep: list[np.ndarray] = []  # numpy buffers the C side points into
+        keep = lambda a: (self._keep.append(a), _ptr(a))[1]  # noqa: E731
+
+        self.kcache = np.zeros((c.num_layers, c.num_kv_heads, context_limit, c.head_dim), np.float32)
+        self.vcache = np.zeros_like(self.kcache)
+        layers = (Layer * c.num_layers)()
+        for i in range(c.num_layers):
+            layer = layers[i]
+            for p, proj in enumerate(PROJECTIONS):
+                layer.dense[p] = keep(_numpy(model.w[weight_name(i, proj)], np.float16))
+            if c.attention_bias:
+                for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+                    layer.bias[j] = keep(_numpy(model.w[f"model.layers.{i}.self_attn.{proj}.bias"], np.float32))
+            layer.attn_norm = keep(_numpy(model.w[f"model.layers.{i}.input_layernorm.weight"], np.float32))
+            layer.ffn_norm = keep(_numpy(model.w[f"model.layers.{i}.post_attention_layernorm.weight"], np.float32))
+        embed = keep(_numpy(model.w["model.embed_tokens.weight"], np.float16))
+        head = keep(_numpy(model.w["lm_head.weight"], np.float16)) if "lm_head.weight" in model.w else embed
+        final_norm = keep(_numpy(model.w["model.norm.weight"], np.float32))
+        inv_freq = keep(self._inv_freq())
+        dims = Dims(
+            c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim,
+            c.vocab_size, context_limit, c.sliding_window or 0, c.rms_norm_eps,
+        )
+        lib.ee_model_new.restype = c_ptr
+        lib.ee_model_new.argtypes = [ctypes.POINTER(Dims), ctypes.POINTER(Layer), c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_ptr]
+        lib.ee_step.restype = ctypes.c_double
+        lib.ee_step.argtypes = [c_ptr, ctypes.c_int, ctypes.c_int, c_ptr, c_ptr]
+        lib.ee_model_free.argtypes = [c_ptr]
+        self._handle = lib.ee_model_new(
+            ctypes.byref(dims), layers, embed, head, final_norm, inv_freq, _ptr(self.kcache), _ptr(self.vcache)
+        )
+        self.logits = np.zeros(c.vocab_size, np.float32)
+        self.length = 0  # positions valid in the C cache
+
+    def _inv_freq(self) -> np.ndarray:
+        freqs = self.model._rope_freqs
+        if freqs is not None:
+            return (1.0 / np.array(freqs, dtype=np.float64)).astype(np.float32)
+        d = self.model.config.head_dim
+        return (self.model.config.rope_theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)).astype(np.float32)
+
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle:
+            self.lib.ee_model_free(handle)
+
+    def reset(self, keep: int) -> None:
+        self.length = min(self.length, keep)
+        self.prefiller.reset(keep)
+
+    def _sync_to_mlx(self) -> None:
+        """Give MLX the rows the C side decoded since the last prefill."""
+        start = self.prefiller.cache.offset
+        if start >= self.length:
+            return
+        for i, layer in enumerate(self.prefiller.cache.layers):
+            k = mx.array(self.kcache[i, :, start : self.length])[None].astype(self.model.dtype)
+            v = mx.array(self.vcache[i, :, start : self.length])[None].astype(self.model.dtype)
+            layer.update(k, v)
+
+    def _sync_from_mlx(self, start: int) -> None:
+        end = self.prefiller.cache.offset
+        for i, layer in enumerate(self.prefiller.cache.layers):
+            self.kcache[i, :, start:end] = np.array(layer.keys[0, :, start:end].astype(mx.float32))
+            self.vcache[i, :, start:end] = np.array(layer.values[0, :, start:end].astype(mx.float32))
+        self.length = end
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self._sync_to_mlx()
+        start = self.prefiller.cache.offset
+        logits = self.prefiller.prefill(ids)
+        self._sync_from_mlx(start)
+        return logits
+
+    def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
+        used = self.lib.ee_step(self._handle, int(token), self.length, None, _ptr(self.logits))
+        self.length += 1
+        return self.logits.copy(), float(used)
+
+    def peak_memory(self) -> int:
+        return int(mx.get_peak_memory()) + sum(a.nbytes for a in self._keep) + 2 * self.kcache[:, :, : self.length].nbytes
