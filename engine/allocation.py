@@ -1,0 +1,159 @@
+"""Effort allocation: global effort -> per-matrix local effort (pure numpy, plain arrays).
+
+The user picks one global effort ``e``.  Matrices differ a lot in how much quality they lose
+per skipped weight (gate/up and the first and last layers are the most sensitive), so the
+budget is spread unevenly.  At conversion time a calibration text is run once and yields, for
+every projection matrix ``m`` (all layers x q,k,v,o,gate,up,down):
+
+* ``cost[m, j]``: the estimated KL added when ``m`` alone runs at local effort ``levels[j]``
+  (``cost_model``: a cheap output-error curve, scaled per matrix by a KL measured at a few
+  reference efforts);
+* ``achieved[m, j]``: the share of weights the probe cutoff really dispatches on the
+  calibration text when ``levels[j]`` is requested (probes are a stratified sample, so this is
+  close to, but not exactly, ``levels[j]``).
+
+``lagrangian_table`` then solves, for each grid point ``g`` of global effort,
+
+    minimise  sum_m cost_m(e_m)   subject to   sum_m size_m * e_m = g * sum_m size_m
+
+(convex-hull Lagrangian relaxation; the two allocations that bracket ``g`` are blended so the
+constraint holds exactly).  The result is a table ``[G, M]`` of local efforts.  At run time
+``Allocation.local(e)`` interpolates the table linearly (the size-weighted mean of the result
+is exactly ``e``, so effort stays honest) and ``Allocation.request(e)`` maps it through the
+inverse of ``achieved`` to the effort to hand to ``cutoff_for_effort`` for each matrix.
+Runtime cost: one interpolation of M numbers per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Allocation:
+    names: list            # matrix names, e.g. "blk.3.ffn_gate"
+    sizes: np.ndarray      # [M] in*out
+    grid: np.ndarray       # [G] ascending global efforts, last is 1.0
+    table: np.ndarray      # [G, M] local effort of each matrix at each grid point
+    levels: np.ndarray     # [J] requested probe efforts used at calibration
+    achieved: np.ndarray   # [M, J] measured share actually dispatched (non-decreasing in j)
+
+    def local(self, effort: float) -> np.ndarray:
+        """Per-matrix local effort (share of its weights to multiply) for a global effort."""
+        e = float(np.clip(effort, 0.0, 1.0))
+        g = self.grid
+        if e <= g[0]:
+            return self.table[0] * (e / g[0])
+        j = min(int(np.searchsorted(g, e, side="right")) - 1, len(g) - 2)
+        a = (e - g[j]) / (g[j + 1] - g[j])
+        return (1 - a) * self.table[j] + a * self.table[j + 1]
+
+    def request(self, effort: float) -> np.ndarray:
+        """Per-matrix effort to pass to ``cutoff_for_effort`` so that the achieved share is ``local``."""
+        loc = self.local(effort)
+        out = np.empty_like(loc)
+        for m in range(len(loc)):
+            out[m] = 1.0 if loc[m] >= 1.0 else np.interp(loc[m], self.achieved[m], self.levels)
+        return out
+
+    def global_of(self, local: np.ndarray) -> float:
+        return float((self.sizes * local).sum() / self.sizes.sum())
+
+    def to_arrays(self) -> dict:
+        return {"names": np.array(self.names), "sizes": self.sizes, "grid": self.grid,
+                "table": self.table, "levels": self.levels, "achieved": self.achieved}
+
+    @classmethod
+    def from_arrays(cls, a: dict) -> "Allocation":
+        return cls([str(n) for n in a["names"]], np.asarray(a["sizes"]), np.asarray(a["grid"]),
+                   np.asarray(a["table"]), np.asarray(a["levels"]), np.asarray(a["achieved"]))
+
+
+def uniform(names, sizes, levels=None, achieved=None) -> Allocation:
+    """Every matrix at the global effort (the baseline)."""
+    grid = np.array([0.0 + 1e-9, 1.0])
+    lv = np.array([0.0, 1.0]) if levels is None else levels
+    ach = np.tile(lv, (len(names), 1)) if achieved is None else achieved
+    return Allocation(list(names), np.asarray(sizes, float), np.array([0.05, 1.0]),
+                      np.array([np.full(len(names), 0.05), np.ones(len(names))]), lv, ach)
+
+
+def cost_model(relerr: np.ndarray, levels: np.ndarray, kl_ref: np.ndarray,
+               ref_levels: np.ndarray) -> np.ndarray:
+    """cost[m, j] = c_m(levels[j]) * relerr[m, j], with c_m = measured KL / relerr at the reference
+    levels (linearly interpolated in effort between them, constant outside).
+
+    relerr [M, J]: relative output error energy of matrix m at level j (calibration text).
+    kl_ref [M, R]: KL measured with m alone at effort ref_levels[r], everything else dense."""
+    ref_levels = np.asarray(ref_levels, float)
+    idx = [int(np.argmin(np.abs(levels - r))) for r in ref_levels]
+    c = np.maximum(kl_ref, 0.0) / np.maximum(relerr[:, idx], 1e-12)     # [M, R]
+    order = np.argsort(ref_levels)
+    cm = np.stack([np.interp(levels, ref_levels[order], c[m, order]) for m in range(len(c))])
+    cost = cm * relerr
+    cost[:, levels >= 1.0] = 0.0
+    # enforce non-increasing cost in effort
+    return np.minimum.accumulate(cost[:, ::-1], axis=1)[:, ::-1]
+
+
+def _hull(levels: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Indices of the lower convex hull of (levels, cost) (levels non-decreasing)."""
+    h = []
+    for j in range(len(levels)):
+        while len(h) >= 2:
+            a, b = h[-2], h[-1]
+            if (cost[b] - cost[a]) * (levels[j] - levels[a]) >= (cost[j] - cost[a]) * (levels[b] - levels[a]):
+                h.pop()
+            else:
+                break
+        h.append(j)
+    return np.array(h)
+
+
+def lagrangian_table(cost: np.ndarray, share: np.ndarray, sizes: np.ndarray,
+                     grid: np.ndarray) -> np.ndarray:
+    """Optimal local efforts [G, M] for each global effort in ``grid`` (exact budget).
+
+    cost [M, J] at shares ``share`` [M, J] (or [J]) of each matrix's weights, non-decreasing in j."""
+    sizes = np.asarray(sizes, float)
+    total = sizes.sum()
+    share = np.broadcast_to(np.asarray(share, float), cost.shape)
+    hulls = [_hull(share[m], cost[m]) for m in range(len(sizes))]
+
+    def choose(lam):
+        e = np.empty(len(sizes))
+        for m, h in enumerate(hulls):
+            e[m] = share[m, h][np.argmin(cost[m, h] + lam * sizes[m] / total * share[m, h])]
+        return e
+
+    table = np.empty((len(grid), len(sizes)))
+    for gi, g in enumerate(grid):
+        if g >= 1.0:
+            table[gi] = 1.0
+            continue
+        lo, hi = 1e-12, 1e6                    # lambda: low -> high effort, high -> low effort
+        for _ in range(100):
+            mid = np.sqrt(lo * hi)
+            if (sizes * choose(mid)).sum() / total > g:
+                lo = mid
+            else:
+                hi = mid
+        e_hi, e_lo = choose(lo), choose(hi)    # effort above / below g
+        s_hi, s_lo = (sizes * e_hi).sum() / total, (sizes * e_lo).sum() / total
+        a = 0.0 if s_hi == s_lo else (g - s_lo) / (s_hi - s_lo)
+        table[gi] = a * e_hi + (1 - a) * e_lo
+    return table
+
+
+def calibrate(names, sizes, relerr, kl_ref, ref_levels, levels, achieved,
+              grid=None) -> Allocation:
+    """Build the Allocation from calibration measurements (see module docstring)."""
+    grid = np.round(np.arange(0.05, 1.0001, 0.05), 4) if grid is None else np.asarray(grid)
+    cost = cost_model(relerr, levels, kl_ref, ref_levels)
+    achieved = np.maximum.accumulate(np.asarray(achieved, float), axis=1)
+    achieved[:, np.asarray(levels) >= 1.0] = 1.0
+    table = lagrangian_table(cost, achieved, sizes, grid)   # in achieved shares
+    return Allocation(list(names), np.asarray(sizes, float), grid, table, np.asarray(levels),
+                      achieved)
