@@ -49,6 +49,20 @@ class Generator:
         self.stream_factory = stream_factory  # () -> StreamDecoder
         self._cached: list[int] = []  # token ids whose K/V are in the runtime's cache
 
+    def _finish(
+        self, token: int, count: int, max_tokens: int, cancel: threading.Event | None, limit: int
+    ) -> str | None:
+        """Why generation ends after this token, or None to go on."""
+        if token in self.stop_ids:
+            return "stop"
+        if count >= max_tokens:
+            return "length"
+        if cancel is not None and cancel.is_set():
+            return "cancelled"
+        if len(self._cached) >= limit:
+            return "context"
+        return None
+
     def generate(
         self,
         prompt_ids: Sequence[int],
@@ -87,7 +101,7 @@ class Generator:
         efforts: list[float] = []
         effective: list[float] = []
         steps: list[float] = []
-        finish = "length"
+        finish: str | None = None
         step_s, eff_req, eff_real = ttft, 1.0, 1.0
         last = now
         while True:
@@ -95,11 +109,11 @@ class Generator:
             efforts.append(eff_req)
             effective.append(eff_real)
             steps.append(step_s)
-            if token in self.stop_ids:
-                finish = "stop"
-                delta = decoder.flush()
-            else:
-                delta = decoder.step(token)
+            finish = self._finish(token, len(generated), sampling.max_tokens, cancel, limit)
+            # the last token also carries whatever the decoder still holds back
+            delta = decoder.flush() if finish == "stop" else decoder.step(token)
+            if finish not in (None, "stop"):
+                delta += decoder.flush()
             text_parts.append(delta)
             if on_token is not None:
                 on_token(
@@ -109,15 +123,10 @@ class Generator:
                         prompt_tps=prompt_tps, ttft_s=ttft, context_used=len(self._cached), context_limit=limit,
                     )
                 )
-            if finish == "stop":
-                break
-            if len(generated) >= sampling.max_tokens:
-                break
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            if len(self._cached) >= limit:
-                finish = "context"
+            if finish is None and cancel is not None and cancel.is_set():
+                finish = "cancelled"  # cancelled while the UI handled this token
+                text_parts.append(decoder.flush())
+            if finish is not None:
                 break
             eff_req = effort.get()
             logits, eff_real = self.runtime.step(token, eff_req)
@@ -125,9 +134,6 @@ class Generator:
             token = sampler(logits)
             now = time.perf_counter()
             step_s, last = now - last, now
-        tail = decoder.flush() if finish != "stop" else ""
-        if tail:
-            text_parts.append(tail)
         decode_time = sum(steps[1:])
         decode_tps = (len(steps) - 1) / decode_time if decode_time > 0 else 0.0
         return GenerationResult(

@@ -136,3 +136,27 @@ def test_effort_setting_clamps_and_steps():
     e.set_cap(0.75)
     assert e.get() == 0.75 and e.set(0.9) == 0.75
     assert e.set(0.0) == pytest.approx(0.05)
+
+
+class HoldingStream:
+    """Holds each token back until the next one arrives, like an incomplete UTF-8 sequence."""
+
+    def __init__(self) -> None:
+        self.pending = ""
+
+    def step(self, token: int) -> str:
+        out, self.pending = self.pending, chr(ord("a") + token)
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def test_held_back_text_reaches_the_last_event():
+    rt = ScriptedRuntime([1, 2, 3, 4])
+    gen = Generator(rt, frozenset({STOP}), HoldingStream)
+    events = []
+    res = gen.generate([0], SamplingSettings(max_tokens=3), EffortSetting(), on_token=events.append)
+    assert "".join(e.text for e in events) == res.text == "bcd"
+    assert res.finish_reason == "length"
