@@ -9,6 +9,7 @@ from typing import Callable
 from engine import backend as backends
 from engine import registry
 from engine.api import ModelInfo
+from engine.errors import EngineError
 from engine.events import LoadProgress
 from engine.generate import Generator, Runtime
 from engine.loader import ModelFiles, open_model
@@ -34,7 +35,22 @@ def display_name(spec: str | None, path: Path) -> str:
     return spec if spec in registry.KNOWN_MODELS else path.name
 
 
-def load(spec: str | None, on_progress: ProgressFn | None = None) -> LoadedModel:
+def make_runtime(model: Model, context_limit: int, kind: str, backend: str) -> Runtime:
+    """`kind`: "auto" (the C decode path on a CPU when it builds, else MLX), "mlx" or "cpu"."""
+    if kind == "mlx" or (kind == "auto" and backend != "cpu"):
+        return MLXRuntime(model, context_limit)
+    from engine import native
+    from engine.runtime_cpu import CPURuntime
+
+    lib = native.library()
+    if lib is None:
+        if kind == "cpu":
+            raise EngineError(f"the native CPU path is unavailable: {native.build_error()}")
+        return MLXRuntime(model, context_limit)
+    return CPURuntime(model, context_limit, lib)
+
+
+def load(spec: str | None, on_progress: ProgressFn | None = None, runtime: str = "auto") -> LoadedModel:
     """Resolve, fetch if needed, read and load a model for the detected backend."""
     progress = on_progress or (lambda p: None)
     path = registry.resolve(spec, progress)
@@ -47,11 +63,11 @@ def load(spec: str | None, on_progress: ProgressFn | None = None) -> LoadedModel
         weights[name] = to_mlx(files.tensors.get(name), be.dtype)
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
-    runtime = MLXRuntime(model, files.config.context_length)
+    run = make_runtime(model, files.config.context_length, runtime, be.name)
     params = sum(int(w.size) for w in weights.values())
     info = ModelInfo(
         name=display_name(spec, path), path=str(path), architecture=files.config.architecture,
         backend=be.name, device=be.device, context_limit=files.config.context_length, parameters=params,
     )
-    generator = Generator(runtime, files.tokenizer.stop_ids, files.tokenizer.stream)
-    return LoadedModel(info, files, model, runtime, files.tokenizer, generator)
+    generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
+    return LoadedModel(info, files, model, run, files.tokenizer, generator)

@@ -26,25 +26,6 @@ GGUF_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def transformers_cache():
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    cache: dict = {}
-
-    def load(path):
-        import torch
-
-        if path not in cache:
-            kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
-            where = path.parent if path.suffix == ".gguf" else path
-            cache[path] = transformers.AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kw)
-        return cache[path]
-
-    return load
-
-
 def _gguf(tiny_gguf, case):
     kw = dict(GGUF_CASES[case])
     return tiny_gguf(kw.pop("qtype"), **kw)

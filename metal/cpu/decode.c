@@ -19,6 +19,15 @@ typedef struct {
     float eps;
 } ee_dims;
 
+/* One projection in the bucketMul layout (see effort_cpu.h and engine/bucket.py). */
+typedef struct {
+    const uint16_t *blk;  /* values, kernel layout */
+    const uint8_t *codes; /* positions, kernel layout */
+    const float *stats;   /* [16][in]: mean |w| of each bucket-list row */
+    const float *probes;  /* [n_probes][in]: sampled |w| per input, aligned with x */
+    int n_probes, out, in;
+} ee_bucket;
+
 typedef struct {
     const uint16_t *dense[N_PROJ]; /* fp16 [out, in] */
     const ee_bucket *bucket[N_PROJ]; /* bucket layout, or NULL when the matrix has none */
@@ -35,9 +44,31 @@ typedef struct {
     const float *rope_inv_freq; /* [head_dim / 2] */
     float *kcache, *vcache;     /* [layers][n_kv][max_ctx][head_dim] */
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
+    float *products; /* probe products, n_probes * widest input */
+    uint8_t *ranks;  /* k[i] of the projection being computed */
 } ee_model;
 
 static float *alloc_f(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
+
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 113;
+            while (!(man & 0x400u)) { man <<= 1; exp--; }
+            bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
 
 ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t *embed, const uint16_t *head,
                        const float *final_norm, const float *rope_inv_freq, float *kcache, float *vcache) {
@@ -64,6 +95,10 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     m->gate = alloc_f(d->ffn);
     m->up = alloc_f(d->ffn);
     m->scores = alloc_f(d->max_ctx);
+    int widest_in = d->ffn > widest ? d->ffn : widest;
+    m->products = alloc_f((size_t)16 * widest_in);
+    m->ranks = (uint8_t *)calloc(widest_in, 1);
+    ecpu_init(0);
     return m;
 }
 
@@ -72,6 +107,7 @@ void ee_model_free(ee_model *m) {
     free(m->layers);
     free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
     free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores);
+    free(m->products); free(m->ranks);
     free(m);
 }
 
@@ -97,10 +133,45 @@ static void rope(float *v, int n_heads, int head_dim, int pos, const float *inv_
     }
 }
 
+/* The nth smallest of v[0..n) (0-based), by quickselect; reorders v. */
+static float select_nth(float *v, int n, int nth) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float pivot = v[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot) i++;
+            while (v[j] > pivot) j--;
+            if (i <= j) { float t = v[i]; v[i] = v[j]; v[j] = t; i++; j--; }
+        }
+        if (nth <= j) hi = j;
+        else if (nth >= i) lo = i;
+        else break;
+    }
+    return v[nth];
+}
+
+/* The effort path of one projection (engine/reference.py is the spec):
+ * cutoff = the probe product leaving round(effort * probes) products above it,
+ * k[i] = ranks of input i whose stat * |x[i]| beats it, then the bucket multiply. */
+static double bucket_matvec(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
+    int n = b->n_probes * b->in;
+    for (int j = 0; j < b->n_probes; j++)
+        for (int i = 0; i < b->in; i++) m->products[j * b->in + i] = b->probes[j * b->in + i] * fabsf(x[i]);
+    int keep = (int)lrint((double)effort * n);
+    float cutoff;
+    if (keep >= n) cutoff = -INFINITY;
+    else if (keep <= 0) cutoff = INFINITY;
+    else cutoff = select_nth(m->products, n, n - keep - 1);
+    long ranks = ecpu_effort_k(b->stats, x, b->in, cutoff, m->ranks);
+    ecpu_effort_matvec(b->blk, b->codes, b->out, b->in, x, m->ranks, y);
+    return (double)ranks * (b->out / 16);
+}
+
 /* Runs one projection, dense or under effort; returns the number of weights multiplied. */
-static double project(const ee_layer *l, int p, const float *x, float *y, int out, int in, float effort) {
-    if (effort < 1.0f && l->bucket[p]) return ee_bucket_matvec(l->bucket[p], x, y, effort);
-    ee_matvec_f16(l->dense[p], x, y, out, in);
+static double project(ee_model *m, const ee_layer *l, int p, const float *x, float *y, int out, int in, float effort) {
+    if (effort < 1.0f && l->bucket[p]) return bucket_matvec(m, l->bucket[p], x, y, effort);
+    ecpu_dense_f16(l->dense[p], x, y, out, in);
     return (double)out * in;
 }
 
@@ -154,15 +225,15 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
     int dim = d->dim, hd = d->head_dim;
     int qdim = d->n_heads * hd, kvdim = d->n_kv * hd;
     double used = 0.0, total = 0.0;
-    ee_f16_to_f32(m->embed + (size_t)token * dim, m->x, dim);
+    for (int i = 0; i < dim; i++) m->x[i] = f16_to_f32(m->embed[(size_t)token * dim + i]);
     for (int li = 0; li < d->n_layers; li++) {
         const ee_layer *l = &m->layers[li];
         const float *e = effort ? effort + li * N_PROJ : NULL;
 #define EFF(p) (e ? e[p] : 1.0f)
         rmsnorm(m->xn, m->x, l->attn_norm, dim, d->eps);
-        used += project(l, P_Q, m->xn, m->q, qdim, dim, EFF(P_Q));
-        used += project(l, P_K, m->xn, m->k, kvdim, dim, EFF(P_K));
-        used += project(l, P_V, m->xn, m->v, kvdim, dim, EFF(P_V));
+        used += project(m, l, P_Q, m->xn, m->q, qdim, dim, EFF(P_Q));
+        used += project(m, l, P_K, m->xn, m->k, kvdim, dim, EFF(P_K));
+        used += project(m, l, P_V, m->xn, m->v, kvdim, dim, EFF(P_V));
         add_bias(m->q, l->bias[0], qdim);
         add_bias(m->k, l->bias[1], kvdim);
         add_bias(m->v, l->bias[2], kvdim);
@@ -175,22 +246,22 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
             memcpy(m->vcache + at, m->v + h * hd, sizeof(float) * hd);
         }
         attention(m, li, pos);
-        used += project(l, P_O, m->att, m->proj, dim, qdim, EFF(P_O));
+        used += project(m, l, P_O, m->att, m->proj, dim, qdim, EFF(P_O));
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
 
         rmsnorm(m->xn, m->x, l->ffn_norm, dim, d->eps);
-        used += project(l, P_GATE, m->xn, m->gate, d->ffn, dim, EFF(P_GATE));
-        used += project(l, P_UP, m->xn, m->up, d->ffn, dim, EFF(P_UP));
+        used += project(m, l, P_GATE, m->xn, m->gate, d->ffn, dim, EFF(P_GATE));
+        used += project(m, l, P_UP, m->xn, m->up, d->ffn, dim, EFF(P_UP));
         for (int i = 0; i < d->ffn; i++) {
             float g = m->gate[i];
             m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
         }
-        used += project(l, P_DOWN, m->gate, m->proj, dim, d->ffn, EFF(P_DOWN));
+        used += project(m, l, P_DOWN, m->gate, m->proj, dim, d->ffn, EFF(P_DOWN));
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
 #undef EFF
         total += 2.0 * qdim * dim + 2.0 * kvdim * dim + 3.0 * dim * d->ffn;
     }
     rmsnorm(m->xn, m->x, m->final_norm, dim, d->eps);
-    ee_matvec_f16(m->head, m->xn, logits, d->vocab, dim);
+    ecpu_dense_f16(m->head, m->xn, logits, d->vocab, dim);
     return used / total;
 }
