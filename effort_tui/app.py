@@ -1,0 +1,204 @@
+"""The Effort Engine chat app (Textual) and `run_chat`, its entry point for the CLI.
+
+The app owns the long-lived pieces (engine, config, history, clock, theme and
+keymap); `ChatScreen` does the chatting. Nothing here imports MLX: the engine
+is reached only through `engine.api.ChatEngine`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Iterable
+
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+from textual.theme import Theme
+
+import themes
+from engine.api import ChatEngine, ModelInfo
+from effort_tui import paths
+from effort_tui.clock import Clock, SystemClock
+from effort_tui.config import Config, load_config, save_config, with_theme
+from effort_tui.history import HistoryStore
+from effort_tui.keymap import EFFORT_STEP_POINTS, bindings_for, install_alt_digit_sequences
+from effort_tui.screens.chat import ChatScreen
+from effort_tui.screens.help import HelpScreen
+
+EXIT_OK = 0
+EXIT_NO_MODEL = 1  # the user quit after the model failed to load
+
+
+class EffortApp(App[int]):
+    TITLE = "Effort Engine"
+    CSS_PATH = "app.tcss"
+    BINDINGS = bindings_for("app")
+
+    def __init__(
+        self,
+        *,
+        engine: ChatEngine,
+        model: str | None = None,
+        effort: float | None = None,
+        history: bool = True,
+        theme: str | None = None,
+        config_path: Path | None = None,
+        data_dir: Path | None = None,
+        clock: Clock | None = None,
+        cursor_blink: bool = True,
+    ) -> None:
+        install_alt_digit_sequences()
+        super().__init__()
+        self.engine = engine
+        self.clock: Clock = clock or SystemClock()
+        self.cursor_blink = cursor_blink
+        self.config_path = config_path or paths.config_path()
+        loaded = load_config(self.config_path)
+        self.config: Config = loaded.config
+        self.config_problems: list[str] = list(loaded.problems)
+        self.config_broken = loaded.broken
+        self.model_name = model or self.config.model
+        self.initial_effort = effort if effort is not None else self.config.effort
+        self.data_dir = data_dir or paths.data_dir()
+        self.history_enabled = history
+        self.store = self._open_store()
+        self.exports_dir = (
+            Path(self.config.export_dir).expanduser() if self.config.export_dir else paths.exports_dir(self.data_dir)
+        )
+        self.requested_theme = theme
+        self.model_info: ModelInfo | None = None
+        self.last_export: Path | None = None
+        self._saved_theme = self.config.theme
+        self._startup_theme = themes.DARK
+        self._theme_touched = False
+
+    def _open_store(self) -> HistoryStore:
+        if not self.history_enabled:
+            return HistoryStore(None, now=self.clock.time)
+        path = paths.history_path(self.data_dir)
+        try:
+            return HistoryStore(path, now=self.clock.time)
+        except Exception as exc:  # unreadable file, newer schema, read-only disk…
+            self.config_problems.append(f"history is off for this session: cannot open {path}: {exc}")
+            return HistoryStore(None, now=self.clock.time)
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        themes.register_themes(self)
+        if self.config.keymap:
+            self.set_keymap(self.config.keymap)
+        self._startup_theme = self._initial_theme()
+        self.theme = self._startup_theme
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        self.engine.effort.set(self.initial_effort)
+        self.push_screen(ChatScreen())
+        for problem in self.config_problems:
+            self.notify(problem, title="Settings", severity="error" if self.config_broken else "warning", timeout=12)
+
+    def _initial_theme(self) -> str:
+        for source, name in (("--theme", self.requested_theme), ("config theme", self.config.theme)):
+            if not name:
+                continue
+            if name in self.available_themes:
+                return name
+            self.notify(f"{source}: unknown theme {name!r}; using {themes.DARK}", severity="warning", timeout=8)
+        return themes.DARK
+
+    # -- theme and settings --------------------------------------------------------------------
+
+    def _theme_changed(self, theme: Theme) -> None:
+        """Remember the theme the user picked (ctrl+t or the palette); not the start-up one."""
+        if not self._theme_touched and theme.name == self._startup_theme:
+            return
+        self._theme_touched = True
+        if theme.name == self._saved_theme:
+            return
+        self.save_settings(with_theme(self.config, theme.name))
+
+    def save_settings(self, config: Config) -> bool:
+        self.config = config
+        if self.config_broken:
+            self.notify(
+                f"Not saved: {self.config_path} has errors; fix or delete it first.", severity="warning", timeout=6
+            )
+            return False
+        try:
+            save_config(self.config_path, config)
+        except OSError as exc:
+            self.notify(f"Could not save {self.config_path}: {exc.strerror or exc}", severity="error")
+            return False
+        self._saved_theme = config.theme
+        return True
+
+    def action_toggle_theme(self) -> None:
+        self.theme = themes.toggled(self.theme, self.current_theme.dark)
+
+    # -- screens -------------------------------------------------------------------------------
+
+    @property
+    def chat_screen(self) -> ChatScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, ChatScreen):
+                return screen
+        return None
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+            return
+        self.push_screen(HelpScreen(dict(self.config.keymap)))
+
+    async def action_quit(self) -> None:
+        chat = self.chat_screen
+        code = EXIT_NO_MODEL if chat is not None and chat.model_state == "failed" else EXIT_OK
+        self.exit(code, return_code=code)
+
+    def on_unmount(self) -> None:
+        self.store.close()
+
+    # -- command palette -----------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        chat = self.chat_screen
+        yield SystemCommand("Toggle dark / light theme", "Switch between effort-dark and effort-light", self.action_toggle_theme)
+        for name in themes.THEMES:
+            yield SystemCommand(f"Theme: {name}", f"Use the {name} theme", partial(setattr, self, "theme", name), discover=False)
+        yield SystemCommand("Help: keys and status bar", "Show every key binding", self.action_help)
+        if chat is None:
+            return
+        run = chat.run_action
+        yield SystemCommand("Effort: raise", f"Raise the effort by {EFFORT_STEP_POINTS} points", partial(run, f"effort_step({EFFORT_STEP_POINTS})"))
+        yield SystemCommand("Effort: lower", f"Lower the effort by {EFFORT_STEP_POINTS} points", partial(run, f"effort_step({-EFFORT_STEP_POINTS})"))
+        for percent_value in range(10, 101, 10):
+            yield SystemCommand(
+                f"Effort: {percent_value}%", f"Set the effort to {percent_value}%", partial(run, f"effort_set({percent_value})"), discover=False
+            )
+        yield SystemCommand("Stop the answer", "Stop generating (Esc)", partial(run, "stop"))
+        yield SystemCommand("New chat", "Start a new conversation", partial(run, "new_chat"))
+        yield SystemCommand("Regenerate", "Answer the last message again", partial(run, "regenerate"))
+        yield SystemCommand("Export chat as Markdown", "Write the conversation to a .md file", partial(run, "export"))
+        yield SystemCommand("Conversations", "Reopen or delete saved conversations", partial(run, "conversations"))
+
+
+def run_chat(
+    *,
+    engine: ChatEngine,
+    model: str | None,
+    effort: float | None,
+    history: bool = True,
+    theme: str | None = None,
+    config_path: Path | None = None,
+) -> int:
+    """Run the chat app until the user quits; returns the exit code.
+
+    `model` None uses the config's model (default "smollm2-135m"); `effort`
+    None the config's effort. The app calls `engine.load` on start and cancels
+    an answer in flight on exit; closing the engine stays with the caller.
+    """
+    app = EffortApp(engine=engine, model=model, effort=effort, history=history, theme=theme, config_path=config_path)
+    result = app.run()
+    if app.return_code is not None:
+        return app.return_code
+    return result if isinstance(result, int) else EXIT_OK

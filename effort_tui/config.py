@@ -1,0 +1,292 @@
+"""The settings file: config.toml in the platformdirs config directory.
+
+Reading never fails: a file that cannot be parsed gives the defaults plus a
+one-line problem the app shows as a notification; a bad value gives the
+default for that key plus a problem. Writing goes through a temp file and
+`os.replace`, so a crash never leaves half a file. See CONFIG.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from effort_tui.keymap import validate_keymap
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_THEME = "effort-dark"
+MIN_EFFORT = 0.05  # mirrors engine.api.MIN_EFFORT (the UI does not need the engine to read its config)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 512
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = DEFAULT_MODEL
+    effort: float = 1.0  # fraction, MIN_EFFORT..1.0
+    theme: str = DEFAULT_THEME
+    system_prompt: str = ""
+    export_dir: str = ""  # "" = <data dir>/exports
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    keymap: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back untouched
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    problems: list[str]  # one line each, shown to the user
+    broken: bool = False  # the file could not be read at all: defaults in force, file left alone
+    path: Path | None = None
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read `path`; a missing file is the defaults without a problem."""
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        return LoadedConfig(Config(), [], path=path)
+    except OSError as exc:
+        return LoadedConfig(Config(), [f"cannot read {path}: {exc.strerror or exc}"], broken=True, path=path)
+    try:
+        data = tomllib.loads(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        return LoadedConfig(Config(), [f"{path} is not UTF-8 text; using the defaults"], broken=True, path=path)
+    except tomllib.TOMLDecodeError as exc:
+        return LoadedConfig(Config(), [f"{path} is not valid TOML ({exc}); using the defaults"], broken=True, path=path)
+    config, problems = config_from_dict(data)
+    return LoadedConfig(config, [f"{path}: {p}" for p in problems], path=path)
+
+
+def parse_effort(value: object) -> float:
+    """0.05–1.0, or a percentage (1 < value <= 100), or a string like "60%"."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ConfigError(f"effort must be a number like 0.6 or \"60%\", not {value!r}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ConfigError(f"effort must be a number like 0.6 or \"60%\", not {value!r}")
+    if number > 1.0:
+        number /= 100.0
+    if not (MIN_EFFORT - 1e-9 <= number <= 1.0 + 1e-9) or math.isnan(number):
+        raise ConfigError(f"effort must be between {MIN_EFFORT:.0%} and 100%, not {value!r}")
+    return round(number, 4)
+
+
+def _number(value: object, name: str, *, integer: bool = False, low: float | None = None, high: float | None = None) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, not {value!r}")
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number, not {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high) or value != value:
+        bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+        raise ConfigError(f"{name} must be in {bounds}, not {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _string(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, not {value!r}")
+    return value
+
+
+_TOP_LEVEL = {
+    "model": lambda v: _nonempty(_string(v, "model"), "model"),
+    "effort": parse_effort,
+    "theme": lambda v: _nonempty(_string(v, "theme"), "theme"),
+    "system_prompt": lambda v: _string(v, "system_prompt"),
+    "export_dir": lambda v: _string(v, "export_dir"),
+}
+
+_SAMPLING = {
+    "temperature": lambda v: _number(v, "sampling.temperature", low=0.0, high=10.0),
+    "top_p": lambda v: _number(v, "sampling.top_p", low=0.0, high=1.0),
+    "top_k": lambda v: _number(v, "sampling.top_k", integer=True, low=0),
+    "max_tokens": lambda v: _number(v, "sampling.max_tokens", integer=True, low=1),
+    "seed": lambda v: _number(v, "sampling.seed", integer=True),
+}
+
+
+def _nonempty(value: str, name: str) -> str:
+    if not value.strip():
+        raise ConfigError(f"{name} must not be empty")
+    return value.strip()
+
+
+def config_from_dict(data: dict[str, Any]) -> tuple[Config, list[str]]:
+    """Validate a parsed TOML document key by key."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    sampling_values: dict[str, Any] = {}
+    keymap: dict[str, str] = {}
+    for key, value in data.items():
+        if key in _TOP_LEVEL:
+            try:
+                values[key] = _TOP_LEVEL[key](value)
+            except ConfigError as exc:
+                problems.append(f"{exc}; using the default")
+        elif key == "sampling":
+            if not isinstance(value, dict):
+                problems.append("[sampling] must be a table; using the defaults")
+                continue
+            for skey, svalue in value.items():
+                if skey not in _SAMPLING:
+                    problems.append(f"unknown setting sampling.{skey} (ignored)")
+                    extra.setdefault("sampling", {})[skey] = svalue
+                    continue
+                try:
+                    sampling_values[skey] = _SAMPLING[skey](svalue)
+                except ConfigError as exc:
+                    problems.append(f"{exc}; using the default")
+        elif key == "keymap":
+            keymap, keymap_problems = validate_keymap(value)
+            problems.extend(keymap_problems)
+        else:
+            problems.append(f"unknown setting {key!r} (ignored)")
+            extra[key] = value
+    config = Config(sampling=SamplingConfig(**sampling_values), keymap=keymap, extra=extra, **values)
+    return config, problems
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else toml_string(key)
+
+
+def toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(c in text for c in ".eE") else text + ".0"
+    if isinstance(value, str):
+        return toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps(config: Config) -> str:
+    """The whole config as TOML, with a comment on each setting."""
+    s = config.sampling
+    lines = [
+        "# Effort Engine settings. The app rewrites this file when you change the theme;",
+        "# unknown keys are kept, comments are not. Documentation: CONFIG.md / README.",
+        "",
+        "# Model to load at start: an alias (smollm2-135m), a GGUF file or a Hugging Face folder.",
+        f"model = {toml_value(config.model)}",
+        "# Starting effort: share of the multiply-adds computed per token, 0.05-1.0 (or \"60%\").",
+        f"effort = {toml_value(config.effort)}",
+        "# Theme: effort-dark, effort-light, or any built-in Textual theme (ctrl+t toggles).",
+        f"theme = {toml_value(config.theme)}",
+        "# System prompt sent before every conversation (\"\" = none).",
+        f"system_prompt = {toml_value(config.system_prompt)}",
+        "# Where ctrl+e writes Markdown exports (\"\" = the exports folder in the data directory).",
+        f"export_dir = {toml_value(config.export_dir)}",
+    ]
+    top_extra = {k: v for k, v in config.extra.items() if not isinstance(v, dict)}
+    table_extra = {k: v for k, v in config.extra.items() if isinstance(v, dict) and k not in ("sampling", "keymap")}
+    for key, value in top_extra.items():
+        lines.append(f"{toml_key(key)} = {toml_value(value)}")
+    lines += [
+        "",
+        "[sampling]",
+        "temperature = " + toml_value(s.temperature) + "  # 0 = greedy",
+        "top_p = " + toml_value(s.top_p),
+        "top_k = " + toml_value(s.top_k) + "  # 0 = off",
+        "max_tokens = " + toml_value(s.max_tokens),
+    ]
+    if s.seed is not None:
+        lines.append("seed = " + toml_value(s.seed))
+    else:
+        lines.append("# seed = 0  # set for reproducible sampling")
+    for key, value in config.extra.get("sampling", {}).items():
+        lines.append(f"{toml_key(key)} = {toml_value(value)}")
+    lines += ["", "# binding_id = \"key1,key2\" (see the key list in CONFIG.md or press F1)", "[keymap]"]
+    for binding_id, keys in sorted(config.keymap.items()):
+        lines.append(f"{toml_key(binding_id)} = {toml_value(keys)}")
+    for table, values in table_extra.items():
+        lines += ["", f"[{toml_key(table)}]"]
+        for key, value in values.items():
+            if isinstance(value, dict):
+                continue  # deeper nesting is not part of this schema
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same folder and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+
+
+def save_config(path: Path, config: Config) -> None:
+    atomic_write_text(path, dumps(config))
+
+
+def with_theme(config: Config, theme: str) -> Config:
+    return replace(config, theme=theme)

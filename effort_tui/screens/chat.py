@@ -1,0 +1,553 @@
+"""The chat screen: conversation, prompt box, status bar; model loading and answers.
+
+Threading: the engine calls back on its own worker thread. Those callbacks
+only ever do `Inbox.put` (see `effort_tui.bridge`), which posts one
+`LoadUpdate` / `GenerationUpdate` per batch to this screen. Everything below
+runs on the UI thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer
+
+from engine.api import ChatRequest, GenerationHandle, ModelInfo, SamplingSettings
+from engine.events import GenerationResult, LoadProgress, TokenEvent
+from effort_tui.bridge import Inbox
+from effort_tui.exporting import conversation_markdown, export_path
+from effort_tui.history import StoredMessage, title_from
+from effort_tui.keymap import bindings_for
+from effort_tui.messages import GenerationUpdate, LoadUpdate, PromptSubmitted
+from effort_tui.stats import SpeedStats, effort_range_text, percent, result_meta, summary_line
+from effort_tui.widgets.chat_message import ChatMessage
+from effort_tui.widgets.chat_view import ChatView
+from effort_tui.widgets.load_panel import LoadPanel
+from effort_tui.widgets.prompt_box import PromptBox
+from effort_tui.widgets.status_bar import StatusBar
+
+if TYPE_CHECKING:
+    from effort_tui.app import EffortApp
+
+FLUSH_INTERVAL_S = 1 / 20  # markdown writes are batched on this timer while tokens stream
+
+
+@dataclass
+class _LoadDone:
+    info: ModelInfo | None
+    error: str | None
+
+
+@dataclass
+class Turn:
+    role: str
+    content: str
+    message_id: int | None = None
+    widget: ChatMessage | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Generation:
+    """One answer: in flight until `result` arrives."""
+
+    number: int
+    conversation_id: int
+    model: str
+    widget: ChatMessage
+    inbox: Inbox
+    stats: SpeedStats = field(default_factory=SpeedStats)
+    handle: GenerationHandle | None = None
+    text: str = ""
+    pending: str = ""
+    flush_timer: Timer | None = None
+    result: GenerationResult | None = None
+    stop_requested: bool = False
+    detached: bool = False  # the user moved on (new chat, other conversation); still saved when done
+
+
+class ChatScreen(Screen):
+    CSS_PATH = "chat.tcss"
+    BINDINGS = bindings_for("chat")
+    AUTO_FOCUS = "PromptBox"
+
+    def __init__(self) -> None:
+        super().__init__(id="chat")
+        self.model_state = "loading"  # "loading" | "ready" | "failed"
+        self.load_error: str | None = None
+        self.conversation_id: int | None = None
+        self.turns: list[Turn] = []
+        self._generation: Generation | None = None
+        self._generation_count = 0
+        self._load_inbox: Inbox | None = None
+        self.last_result: GenerationResult | None = None
+
+    @property
+    def effort_app(self) -> EffortApp:
+        return self.app  # type: ignore[return-value]
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        app = self.effort_app
+        yield ChatView(id="chat-view")
+        yield LoadPanel(id="load-panel")
+        yield PromptBox(app.store.prompt_history(), id="prompt")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    @property
+    def chat_view(self) -> ChatView:
+        return self.query_one(ChatView)
+
+    @property
+    def prompt(self) -> PromptBox:
+        return self.query_one(PromptBox)
+
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one(StatusBar)
+
+    @property
+    def load_panel(self) -> LoadPanel:
+        return self.query_one(LoadPanel)
+
+    @property
+    def generation(self) -> Generation | None:
+        """The answer in flight, shown on screen (None when idle)."""
+        return self._generation
+
+    @generation.setter
+    def generation(self, value: Generation | None) -> None:
+        self._generation = value
+        self.refresh_bindings()  # Esc (stop) shows in the footer only while answering
+
+    @property
+    def streaming(self) -> bool:
+        return self._generation is not None
+
+    def on_mount(self) -> None:
+        self.prompt.cursor_blink = self.effort_app.cursor_blink
+        self._show_effort()
+        self.start_load()
+
+    # -- model loading -------------------------------------------------------------------------
+
+    def start_load(self) -> None:
+        app = self.effort_app
+        self.model_state = "loading"
+        self.load_error = None
+        self.load_panel.display = True
+        self.load_panel.start(app.model_name)
+        self.status.set_model(app.model_name, "loading")
+        if self._load_inbox is not None:
+            self._load_inbox.close()
+        inbox: Inbox = Inbox(self, LoadUpdate)
+        self._load_inbox = inbox
+        try:
+            app.engine.load(app.model_name, inbox.put, lambda info, error: inbox.put(_LoadDone(info, error)))
+        except Exception as exc:  # an engine that fails before its thread starts
+            inbox.put(_LoadDone(None, _one_line(exc)))
+
+    @on(LoadUpdate)
+    def _on_load_update(self, message: LoadUpdate) -> None:
+        if message.inbox is not self._load_inbox:
+            return
+        latest: LoadProgress | None = None
+        done: _LoadDone | None = None
+        for item in message.inbox.drain():
+            if isinstance(item, LoadProgress):
+                latest = item
+            elif isinstance(item, _LoadDone):
+                done = item
+        if latest is not None and done is None:
+            self.load_panel.show_progress(latest, self.effort_app.clock.monotonic())
+        if done is not None:
+            self._load_finished(done.info, done.error)
+
+    def _load_finished(self, info: ModelInfo | None, error: str | None) -> None:
+        app = self.effort_app
+        if info is None:
+            self.model_state = "failed"
+            self.load_error = error or "the model could not be loaded"
+            self.load_panel.show_error(app.model_name, self.load_error)
+            self.status.set_model(app.model_name, "failed")
+            self.notify(self.load_error, title=f"Could not load {app.model_name}", severity="error", timeout=15)
+            return
+        self.model_state = "ready"
+        app.model_info = info
+        effort = app.engine.effort
+        if info.effort_cap < effort.cap - 1e-9:
+            effort.set_cap(info.effort_cap)
+        effort.set(app.initial_effort)
+        self.load_panel.display = False
+        self.status.set_model(info.name, "ready", info.backend, info.device)
+        stats = SpeedStats(context_limit=info.context_limit)
+        self.status.set_stats(stats, streaming=False)
+        self._show_effort()
+
+    # -- sending and answering -----------------------------------------------------------------
+
+    @on(PromptSubmitted)
+    async def _on_prompt_submitted(self, message: PromptSubmitted) -> None:
+        message.stop()
+        await self.send(message.text)
+
+    def _can_answer(self) -> bool:
+        if self.model_state == "loading":
+            self.notify("The model is still loading.", severity="warning")
+            return False
+        if self.model_state == "failed":
+            self.notify(f"No model is loaded: {self.load_error}", severity="error")
+            return False
+        if self.streaming:
+            self.notify("Still answering; press Esc to stop it first.", severity="warning")
+            return False
+        return True
+
+    async def send(self, text: str) -> None:
+        if not self._can_answer():
+            return
+        app = self.effort_app
+        self.prompt.accept()
+        if self.conversation_id is None:
+            self.conversation_id = app.store.create_conversation(
+                title_from(text), model=self._model_label(), system_prompt=app.config.system_prompt
+            )
+        message_id = app.store.add_message(self.conversation_id, "user", text)
+        widget = await self.chat_view.add_message(ChatMessage("user", text, message_id=message_id))
+        self.turns.append(Turn("user", text, message_id, widget))
+        await self.start_generation()
+
+    def build_request(self) -> ChatRequest:
+        app = self.effort_app
+        system = app.store.system_prompt(self.conversation_id) if self.conversation_id is not None else ""
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": t.role, "content": t.content} for t in self.turns]
+        s = app.config.sampling
+        sampling = SamplingSettings(
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed, max_tokens=s.max_tokens
+        )
+        return ChatRequest(messages=messages, sampling=sampling)
+
+    async def start_generation(self) -> None:
+        app = self.effort_app
+        assert self.conversation_id is not None
+        self._generation_count += 1
+        widget = await self.chat_view.add_message(ChatMessage("assistant", detail=self._model_label()))
+        widget.add_class("-streaming")
+        gen = Generation(self._generation_count, self.conversation_id, self._model_label(), widget, inbox=None)  # type: ignore[arg-type]
+        gen.inbox = Inbox(self, GenerationUpdate, tag=gen)
+        gen.stats.context_limit = app.model_info.context_limit if app.model_info else 0
+        self.generation = gen
+        self.status.set_stats(gen.stats, streaming=True)
+        self.status.set_summary("answering…  (Esc stops)")
+        self.chat_view.anchor()
+        try:
+            gen.handle = app.engine.generate(self.build_request(), gen.inbox.put, gen.inbox.put)
+        except Exception as exc:
+            gen.inbox.put(_failed_result(_one_line(exc)))
+
+    @on(GenerationUpdate)
+    async def _on_generation_update(self, message: GenerationUpdate) -> None:
+        gen: Generation = message.inbox.tag
+        result: GenerationResult | None = None
+        for item in message.inbox.drain():
+            if isinstance(item, TokenEvent):
+                gen.stats.add(item)
+                gen.text += item.text
+                gen.pending += item.text
+            elif isinstance(item, GenerationResult):
+                result = item
+        if result is not None:
+            await self._finish_generation(gen, result)
+            return
+        if gen is self.generation:
+            self.status.set_stats(gen.stats, streaming=True)
+        if gen.pending and gen.flush_timer is None and not gen.detached:
+            gen.flush_timer = self.set_timer(FLUSH_INTERVAL_S, lambda: self._flush(gen))
+
+    async def _flush(self, gen: Generation) -> None:
+        gen.flush_timer = None
+        if gen.detached or gen.result is not None or not gen.pending:
+            return
+        fragment, gen.pending = gen.pending, ""
+        await gen.widget.append(fragment)
+
+    async def _finish_generation(self, gen: Generation, result: GenerationResult) -> None:
+        app = self.effort_app
+        gen.result = result
+        gen.inbox.close()
+        if gen.flush_timer is not None:
+            gen.flush_timer.stop()
+            gen.flush_timer = None
+        text = result.text if (result.text or not gen.text) else gen.text
+        meta = result_meta(result, gen.model)
+        message_id: int | None = None
+        if text or result.finish_reason != "error":
+            message_id = app.store.add_message(gen.conversation_id, "assistant", text, meta)
+        if gen.detached:
+            return
+        current = gen is self.generation
+        widget = gen.widget
+        widget.remove_class("-streaming")
+        widget.message_id = message_id
+        if widget.is_attached:
+            await widget.finish(text)
+            widget.set_detail(_answer_detail(gen.model, result))
+            if result.finish_reason == "error":
+                widget.set_note(f"⚠ {result.error or 'the answer failed'}", error=True)
+            elif result.finish_reason == "cancelled":
+                widget.set_note("■ stopped")
+            elif result.finish_reason in ("length", "context"):
+                widget.set_note(f"… {'max_tokens reached' if result.finish_reason == 'length' else 'context is full'}")
+        if message_id is not None and gen.conversation_id == self.conversation_id:
+            self.turns.append(Turn("assistant", text, message_id, widget, meta))
+        if current:
+            self.status.set_stats(gen.stats, streaming=False)
+            self.status.set_summary(summary_line(result))
+            self.last_result = result
+            self.generation = None  # last: "not streaming" means the answer is fully in place
+        if result.finish_reason == "error":
+            self.notify(result.error or "The answer failed.", title="Generation failed", severity="error", timeout=10)
+
+    def _detach_generation(self) -> None:
+        """Stop showing the answer in flight (it is cancelled, and saved when it ends)."""
+        gen = self.generation
+        if gen is None:
+            return
+        gen.detached = True
+        if gen.flush_timer is not None:
+            gen.flush_timer.stop()
+            gen.flush_timer = None
+        if gen.handle is not None:
+            gen.handle.cancel()
+        self.generation = None
+
+    # -- effort --------------------------------------------------------------------------------
+
+    def action_effort_step(self, points: int) -> None:
+        effort = self.effort_app.engine.effort
+        before = effort.get()
+        value = effort.step(points / 100)
+        if points > 0 and value <= before and effort.cap < 1.0:
+            self.notify(f"The effort is capped at {percent(effort.cap)} for this model.", timeout=3)
+        self._show_effort()
+
+    def action_effort_set(self, percent_value: int) -> None:
+        effort = self.effort_app.engine.effort
+        value = effort.set(percent_value / 100)
+        if value < percent_value / 100 - 1e-9:
+            self.notify(f"The effort is capped at {percent(effort.cap)} for this model.", timeout=3)
+        self._show_effort()
+
+    def _show_effort(self) -> None:
+        effort = self.effort_app.engine.effort
+        value = effort.get()
+        self.status.set_effort(value, effort.cap)
+
+    # -- other actions -------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.streaming  # False: Esc falls through to other handlers when idle
+        return True
+
+    def action_stop(self) -> None:
+        gen = self.generation
+        if gen is None or gen.stop_requested:
+            return
+        gen.stop_requested = True
+        if gen.handle is not None:
+            gen.handle.cancel()
+        self.status.set_summary("stopping…")
+
+    async def action_new_chat(self) -> None:
+        self._detach_generation()
+        self.conversation_id = None
+        self.turns = []
+        self.last_result = None
+        await self.chat_view.clear()
+        self.status.set_stats(SpeedStats(context_limit=self._context_limit()), streaming=False)
+        self.status.set_summary("")
+        self.prompt.focus()
+
+    async def action_regenerate(self) -> None:
+        if not self.turns:
+            self.notify("Nothing to regenerate yet.", severity="warning")
+            return
+        if not self._can_answer():
+            return
+        last = self.turns[-1]
+        if last.role == "assistant":
+            self.turns.pop()
+            if last.message_id is not None:
+                self.effort_app.store.delete_message(last.message_id)
+            if last.widget is not None:
+                await last.widget.remove()
+        await self.start_generation()
+
+    def action_export(self) -> None:
+        app = self.effort_app
+        if not self.turns:
+            self.notify("Nothing to export yet.", severity="warning")
+            return
+        title = "New chat"
+        if self.conversation_id is not None:
+            summary = app.store.conversation(self.conversation_id)
+            title = summary.title if summary else title
+        now = app.clock.time()
+        text = conversation_markdown(
+            title,
+            [(t.role, t.content, t.meta) for t in self.turns],
+            model=self._model_label(),
+            exported_at=app.clock.local(now),
+            system_prompt=app.store.system_prompt(self.conversation_id) if self.conversation_id else "",
+        )
+        path = export_path(app.exports_dir, self.conversation_id, app.clock.local(now))
+        try:
+            from effort_tui.config import atomic_write_text
+
+            atomic_write_text(path, text)
+        except OSError as exc:
+            self.notify(f"Could not write {path}: {exc.strerror or exc}", severity="error")
+            return
+        app.last_export = path
+        self.notify(f"Saved {path}", title="Exported")
+
+    def action_conversations(self) -> None:
+        from effort_tui.screens.conversations import ConversationsScreen
+
+        app = self.effort_app
+        self.app.push_screen(
+            ConversationsScreen(app.store, app.clock, current_id=self.conversation_id), self._conversation_chosen
+        )
+
+    async def _conversation_chosen(self, result: Any) -> None:
+        if result is None:
+            return
+        open_id, deleted = result
+        if self.conversation_id in deleted and open_id is None:
+            await self.action_new_chat()
+        if open_id is not None:
+            await self.open_conversation(open_id)
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        app = self.effort_app
+        stored = app.store.messages(conversation_id)
+        self._detach_generation()
+        await self.chat_view.clear()
+        self.conversation_id = conversation_id
+        self.turns = []
+        widgets = [_widget_for(m) for m in stored]
+        if widgets:
+            self.chat_view.query_one("#chat-welcome").display = False
+            await self.chat_view.mount_all(widgets)
+        for m, w in zip(stored, widgets):
+            self.turns.append(Turn(m.role, m.content, m.id, w, m.meta))
+        self.chat_view.anchor()
+        self.status.set_stats(SpeedStats(context_limit=self._context_limit()), streaming=False)
+        last = next((m for m in reversed(stored) if m.role == "assistant" and m.meta), None)
+        summary = app.store.conversation(conversation_id)
+        label = summary.title if summary else "conversation"
+        if last is not None:
+            self.status.set_summary(f"reopened “{label}” · last answer: {_meta_summary(last.meta)}")
+        else:
+            self.status.set_summary(f"reopened “{label}”")
+        self.prompt.focus()
+
+    def action_scroll_chat(self, where: str) -> None:
+        view = self.chat_view
+        if where == "page_up":
+            view.scroll_page_up(animate=False)
+        elif where == "page_down":
+            view.scroll_page_down(animate=False)
+        elif where == "home":
+            view.scroll_home(animate=False)
+        else:
+            view.anchor()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _model_label(self) -> str:
+        app = self.effort_app
+        return app.model_info.name if app.model_info else app.model_name
+
+    def _context_limit(self) -> int:
+        info = self.effort_app.model_info
+        return info.context_limit if info else 0
+
+    def on_unmount(self) -> None:
+        if self._load_inbox is not None:
+            self._load_inbox.close()
+        gen = self.generation
+        if gen is not None:
+            gen.inbox.close()
+            if gen.handle is not None:
+                gen.handle.cancel()
+
+
+def _widget_for(message: StoredMessage) -> ChatMessage:
+    detail = ""
+    note = ""
+    if message.role == "assistant" and message.meta:
+        detail = _meta_detail(message.meta)
+        if message.meta.get("finish_reason") == "cancelled":
+            note = "■ stopped"
+        elif message.meta.get("finish_reason") == "error":
+            note = f"⚠ {message.meta.get('error', 'the answer failed')}"
+    return ChatMessage(message.role, message.content, detail=detail, note=note, message_id=message.id)
+
+
+def _answer_detail(model: str, result: GenerationResult) -> str:
+    parts = [model]
+    if result.generated_tokens:
+        parts.append(f"{result.decode_tps:.1f} tok/s")
+    if result.effort_trace:
+        parts.append(effort_range_text(result.effort_trace))
+    return " · ".join(parts)
+
+
+def _meta_detail(meta: dict[str, Any]) -> str:
+    parts = [str(meta.get("model", ""))] if meta.get("model") else []
+    if meta.get("generated_tokens"):
+        parts.append(f"{float(meta.get('tok_s', 0.0)):.1f} tok/s")
+    trace = meta.get("effort_trace") or []
+    if trace:
+        parts.append(effort_range_text(trace))
+    return " · ".join(parts)
+
+
+def _meta_summary(meta: dict[str, Any]) -> str:
+    parts = [f"{meta.get('generated_tokens', 0)} tok"]
+    if meta.get("generated_tokens"):
+        parts.append(f"{float(meta.get('tok_s', 0.0)):.1f} tok/s")
+        parts.append(f"ttft {float(meta.get('ttft_s', 0.0)):.2f}s")
+    if meta.get("finish_reason"):
+        parts.append(str(meta["finish_reason"]))
+    return " · ".join(parts)
+
+
+def _failed_result(error: str) -> GenerationResult:
+    return GenerationResult(
+        text="",
+        token_ids=[],
+        prompt_token_ids=[],
+        prompt_tokens=0,
+        generated_tokens=0,
+        prompt_tps=0.0,
+        decode_tps=0.0,
+        ttft_s=0.0,
+        finish_reason="error",
+        error=error,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

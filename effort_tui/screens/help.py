@@ -1,0 +1,62 @@
+"""F1: every key (with the user's remaps) and what the status bar shows."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static
+
+from effort_tui.keymap import SCOPE_TITLES, SPECS, bindings_for, keys_for
+
+STATUS_HELP = """\
+effort NN%   the share of multiply-adds you ask for, per token (5 %–100 %)
+eff NN%      the share of weights the engine actually multiplied for the last token
+cap NN%      the highest effort this model allows (loaded with truncated ranks)
+N.N tok/s    the speed of the latest token; avg: the answer so far, without the first token
+ttft         time to first token; prompt: prompt tokens per second; ctx: context used / limit
+speed        one bar per token, height = speed, colour = the effort it ran at"""
+
+
+def format_keys(keys: str) -> str:
+    return " / ".join(k.strip() for k in keys.split(",") if k.strip())
+
+
+class HelpScreen(ModalScreen[None]):
+    CSS_PATH = "help.tcss"
+    BINDINGS = bindings_for("help")
+
+    def __init__(self, keymap: dict[str, str]) -> None:
+        super().__init__(id="help")
+        self.keymap = keymap
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-dialog"):
+            yield Label("Effort Engine · keys", id="help-title")
+            yield Static(self._keys_table(), id="help-keys")
+            yield Label("Status bar", classes="help-heading")
+            yield Static(Text(STATUS_HELP), id="help-status")
+            yield Static(
+                "Remap any key in config.toml under [keymap], e.g. \"effort.up\" = \"ctrl+k,f8\". "
+                "ctrl+p opens the command palette with the same actions.",
+                id="help-footer",
+            )
+
+    def _keys_table(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        table.add_column(style="dim", no_wrap=True)
+        for scope, title in SCOPE_TITLES.items():
+            if scope == "help":
+                continue
+            table.add_row(Text(title, style="underline"), "", "")
+            for spec in SPECS:
+                if spec.scope == scope:
+                    table.add_row(format_keys(keys_for(spec.id, self.keymap)), spec.help, spec.id)
+        return table
+
+    def action_close(self) -> None:
+        self.dismiss(None)

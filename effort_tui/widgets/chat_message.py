@@ -1,0 +1,102 @@
+"""One message in the chat pane: a header line and its Markdown body.
+
+An answer in flight streams through a `MarkdownStream` (which merges fragments
+when the renderer is busy); when it ends the whole text is rendered once more
+with `Markdown.update`, so code fences opened and closed during the stream
+come out whole (the MarkdownStream gotcha in the notes).
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System"}
+
+
+class ChatMessage(Vertical):
+    DEFAULT_CSS = """
+    ChatMessage {
+        height: auto;
+        margin: 0 0 1 0;
+        padding: 0 1;
+    }
+    ChatMessage > .chat-message--header {
+        height: 1;
+        color: $text-muted;
+        text-style: bold;
+    }
+    ChatMessage.-user > .chat-message--header { color: $secondary; }
+    ChatMessage.-assistant > .chat-message--header { color: $primary; }
+    ChatMessage.-error > .chat-message--header { color: $error; }
+    ChatMessage > Markdown {
+        margin: 0;
+        padding: 0;
+        background: transparent;
+    }
+    ChatMessage > .chat-message--note {
+        height: auto;
+        color: $text-muted;
+    }
+    ChatMessage.-error > .chat-message--note { color: $error; }
+    """
+
+    def __init__(self, role: str, content: str = "", *, detail: str = "", note: str = "", message_id: int | None = None) -> None:
+        super().__init__(classes=f"-{role}")
+        self.role = role
+        self.content = content
+        self.detail = detail
+        self.note = note
+        self.message_id = message_id  # row id in the history, once stored
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._header_text(), classes="chat-message--header")
+        yield Markdown(self.content)
+        yield Static(self.note, classes="chat-message--note")
+
+    def on_mount(self) -> None:
+        self.query_one(".chat-message--note", Static).display = bool(self.note)
+
+    def _header_text(self) -> str:
+        title = ROLE_TITLES.get(self.role, self.role)
+        return f"{title} · {self.detail}" if self.detail else title
+
+    @property
+    def markdown(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    def set_detail(self, detail: str) -> None:
+        self.detail = detail
+        self.query_one(".chat-message--header", Static).update(self._header_text())
+
+    def set_note(self, note: str, *, error: bool = False) -> None:
+        self.note = note
+        label = self.query_one(".chat-message--note", Static)
+        label.update(note)
+        label.display = bool(note)
+        self.set_class(error, "-error")
+
+    async def append(self, fragment: str) -> None:
+        """Add streamed text (starts the stream on first use)."""
+        if not fragment:
+            return
+        self.content += fragment
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.markdown)
+        await self._stream.write(fragment)
+
+    async def finish(self, full_text: str | None = None) -> None:
+        """End the stream and render the whole text in one go."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.stop()
+        if full_text is not None:
+            self.content = full_text
+        await self.markdown.update(self.content)
