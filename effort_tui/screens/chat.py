@@ -383,6 +383,11 @@ class ChatScreen(Screen):
             return
         if not self._can_answer():
             return
+        # A failed answer that left no text is on screen but not in the context: drop it.
+        kept = {id(t.widget) for t in self.turns}
+        for widget in self.chat_view.messages:
+            if widget.role == "assistant" and id(widget) not in kept:
+                await widget.remove()
         last = self.turns[-1]
         if last.role == "assistant":
             self.turns.pop()

@@ -83,6 +83,18 @@ class ChatMessage(Vertical):
         label.display = bool(note)
         self.set_class(error, "-error")
 
+    def on_unmount(self) -> None:
+        """Removed mid-stream (new chat, another conversation): end the stream's task quietly."""
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        pending = getattr(stream, "_pending", None)
+        if isinstance(pending, list):
+            pending.clear()  # nothing left for the cancelled task to append to a removed widget
+        task = getattr(stream, "_task", None)
+        if task is not None:
+            task.cancel()
+
     async def append(self, fragment: str) -> None:
         """Add streamed text (starts the stream on first use)."""
         if not fragment:

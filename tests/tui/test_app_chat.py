@@ -252,3 +252,42 @@ async def test_page_keys_scroll_and_autoscroll_only_at_bottom(make_app) -> None:
         await wait_until(pilot, lambda: not chat.streaming)
         await pilot.pause(0.1)
         assert view.scroll_y == view.max_scroll_y  # back at the bottom: following again
+
+
+async def test_regenerate_after_a_failed_answer(make_app) -> None:
+    engine = FakeEngine(reply="a b c d e", fail_generation="boom")
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(app, pilot)
+        await send(pilot, chat, "hi")
+        await wait_until(pilot, lambda: not chat.streaming)
+        stored = app.store.messages(chat.conversation_id)
+        assert [m.role for m in stored] == ["user", "assistant"]  # the partial text ("a b") is kept
+        assert stored[-1].meta["finish_reason"] == "error"
+        engine.fail_generation = None
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: len(engine.requests) == 2 and not chat.streaming)
+        assert [t.content for t in chat.turns] == ["hi", "a b c d e"]
+        assert len(chat.chat_view.messages) == 2 and "boom" not in screen_text(app)
+
+
+async def test_a_failure_before_any_text_is_not_saved(make_app) -> None:
+    class FailsAtOnce(FakeEngine):
+        def generate(self, request, on_token, on_done):
+            self.requests.append(request)
+            if len(self.requests) == 1:
+                raise RuntimeError("the KV cache could not be allocated")
+            return super().generate(request, on_token, on_done)
+
+    engine = FailsAtOnce(reply="fine now")
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(app, pilot)
+        await send(pilot, chat, "hi")
+        await wait_until(pilot, lambda: chat.last_result is not None)
+        assert [m.role for m in app.store.messages(chat.conversation_id)] == ["user"]
+        assert len(chat.chat_view.messages) == 2  # the error stays visible…
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: len(engine.requests) >= 3 and not chat.streaming)
+        assert len(chat.chat_view.messages) == 2  # …until the answer is regenerated
+        assert [t.content for t in chat.turns] == ["hi", "fine now"]

@@ -62,7 +62,7 @@ async def test_effort_keys_apply_to_the_next_token(make_app) -> None:
 async def test_effort_keys_work_while_idle_and_clamp_at_the_bottom(make_app) -> None:
     app = make_app(FakeEngine(), effort=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        chat = await ready(app, pilot)
+        await ready(app, pilot)
         assert app.engine.effort.get() == pytest.approx(0.1)
         await pilot.press("ctrl+down", "ctrl+down", "ctrl+down")
         assert app.engine.effort.get() == pytest.approx(0.05)
