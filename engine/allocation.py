@@ -80,6 +80,29 @@ def uniform(names, sizes, levels=None, achieved=None) -> Allocation:
                       np.array([np.full(len(names), 0.05), np.ones(len(names))]), lv, ach)
 
 
+def error_curves(bm, X: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relative output-error energy and achieved share of one matrix at each requested level.
+
+    bm: ``engine.bucket.BucketMatrix``; X [N, in]: its inputs on the calibration text.
+    relerr[j] = sum_t sum_i x_ti^2 * tail[k_ti, i] / sum_t |W x_t|^2, where tail[k, i] is the
+    energy of the weights of input i at ranks >= k (cross terms between inputs are ignored:
+    the skipped weights of different inputs are nearly uncorrelated).  achieved[j] = mean
+    share of rows the probe cutoff dispatches."""
+    from engine.bucket import B, cutoff_for_effort, k_from_cutoff
+    X = np.asarray(X, np.float32)
+    vals = bm.values()
+    energy = (vals.astype(np.float64) ** 2).sum(1).reshape(B, bm.in_dim)       # [rank, in]
+    tail = np.concatenate([np.cumsum(energy[::-1], 0)[::-1], np.zeros((1, bm.in_dim))])
+    ynorm = float(((X @ bm.dense().T).astype(np.float64) ** 2).sum())
+    cols = np.arange(bm.in_dim)[None, :]
+    relerr, achieved = np.zeros(len(levels)), np.zeros(len(levels))
+    for j, e in enumerate(levels):
+        K = np.stack([k_from_cutoff(bm.stats2d, x, cutoff_for_effort(bm.probes, x, e)) for x in X])
+        relerr[j] = float((X.astype(np.float64) ** 2 * tail[K, cols]).sum()) / max(ynorm, 1e-30)
+        achieved[j] = K.sum() / (B * K.size)
+    return relerr, achieved
+
+
 def cost_model(relerr: np.ndarray, levels: np.ndarray, kl_ref: np.ndarray,
                ref_levels: np.ndarray) -> np.ndarray:
     """cost[m, j] = c_m(levels[j]) * relerr[m, j], with c_m = measured KL / relerr at the reference
@@ -95,7 +118,7 @@ def cost_model(relerr: np.ndarray, levels: np.ndarray, kl_ref: np.ndarray,
     cost = cm * relerr
     cost[:, levels >= 1.0] = 0.0
     # enforce non-increasing cost in effort
-    return np.minimum.accumulate(cost[:, ::-1], axis=1)[:, ::-1]
+    return np.maximum.accumulate(cost[:, ::-1], axis=1)[:, ::-1]
 
 
 def _hull(levels: np.ndarray, cost: np.ndarray) -> np.ndarray:

@@ -97,3 +97,19 @@ def test_allocation_is_honest_and_monotone():
     assert (np.diff(eq[np.argsort(sens)]) >= -1e-9).all()
     B2 = Allocation.from_arrays(A.to_arrays())
     assert np.array_equal(B2.local(0.42), A.local(0.42))
+
+
+def test_error_curves_match_exact_on_random_matrix():
+    from engine.allocation import error_curves
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((128, 64)).astype(np.float32)
+    X = rng.standard_normal((16, 64)).astype(np.float32)
+    bm = convert_matrix(w, "fp32")
+    levels = np.array([0.25, 0.5, 1.0])
+    rel, ach = error_curves(bm, X, levels)
+    assert rel[-1] == 0 and ach[-1] == 1
+    for j, e in enumerate(levels[:-1]):
+        err = sum(np.sum((bucket_matvec(bm, x, e)[0] - w @ x) ** 2) for x in X)
+        exact = err / np.sum((X @ w.T) ** 2)
+        assert 0.5 < rel[j] / exact < 2.0
+        assert abs(ach[j] - e) < 0.05
