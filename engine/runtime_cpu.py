@@ -14,6 +14,8 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
+from engine.bucket import B
+from engine.convert import Converted, projection_names
 from engine.model import PROJECTIONS, Model, weight_name
 from engine.runtime_mlx import MLXRuntime
 
@@ -24,6 +26,13 @@ class Dims(ctypes.Structure):
     _fields_ = [
         *[(n, ctypes.c_int) for n in ("dim", "ffn", "n_layers", "n_heads", "n_kv", "head_dim", "vocab", "max_ctx", "window")],
         ("eps", ctypes.c_float),
+    ]
+
+
+class Bucket(ctypes.Structure):
+    _fields_ = [
+        ("blk", c_ptr), ("codes", c_ptr), ("stats", c_ptr), ("probes", c_ptr),
+        ("n_probes", ctypes.c_int), ("out", ctypes.c_int), ("in_", ctypes.c_int), ("max_rank", ctypes.c_int),
     ]
 
 
@@ -49,8 +58,12 @@ def _numpy(w: mx.array, dtype) -> np.ndarray:
 class CPURuntime:
     """Runtime protocol (see engine.generate) backed by the C decode step."""
 
-    def __init__(self, model: Model, context_limit: int, lib: ctypes.CDLL) -> None:
+    def __init__(
+        self, model: Model, context_limit: int, lib: ctypes.CDLL, converted: Converted | None = None
+    ) -> None:
         self.lib = lib
+        self.converted = converted
+        self.strategy = "bucket"
         self.model = model
         self.context_limit = context_limit
         self.prefiller = MLXRuntime(model, context_limit)
@@ -61,10 +74,14 @@ class CPURuntime:
         self.kcache = np.zeros((c.num_layers, c.num_kv_heads, context_limit, c.head_dim), np.float32)
         self.vcache = np.zeros_like(self.kcache)
         layers = (Layer * c.num_layers)()
+        self._buckets: list[Bucket] = []  # ctypes structs the layers point to
         for i in range(c.num_layers):
             layer = layers[i]
             for p, proj in enumerate(PROJECTIONS):
-                layer.dense[p] = keep(_numpy(model.w[weight_name(i, proj)], np.float16))
+                dense = _numpy(model.w[weight_name(i, proj)], np.float16)
+                layer.dense[p] = keep(dense)
+                if converted is not None:
+                    layer.bucket[p] = self._bucket(dense, converted.buckets[weight_name(i, proj)], keep)
             if c.attention_bias:
                 for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
                     layer.bias[j] = keep(_numpy(model.w[f"model.layers.{i}.self_attn.{proj}.bias"], np.float32))
@@ -83,11 +100,48 @@ class CPURuntime:
         lib.ee_step.restype = ctypes.c_double
         lib.ee_step.argtypes = [c_ptr, ctypes.c_int, ctypes.c_int, c_ptr, c_ptr]
         lib.ee_model_free.argtypes = [c_ptr]
+        lib.ee_set_strategy.argtypes = [c_ptr, ctypes.c_int]
         self._handle = lib.ee_model_new(
             ctypes.byref(dims), layers, embed, head, final_norm, inv_freq, _ptr(self.kcache), _ptr(self.vcache)
         )
         self.logits = np.zeros(c.vocab_size, np.float32)
+        if converted is not None:
+            index = {n: j for j, n in enumerate(converted.allocation.names)}
+            self._order = np.array([index[n] for n in projection_names(c.num_layers)])
         self.length = 0  # positions valid in the C cache
+
+    def _bucket(self, dense: np.ndarray, bm, keep) -> int:
+        """The kernel layout of one projection, built in C from its fp16 weights."""
+        out_dim, in_dim = dense.shape
+        lib = self.lib
+        lib.ecpu_effort_blk_bytes.restype = ctypes.c_size_t
+        lib.ecpu_effort_codes_bytes.restype = ctypes.c_size_t
+        lib.ecpu_effort_build.argtypes = [c_ptr, ctypes.c_int, ctypes.c_int, c_ptr, c_ptr, c_ptr]
+        blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
+        codes = np.zeros(lib.ecpu_effort_codes_bytes(out_dim, in_dim), np.uint8)
+        scratch_stats = np.zeros(B * in_dim, np.float32)
+        lib.ecpu_effort_build(_ptr(dense), out_dim, in_dim, _ptr(blk), _ptr(codes), _ptr(scratch_stats))
+        stats = np.ascontiguousarray(bm.stats, np.float32)
+        probes = np.ascontiguousarray(bm.probes, np.float32)
+        struct = Bucket(
+            keep(blk), keep(codes), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
+            self.converted.load_ranks,
+        )
+        self._buckets.append(struct)
+        return ctypes.addressof(struct)
+
+    def set_strategy(self, strategy: str) -> None:
+        """"bucket" (bucketMul) or "activation" (whole input columns by |x|, the TEAL-like baseline)."""
+        self.strategy = strategy
+        self.lib.ee_set_strategy(self._handle, 1 if strategy == "activation" else 0)
+
+    def local_efforts(self, effort: float) -> np.ndarray | None:
+        """Per-(layer, projection) effort handed to the kernels, or None for the dense model."""
+        if effort >= 1.0 or self.converted is None:
+            return None
+        if self.strategy == "activation":
+            return np.full(len(self._order), effort, np.float32)
+        return self.converted.allocation.request(effort)[self._order].astype(np.float32)
 
     def _inv_freq(self) -> np.ndarray:
         freqs = self.model._rope_freqs
@@ -130,7 +184,8 @@ class CPURuntime:
         return logits
 
     def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
-        used = self.lib.ee_step(self._handle, int(token), self.length, None, _ptr(self.logits))
+        local = self.local_efforts(effort)
+        used = self.lib.ee_step(self._handle, int(token), self.length, None if local is None else _ptr(local), _ptr(self.logits))
         self.length += 1
         return self.logits.copy(), float(used)
 

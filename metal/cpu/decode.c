@@ -26,6 +26,7 @@ typedef struct {
     const float *stats;   /* [16][in]: mean |w| of each bucket-list row */
     const float *probes;  /* [n_probes][in]: sampled |w| per input, aligned with x */
     int n_probes, out, in;
+    int max_rank;         /* ranks loaded (16, or fewer with --load-ranks): k is clipped to it */
 } ee_bucket;
 
 typedef struct {
@@ -46,7 +47,14 @@ typedef struct {
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
     float *products; /* probe products, n_probes * widest input */
     uint8_t *ranks;  /* k[i] of the projection being computed */
+    int strategy;    /* EE_BUCKET or EE_ACTIVATION */
 } ee_model;
+
+/* How the effort picks weights: bucketMul (rank prefixes chosen by stat * |x|), or the
+ * activation-only baseline (whole input columns with the largest |x|, as TEAL does). */
+enum { EE_BUCKET = 0, EE_ACTIVATION = 1 };
+
+void ee_set_strategy(ee_model *m, int strategy) { m->strategy = strategy; }
 
 static float *alloc_f(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
 
@@ -151,21 +159,48 @@ static float select_nth(float *v, int n, int nth) {
     return v[nth];
 }
 
+/* Cutoff leaving round(share * n) of the n values strictly above it (scratch is reordered). */
+static float cutoff_above(float *values, int n, float share) {
+    int keep = (int)lrint((double)share * n);
+    if (keep >= n) return -INFINITY;
+    if (keep <= 0) return INFINITY;
+    return select_nth(values, n, n - keep - 1);
+}
+
 /* The effort path of one projection (engine/reference.py is the spec):
- * cutoff = the probe product leaving round(effort * probes) products above it,
- * k[i] = ranks of input i whose stat * |x[i]| beats it, then the bucket multiply. */
+ * bucketMul: cutoff = the probe product leaving round(effort * probes) products above it,
+ *            k[i] = ranks of input i whose stat * |x[i]| beats it;
+ * activation: k[i] = 16 for the round(effort * in) inputs with the largest |x[i]|, else 0;
+ * then the bucket multiply of ranks 0..k[i]-1 of every input. */
 static double bucket_matvec(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
-    int n = b->n_probes * b->in;
-    for (int j = 0; j < b->n_probes; j++)
-        for (int i = 0; i < b->in; i++) m->products[j * b->in + i] = b->probes[j * b->in + i] * fabsf(x[i]);
-    int keep = (int)lrint((double)effort * n);
-    float cutoff;
-    if (keep >= n) cutoff = -INFINITY;
-    else if (keep <= 0) cutoff = INFINITY;
-    else cutoff = select_nth(m->products, n, n - keep - 1);
-    long ranks = ecpu_effort_k(b->stats, x, b->in, cutoff, m->ranks);
+    long ranks = 0;
+    if (m->strategy == EE_ACTIVATION) {
+        for (int i = 0; i < b->in; i++) m->products[i] = fabsf(x[i]);
+        float cutoff = cutoff_above(m->products, b->in, effort);
+        for (int i = 0; i < b->in; i++) {
+            m->ranks[i] = fabsf(x[i]) > cutoff ? 16 : 0;
+            ranks += m->ranks[i];
+        }
+    } else {
+        int n = b->n_probes * b->in;
+        for (int j = 0; j < b->n_probes; j++)
+            for (int i = 0; i < b->in; i++) m->products[j * b->in + i] = b->probes[j * b->in + i] * fabsf(x[i]);
+        ranks = ecpu_effort_k(b->stats, x, b->in, cutoff_above(m->products, n, effort), m->ranks);
+    }
+    if (b->max_rank < 16) {
+        ranks = 0;
+        for (int i = 0; i < b->in; i++) {
+            if (m->ranks[i] > b->max_rank) m->ranks[i] = (uint8_t)b->max_rank;
+            ranks += m->ranks[i];
+        }
+    }
     ecpu_effort_matvec(b->blk, b->codes, b->out, b->in, x, m->ranks, y);
     return (double)ranks * (b->out / 16);
+}
+
+/* One projection under effort, outside a decode step (for tests and benchmarks). */
+double ee_project(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
+    return bucket_matvec(m, b, x, y, effort);
 }
 
 /* Runs one projection, dense or under effort; returns the number of weights multiplied. */

@@ -1,0 +1,137 @@
+"""The converted model: every projection in the bucketMul layout, cached on disk.
+
+`effort convert` (or the first use of a model under effort) writes one
+safetensors file per source model into the cache, keyed by the source's content
+fingerprint and the format version, through a temporary file and an atomic
+rename. Loading reads only the first `load_ranks` ranks of every bucket list
+(rank-major rows: the least important weights are at the end), so a truncated
+load never touches the rest of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from engine.allocation import Allocation
+from engine.atomic import atomic_path
+from engine.bucket import B, BucketMatrix, convert_matrix
+from engine.errors import EngineError
+from engine.events import LoadProgress
+from engine.loader import ModelFiles
+from engine.model import PROJECTIONS, weight_name
+from engine.paths import converted_dir
+
+FORMAT_VERSION = 1
+PACKING = "nibble"  # exact fp16 values + a separate 4-bit position (see engine/bucket.py)
+N_PROBES = 4
+
+ProgressFn = Callable[[LoadProgress], None]
+
+
+@dataclass
+class Converted:
+    """The bucketMul side of a model, as loaded from the cache."""
+
+    buckets: dict[str, BucketMatrix]  # HF weight name -> layout
+    allocation: Allocation
+    load_ranks: int
+    path: Path
+
+    @property
+    def effort_cap(self) -> float:
+        return self.load_ranks / B
+
+    def nbytes(self) -> int:
+        return sum(bm.nbytes() for bm in self.buckets.values())
+
+
+def projection_names(num_layers: int) -> list[str]:
+    return [weight_name(i, p) for i in range(num_layers) for p in PROJECTIONS]
+
+
+def converted_path(files: ModelFiles) -> Path:
+    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}.safetensors"
+
+
+def convert(
+    files: ModelFiles,
+    calibrate: Callable[[dict[str, BucketMatrix], ProgressFn], Allocation],
+    on_progress: ProgressFn | None = None,
+    force: bool = False,
+) -> Path:
+    """Write the converted model to the cache (no-op when it is there already)."""
+    target = converted_path(files)
+    if target.exists() and not force:
+        return target
+    progress = on_progress or (lambda p: None)
+    names = projection_names(files.config.num_layers)
+    tensors: dict[str, np.ndarray] = {}
+    buckets: dict[str, BucketMatrix] = {}
+    start = time.monotonic()
+    for n, name in enumerate(names, 1):
+        bm = convert_matrix(files.tensors.get(name), PACKING, N_PROBES)
+        buckets[name] = bm
+        tensors[f"{name}.values"] = bm.data
+        tensors[f"{name}.positions"] = bm.pos_packed
+        tensors[f"{name}.stats"] = bm.stats
+        tensors[f"{name}.probes"] = bm.probes
+        progress(LoadProgress("convert", n, len(names), "", f"bucketing {name} ({time.monotonic() - start:.0f}s)"))
+    allocation = calibrate(buckets, progress)
+    for key, value in allocation.to_arrays().items():
+        if key != "names":
+            tensors[f"allocation.{key}"] = np.ascontiguousarray(value)
+    metadata = {
+        "format_version": str(FORMAT_VERSION),
+        "packing": PACKING,
+        "source": str(files.path),
+        "fingerprint": files.fingerprint,
+        "allocation_names": json.dumps(allocation.names),
+        "shapes": json.dumps({n: [bm.out_dim, bm.in_dim] for n, bm in buckets.items()}),
+    }
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return target
+
+
+def load(files: ModelFiles, load_ranks: int = B, values: bool = True) -> Converted:
+    """Read a converted model, keeping only ranks 0..load_ranks-1 of every bucket list.
+
+    `values=False` reads only stats and probes (the native CPU path builds its own kernel
+    layout from the dense weights and needs nothing else). Stats stay whole: they are tiny,
+    and the selection is clipped to `load_ranks` instead."""
+    if not 1 <= load_ranks <= B:
+        raise EngineError(f"--load-ranks must be between 1 and {B}, got {load_ranks}")
+    path = converted_path(files)
+    if not path.exists():
+        raise EngineError(f"{files.path.name} has not been converted; run `effort convert --model {files.path}`")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("format_version") != str(FORMAT_VERSION) or meta.get("fingerprint") != files.fingerprint:
+                raise EngineError(f"{path}: stale conversion; run `effort convert --force`")
+            shapes = json.loads(meta["shapes"])
+            buckets = {}
+            for name, (out_dim, in_dim) in shapes.items():
+                rows = load_ranks * in_dim
+                buckets[name] = BucketMatrix(
+                    out_dim, in_dim, meta["packing"],
+                    f.get_slice(f"{name}.values")[:rows] if values else np.zeros((0, out_dim // B), np.float16),
+                    f.get_slice(f"{name}.positions")[:rows] if values else None,
+                    f.get_tensor(f"{name}.stats"),
+                    f.get_tensor(f"{name}.probes"),
+                )
+            arrays = {k.split(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith("allocation.")}
+            arrays["names"] = json.loads(meta["allocation_names"])
+    except EngineError:
+        raise
+    except Exception as exc:  # a truncated or foreign file: convert again
+        raise EngineError(f"{path}: unreadable conversion ({exc}); run `effort convert --force`") from exc
+    return Converted(buckets, Allocation.from_arrays(arrays), load_ranks, path)

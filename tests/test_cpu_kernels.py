@@ -1,0 +1,139 @@
+"""The native CPU kernels (metal/cpu/*.c, built on first use) against the numpy reference."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from engine import native, reference
+from engine.bucket import B, convert_matrix, cutoff_for_effort, k_from_cutoff
+from engine.runtime_cpu import Bucket, Dims, _ptr
+
+SHAPES = [(64, 80), (192, 576), (576, 576), (1536, 576), (576, 1536)]
+EFFORTS = [1.0, 0.75, 0.5, 0.25, 0.05]
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = native.library()
+    assert lib is not None, native.build_error()
+    lib.ecpu_dense_f16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
+    lib.ecpu_effort_blk_bytes.restype = ctypes.c_size_t
+    lib.ecpu_effort_codes_bytes.restype = ctypes.c_size_t
+    lib.ecpu_effort_build.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3
+    lib.ecpu_effort_k.restype = ctypes.c_long
+    lib.ecpu_effort_k.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_void_p]
+    lib.ecpu_effort_matvec.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3
+    lib.ee_project.restype = ctypes.c_double
+    lib.ee_project.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_float]
+    lib.ee_model_new.restype = ctypes.c_void_p
+    lib.ee_model_new.argtypes = [ctypes.c_void_p] * 8
+    lib.ee_model_free.argtypes = [ctypes.c_void_p]
+    lib.ee_set_strategy.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def fp16_matrix(out_dim: int, in_dim: int, seed: int) -> np.ndarray:
+    """Weights that are exactly representable in fp16 (what the kernels store)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((out_dim, in_dim)) * 0.02).astype(np.float16).astype(np.float32)
+
+
+def activations(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed + 100).standard_t(3, n).astype(np.float32)
+    x[::7] = 0.0  # exact zeros are never dispatched
+    return x
+
+
+class Layout:
+    """The C kernel layout of one matrix plus its reference twin."""
+
+    def __init__(self, lib, w: np.ndarray) -> None:
+        self.bm = convert_matrix(w, "nibble", 4)
+        out_dim, in_dim = w.shape
+        self.w16 = np.ascontiguousarray(w.astype(np.float16))
+        self.blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
+        self.codes = np.zeros(lib.ecpu_effort_codes_bytes(out_dim, in_dim), np.uint8)
+        self.c_stats = np.zeros(B * in_dim, np.float32)
+        lib.ecpu_effort_build(_ptr(self.w16), out_dim, in_dim, _ptr(self.blk), _ptr(self.codes), _ptr(self.c_stats))
+        self.stats = np.ascontiguousarray(self.bm.stats)
+        self.probes = np.ascontiguousarray(self.bm.probes)
+        self.struct = Bucket(
+            _ptr(self.blk), _ptr(self.codes), _ptr(self.stats), _ptr(self.probes), self.probes.shape[0],
+            out_dim, in_dim, B,
+        )
+
+
+def assert_matches(ours, ref, x, w):
+    scale = (np.abs(w) @ np.abs(x)).max() + 1e-12
+    assert np.abs(ours - ref).max() <= 2e-6 * scale
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dense_f16(lib, shape):
+    w = fp16_matrix(*shape, seed=1)
+    x = activations(shape[1], 1)
+    y = np.zeros(shape[0], np.float32)
+    w16 = np.ascontiguousarray(w.astype(np.float16))
+    lib.ecpu_dense_f16(_ptr(w16), _ptr(x), _ptr(y), *shape)
+    assert_matches(y, w.astype(np.float64) @ x, x, w)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("effort", EFFORTS)
+def test_effort_kernel_matches_reference(lib, shape, effort):
+    w = fp16_matrix(*shape, seed=hash(shape) % 1000)
+    x = activations(shape[1], 2)
+    lay = Layout(lib, w)
+    cutoff = cutoff_for_effort(lay.bm.probes, x, effort)
+    k_ref = k_from_cutoff(lay.bm.stats2d, x, cutoff)
+    k = np.zeros(shape[1], np.uint8)
+    total = lib.ecpu_effort_k(_ptr(lay.stats), _ptr(x), shape[1], cutoff, _ptr(k))
+    assert np.array_equal(k, k_ref) and total == k_ref.sum()
+    y = np.zeros(shape[0], np.float32)
+    lib.ecpu_effort_matvec(_ptr(lay.blk), _ptr(lay.codes), shape[0], shape[1], _ptr(x), _ptr(k), _ptr(y))
+    assert_matches(y, reference.matvec_k(lay.bm, x, k_ref), x, w)
+    if effort == 1.0:
+        assert_matches(y, w.astype(np.float64) @ x, x, w)
+
+
+@pytest.fixture(scope="module")
+def scratch_model(lib):
+    dims = Dims(1536, 1536, 0, 1, 1, 64, 8, 1, 0, 1e-5)
+    handle = lib.ee_model_new(ctypes.addressof(dims), None, None, None, None, None, None, None)
+    yield handle
+    lib.ee_model_free(handle)
+
+
+@pytest.mark.parametrize("shape", [(192, 576), (1536, 576), (576, 1536)])
+@pytest.mark.parametrize("effort", [0.75, 0.5, 0.3, 0.1])
+def test_whole_effort_path_matches_reference(lib, scratch_model, shape, effort):
+    """probes -> cutoff -> k -> bucket multiply, all in C, against reference.bucket_matvec."""
+    w = fp16_matrix(*shape, seed=7)
+    x = activations(shape[1], 3)
+    lay = Layout(lib, w)
+    effort = float(np.float32(effort))  # the C side reads a float
+    lib.ee_set_strategy(scratch_model, 0)
+    y = np.zeros(shape[0], np.float32)
+    used = lib.ee_project(scratch_model, ctypes.addressof(lay.struct), _ptr(x), _ptr(y), effort)
+    y_ref, k_ref = reference.bucket_matvec(lay.bm, x, effort)
+    assert used == k_ref.sum() * shape[0] // B
+    assert_matches(y, y_ref, x, w)
+    assert abs(reference.effective_effort(k_ref) - effort) < 0.12
+
+
+def test_activation_strategy_keeps_whole_columns(lib, scratch_model):
+    w = fp16_matrix(576, 576, seed=9)
+    x = activations(576, 4)
+    lay = Layout(lib, w)
+    lib.ee_set_strategy(scratch_model, 1)
+    y = np.zeros(576, np.float32)
+    used = lib.ee_project(scratch_model, ctypes.addressof(lay.struct), _ptr(x), _ptr(y), 0.25)
+    lib.ee_set_strategy(scratch_model, 0)
+    keep = np.argsort(-np.abs(x), kind="stable")[: round(0.25 * 576)]
+    mask = np.zeros(576, bool)
+    mask[keep] = True
+    assert used == mask.sum() * 576
+    assert_matches(y, w.astype(np.float64) @ np.where(mask, x, 0), x, w)
