@@ -53,10 +53,14 @@ class Allocation:
     def request(self, effort: float) -> np.ndarray:
         """Per-matrix effort to pass to ``cutoff_for_effort`` so that the achieved share is ``local``."""
         loc = self.local(effort)
-        out = np.empty_like(loc)
-        for m in range(len(loc)):
-            out[m] = 1.0 if loc[m] >= 1.0 else np.interp(loc[m], self.achieved[m], self.levels)
-        return out
+        ach, lv = self.achieved, np.asarray(self.levels, float)
+        j = np.clip((ach < loc[:, None]).sum(1), 1, len(lv) - 1)      # ach[j-1] < loc <= ach[j]
+        rows = np.arange(len(loc))
+        a0, a1 = ach[rows, j - 1], ach[rows, j]
+        t = np.clip((loc - a0) / np.where(a1 > a0, a1 - a0, 1.0), 0.0, 1.0)
+        out = lv[j - 1] + t * (lv[j] - lv[j - 1])
+        out = np.where(loc <= ach[:, 0], lv[0] * loc / np.maximum(ach[:, 0], 1e-12), out)
+        return np.where(loc >= 1.0, 1.0, out)
 
     def global_of(self, local: np.ndarray) -> float:
         return float((self.sizes * local).sum() / self.sizes.sum())
