@@ -150,7 +150,9 @@ def convert_matrix(w: np.ndarray, packing: str = "nibble", n_probes: int = 4) ->
         raise ValueError("n_probes must divide 16")
     nb = out_dim // B
     wt = w.T.reshape(in_dim, nb, B)                           # [in, bucket, p]
-    order = np.argsort(-np.abs(wt), axis=2, kind="stable")     # [in, bucket, rank] -> p
+    # rank by the magnitude that is stored (fp16), so every kernel that ranks its own fp16
+    # copy (the native CPU layout) selects exactly the same weights; ties keep position order
+    order = np.argsort(-np.abs(wt.astype(np.float16)), axis=2, kind="stable")  # [in, bucket, rank] -> p
     vals = np.take_along_axis(wt, order, axis=2)               # [in, bucket, rank]
     # rank-major rows: [rank, in, bucket] -> [rank*in + i, bucket]
     vals = np.ascontiguousarray(vals.transpose(2, 0, 1)).reshape(B * in_dim, nb)

@@ -182,6 +182,19 @@ class Model:
         return self.logits(h[-1:] if last_only else h)
 
 
+def projection_inputs(model: Model, tokens: list[int]) -> dict[str, np.ndarray]:
+    """The input vector of every projection at each position of `tokens`, from one dense pass:
+    {weight name: float32 [len(tokens), in]} (for per-matrix measurements)."""
+    seen: dict[str, np.ndarray] = {}
+
+    def capture(layer: int, proj: str, x: mx.array) -> mx.array:
+        seen[weight_name(layer, proj)] = np.array(x.astype(mx.float32))
+        return model.dense(layer, proj, x)
+
+    model.hidden(mx.array(tokens, dtype=mx.int32), Cache.for_model(model.config), capture)
+    return seen
+
+
 def nn_silu(x: mx.array) -> mx.array:
     return x * mx.sigmoid(x)
 

@@ -74,14 +74,17 @@ class CPURuntime:
         self.kcache = np.zeros((c.num_layers, c.num_kv_heads, context_limit, c.head_dim), np.float32)
         self.vcache = np.zeros_like(self.kcache)
         layers = (Layer * c.num_layers)()
-        self._buckets: list[Bucket] = []  # ctypes structs the layers point to
+        self._structs: dict[str, Bucket] = {}  # ctypes structs the layers point to, by weight name
+        self._dense: dict[str, np.ndarray] = {}
         for i in range(c.num_layers):
             layer = layers[i]
             for p, proj in enumerate(PROJECTIONS):
-                dense = _numpy(model.w[weight_name(i, proj)], np.float16)
+                name = weight_name(i, proj)
+                dense = _numpy(model.w[name], np.float16)
                 layer.dense[p] = keep(dense)
+                self._dense[name] = dense
                 if converted is not None:
-                    layer.bucket[p] = self._bucket(dense, converted.buckets[weight_name(i, proj)], keep)
+                    layer.bucket[p] = self._bucket(name, dense, keep)
             if c.attention_bias:
                 for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
                     layer.bias[j] = keep(_numpy(model.w[f"model.layers.{i}.self_attn.{proj}.bias"], np.float32))
@@ -101,6 +104,9 @@ class CPURuntime:
         lib.ee_step.argtypes = [c_ptr, ctypes.c_int, ctypes.c_int, c_ptr, c_ptr]
         lib.ee_model_free.argtypes = [c_ptr]
         lib.ee_set_strategy.argtypes = [c_ptr, ctypes.c_int]
+        lib.ee_project.restype = ctypes.c_double
+        lib.ee_project.argtypes = [c_ptr, c_ptr, c_ptr, c_ptr, ctypes.c_float]
+        lib.ecpu_dense_f16.argtypes = [c_ptr, c_ptr, c_ptr, ctypes.c_int, ctypes.c_int]
         self._handle = lib.ee_model_new(
             ctypes.byref(dims), layers, embed, head, final_norm, inv_freq, _ptr(self.kcache), _ptr(self.vcache)
         )
@@ -110,7 +116,7 @@ class CPURuntime:
             self._order = np.array([index[n] for n in projection_names(c.num_layers)])
         self.length = 0  # positions valid in the C cache
 
-    def _bucket(self, dense: np.ndarray, bm, keep) -> int:
+    def _bucket(self, name: str, dense: np.ndarray, keep) -> int:
         """The kernel layout of one projection, built in C from its fp16 weights."""
         out_dim, in_dim = dense.shape
         lib = self.lib
@@ -121,14 +127,36 @@ class CPURuntime:
         codes = np.zeros(lib.ecpu_effort_codes_bytes(out_dim, in_dim), np.uint8)
         scratch_stats = np.zeros(B * in_dim, np.float32)
         lib.ecpu_effort_build(_ptr(dense), out_dim, in_dim, _ptr(blk), _ptr(codes), _ptr(scratch_stats))
+        bm = self.converted.buckets[name]
         stats = np.ascontiguousarray(bm.stats, np.float32)
         probes = np.ascontiguousarray(bm.probes, np.float32)
         struct = Bucket(
             keep(blk), keep(codes), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
             self.converted.load_ranks,
         )
-        self._buckets.append(struct)
+        self._structs[name] = struct
         return ctypes.addressof(struct)
+
+    def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
+        """One projection (HF weight name) of input `x` at a local effort, outside a decode step:
+        (output, share of its weights used). Effort 1.0 (or no conversion) is the dense kernel."""
+        dense = self._dense[name]
+        x = np.ascontiguousarray(x, np.float32)
+        y = np.zeros(dense.shape[0], np.float32)
+        if effort >= 1.0 or self.converted is None:
+            self.lib.ecpu_dense_f16(_ptr(dense), _ptr(x), _ptr(y), *dense.shape)
+            return y, 1.0
+        struct = self._structs[name]
+        used = self.lib.ee_project(self._handle, ctypes.addressof(struct), _ptr(x), _ptr(y), float(effort))
+        return y, used / dense.size
+
+    def bytes_read(self, name: str, share: float) -> float:
+        """Weight bytes a projection reads when it multiplies `share` of its weights."""
+        if share >= 1.0 or self.converted is None:
+            return float(self._dense[name].nbytes)
+        dense = self._dense[name]
+        layout = self.lib.ecpu_effort_blk_bytes(*dense.shape) + self.lib.ecpu_effort_codes_bytes(*dense.shape)
+        return share * layout
 
     def set_strategy(self, strategy: str) -> None:
         """"bucket" (bucketMul) or "activation" (whole input columns by |x|, the TEAL-like baseline)."""

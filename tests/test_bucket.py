@@ -16,8 +16,8 @@ def test_layout_permutation_and_rank_order(packing):
     pos = bm.positions().reshape(B, inn, nb)            # [rank, i, bucket]
     # each (i, bucket) holds a permutation of 0..15 across ranks
     assert (np.sort(pos, axis=0) == np.arange(B)[:, None, None]).all()
-    # rank-major order: row rank*in+i holds the rank-th largest |w| of W[16c:16c+16, i]
-    wt = np.abs(w.T.reshape(inn, nb, B))                 # [i, bucket, p]
+    # rank-major order: row rank*in+i holds the rank-th largest stored (fp16) |w| of W[16c:16c+16, i]
+    wt = np.abs(w.T.reshape(inn, nb, B).astype(np.float16))  # [i, bucket, p]
     srt = -np.sort(-wt, axis=2).transpose(2, 0, 1)       # [rank, i, bucket]
     got = np.abs(np.take_along_axis(wt.transpose(2, 0, 1), pos.astype(np.int64), axis=0))
     assert np.array_equal(got, srt)

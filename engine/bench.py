@@ -1,0 +1,93 @@
+"""`effort bench`: decode speed of the dense path and of the effort path, in one process.
+
+Every configuration decodes the same greedy continuation of the same prompt
+after a warm-up, so the numbers differ only by what the kernels do. Shared
+machines are noisy: read the ratios, which are measured minutes apart at most.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine.model import PROJECTIONS, weight_name
+
+BENCH_PROMPT = "Explain, step by step, how a bicycle stays upright while it is moving."
+
+
+@dataclass
+class SpeedResult:
+    effort: float  # 1.0 = the dense path
+    effective_effort: float
+    decode_tps: float
+    ms_per_token: float
+    gbps: float  # projection weight bytes actually read per second
+    kernel_ms: dict[str, float] = field(default_factory=dict)  # per projection kind, summed over layers
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def decode_speed(runtime, prompt_ids: Sequence[int], effort: float, tokens: int, warmup: int = 4) -> tuple[float, float]:
+    """(median seconds per decode step, mean effective effort) over `tokens` greedy steps."""
+    runtime.reset(0)
+    logits = runtime.prefill(prompt_ids)
+    token = int(np.argmax(logits))
+    times, used = [], []
+    for n in range(warmup + tokens):
+        start = time.perf_counter()
+        logits, share = runtime.step(token, effort)
+        elapsed = time.perf_counter() - start
+        token = int(np.argmax(logits))
+        if n >= warmup:
+            times.append(elapsed)
+            used.append(share)
+    return float(np.median(times)), float(np.mean(used))
+
+
+def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats: int = 5) -> tuple[dict[str, float], float]:
+    """Per projection kind: ms for all layers' matrices at `effort` (median of repeats), and bytes read."""
+    local = runtime.local_efforts(effort)
+    layers = runtime.model.config.num_layers
+    totals = {p: 0.0 for p in PROJECTIONS}
+    bytes_read = 0.0
+    for i in range(layers):
+        for j, proj in enumerate(PROJECTIONS):
+            name = weight_name(i, proj)
+            e = 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                _, share = runtime.project(name, inputs[name], e)
+                samples.append(time.perf_counter() - start)
+            totals[proj] += float(np.median(samples)) * 1e3
+            bytes_read += runtime.bytes_read(name, share)
+    return totals, bytes_read
+
+
+def run(
+    runtime,
+    prompt_ids: Sequence[int],
+    efforts: Sequence[float],
+    tokens: int,
+    inputs: dict[str, np.ndarray] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[SpeedResult, list[SpeedResult]]:
+    """Dense first, then each effort; returns (dense, [per effort])."""
+    note = on_step or (lambda s: None)
+    results = []
+    for effort in [1.0, *efforts]:
+        note(f"decoding {tokens} tokens at effort {effort:g}")
+        step_s, share = decode_speed(runtime, prompt_ids, effort, tokens)
+        kernels, nbytes = kernel_times(runtime, inputs, effort) if inputs is not None else ({}, 0.0)
+        kernel_s = sum(kernels.values()) / 1e3
+        gbps = nbytes / kernel_s / 1e9 if kernel_s > 0 else 0.0
+        results.append(SpeedResult(effort, share, 1.0 / step_s, step_s * 1e3, gbps, kernels))
+    return results[0], results[1:]
