@@ -100,7 +100,11 @@ typedef void (*job_fn)(void *arg, int tid);
 static int g_nthreads = 1, g_started = 0;
 static pthread_t g_th[ECPU_MAXT];
 static atomic_uint g_gen;
-static atomic_int g_done, g_stop, g_nsleep;
+static atomic_int g_open, g_active, g_stop, g_nsleep;
+/* Join protocol: a job is open from pool_run's start until the caller has finished its own share; a worker
+   registers in g_active and then joins only if the job is still open, so a worker that the OS has not
+   scheduled in time (oversubscribed machine) never makes the caller wait: all jobs claim their work units
+   with atomic counters, so the caller alone can complete any job. */
 static job_fn g_fn; static void *g_arg;
 static unsigned g_gen_at_start; /* generation seen by workers at creation (avoids a start-up race) */
 static pthread_mutex_t g_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -132,8 +136,9 @@ static void *worker_main(void *p) {
         }
         if (atomic_load(&g_stop)) break;
         seen = g;
-        g_fn(g_arg, tid);
-        atomic_fetch_add_explicit(&g_done, 1, memory_order_release);
+        atomic_fetch_add(&g_active, 1);                 /* seq_cst: pairs with the caller's g_open = 0 then g_active check */
+        if (atomic_load(&g_open)) g_fn(g_arg, tid);
+        atomic_fetch_sub_explicit(&g_active, 1, memory_order_release);
     }
     return NULL;
 }
@@ -165,12 +170,13 @@ void ecpu_shutdown(void) {
 static void pool_run(job_fn fn, void *arg) {
     if (g_nthreads <= 1) { fn(arg, 0); return; }
     g_fn = fn; g_arg = arg;
-    atomic_store_explicit(&g_done, 0, memory_order_relaxed);
+    atomic_store(&g_open, 1);
     atomic_fetch_add(&g_gen, 1); /* seq_cst: pairs with the sleeper's nsleep++ then gen check */
     if (atomic_load(&g_nsleep) > 0) { pthread_mutex_lock(&g_mtx); pthread_cond_broadcast(&g_cv); pthread_mutex_unlock(&g_mtx); }
-    fn(arg, 0);
+    fn(arg, 0);                  /* returns when every work unit has been claimed and the caller's are done */
+    atomic_store(&g_open, 0);    /* late workers skip the job from here on */
     long spins = 0;
-    while (atomic_load_explicit(&g_done, memory_order_acquire) != g_nthreads - 1) {
+    while (atomic_load_explicit(&g_active, memory_order_acquire) != 0) {   /* workers inside the job: wait for their units */
         if (++spins < 20000) cpu_relax(); else sched_yield();   /* oversubscribed machine: let the worker run */
     }
 }
