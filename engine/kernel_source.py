@@ -1,0 +1,453 @@
+"""Portable GPU kernels: one body, three instantiations (Metal, CUDA, host C/C++).
+
+Every kernel body lives once under ``metal/kernels/*.h``, written against a small ``EF_*``
+vocabulary (thread ids, threadgroup arrays, phases separated by barriers, threadgroup atomics,
+fp16 bit loads, fma/exp).  A backend prelude (``metal/preludes/{metal,cuda,c}.h``) defines that
+vocabulary:
+
+* **metal**: ``header`` and ``source`` for ``mx.fast.metal_kernel`` (the product's target);
+* **cuda**: ``header`` and ``source`` for ``mx.fast.cuda_kernel`` (MLX's CUDA backend);
+* **host**: a C++17 translation unit with one ``extern "C"`` function per kernel that runs the
+  threadgroups one after another and each phase as a loop over the threads, so the test suite
+  executes the very text that ships for the GPU (``build_host`` + ``HostKernels``), optionally
+  with a race / bounds checker (``checked=True``).
+
+Two emulations of MLX's source generation are here for checks without a GPU:
+``metal_translation_unit`` (mlx/backend/common/metal_kernel.cpp ``write_signature``, verified in
+the tests against the text MLX itself records when a call is exported) and
+``cuda_translation_unit`` (mlx/backend/cuda/custom_kernel.cpp ``build_kernel``, compiled with
+``nvcc`` in the tests when it is installed).
+
+A kernel's MLX name carries a hash of everything in its text (body, preludes, defines): MLX
+caches compiled libraries by name, so two variants must never share one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import metal
+
+BACKENDS = ("metal", "cuda", "host")
+PRELUDES = {"metal": "preludes/metal.h", "cuda": "preludes/cuda.h", "host": "preludes/c.h"}
+COMMON = "kernels/common.h"
+
+# the first statements of every body: thread / threadgroup indices per backend
+PROLOGUES = {
+    "metal": (
+        "const uint32_t GX_ = threadgroup_position_in_grid.x;\n"
+        "const uint32_t GY_ = threadgroup_position_in_grid.y;\n"
+        "const uint32_t LID_ = thread_position_in_threadgroup.x;\n"
+    ),
+    "cuda": (
+        "const uint32_t GX_ = blockIdx.x;\n"
+        "const uint32_t GY_ = blockIdx.y;\n"
+        "const uint32_t LID_ = threadIdx.x;\n"
+    ),
+}
+
+DTYPES = ("float32", "uint16", "uint8", "int32")
+C_TYPES = {"float32": "float", "uint16": "uint16_t", "uint8": "uint8_t", "int32": "int32_t"}
+NP_TYPES = {"float32": np.float32, "uint16": np.uint16, "uint8": np.uint8, "int32": np.int32}
+# get_type_string (mlx/backend/common/compiled.cpp) and dtype_to_cuda_type (cuda/utils.cpp)
+MLX_METAL_TYPES = C_TYPES
+MLX_CUDA_TYPES = C_TYPES
+
+# Metal thread attributes MLX adds to the signature when their name occurs in the source, in
+# MLX's order (mlx/backend/common/metal_kernel.cpp).
+METAL_ATTRIBUTES = (
+    ("dispatch_quadgroups_per_threadgroup", "uint"),
+    ("dispatch_simdgroups_per_threadgroup", "uint"),
+    ("dispatch_threads_per_threadgroup", "uint3"),
+    ("grid_origin", "uint3"),
+    ("grid_size", "uint3"),
+    ("quadgroup_index_in_threadgroup", "uint"),
+    ("quadgroups_per_threadgroup", "uint"),
+    ("simdgroup_index_in_threadgroup", "uint"),
+    ("simdgroups_per_threadgroup", "uint"),
+    ("thread_execution_width", "uint"),
+    ("thread_index_in_quadgroup", "uint"),
+    ("thread_index_in_simdgroup", "uint"),
+    ("thread_index_in_threadgroup", "uint"),
+    ("thread_position_in_grid", "uint3"),
+    ("thread_position_in_threadgroup", "uint3"),
+    ("threadgroup_position_in_grid", "uint3"),
+    ("threadgroups_per_grid", "uint3"),
+    ("threads_per_grid", "uint3"),
+    ("threads_per_simdgroup", "uint"),
+    ("threads_per_threadgroup", "uint3"),
+)
+MLX_MAX_CONSTANT_ARRAY_SIZE = 8  # Metal inputs with fewer elements go to `constant` memory
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    dtype: str  # one of DTYPES
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One compiled variant of a portable kernel body."""
+
+    base: str                                  # e.g. "effort_select"
+    body: str                                  # path under metal/, e.g. "kernels/select.h"
+    inputs: tuple[Arg, ...]
+    outputs: tuple[Arg, ...]
+    tgs: int                                   # threads per threadgroup (EF_TGS)
+    defines: tuple[tuple[str, str], ...] = field(default=())  # extra #defines (name, text)
+
+    @property
+    def all_defines(self) -> tuple[tuple[str, str], ...]:
+        return (("EF_TGS", str(self.tgs)), *self.defines)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [a.name for a in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [a.name for a in self.outputs]
+
+    @functools.cached_property
+    def name(self) -> str:
+        """MLX kernel name: base + hash of the whole text of every instantiation."""
+        return _spec_name(self)
+
+
+@functools.lru_cache(maxsize=None)
+def _text(relative: str) -> str:
+    """A kernel source file (read once per process)."""
+    return metal.source(relative)
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_name(spec: KernelSpec) -> str:
+    h = hashlib.sha256()
+    for part in (spec.body, COMMON, *PRELUDES.values()):
+        h.update(part.encode())
+        h.update(_text(part).encode())
+    h.update(repr((spec.inputs, spec.outputs, spec.all_defines)).encode())
+    h.update(repr(PROLOGUES).encode())
+    return f"{spec.base}_{h.hexdigest()[:12]}"
+
+
+# --------------------------------------------------------------------------- kernel variants
+
+def _load_macro(macro: str, half: bool) -> tuple[str, str]:
+    text = "EF_H2F((p)[(i)])" if half else "((float)(p)[(i)])"
+    return (f"{macro}(p, i)", text)
+
+
+@functools.lru_cache(maxsize=None)
+def select_spec(x_half: bool = False, tgs: int = 1024) -> KernelSpec:
+    """Probe cutoff (radix select), one threadgroup per matrix."""
+    return KernelSpec(
+        "effort_select", "kernels/select.h",
+        (Arg("probes", "float32"), Arg("x", "uint16" if x_half else "float32"), Arg("params", "int32")),
+        (Arg("cutoff", "float32"),),
+        tgs, (("EF_X_HALF", str(int(x_half))), _load_macro("EF_LOAD_X", x_half)))
+
+
+@functools.lru_cache(maxsize=None)
+def dispatch_spec(x_half: bool = False, tgs: int = 256) -> KernelSpec:
+    """k[in] from a cutoff (standalone dispatch)."""
+    return KernelSpec(
+        "effort_dispatch", "kernels/dispatch.h",
+        (Arg("stats", "float32"), Arg("x", "uint16" if x_half else "float32"),
+         Arg("cutoff", "float32"), Arg("params", "int32")),
+        (Arg("k", "int32"),),
+        tgs, (("EF_X_HALF", str(int(x_half))), _load_macro("EF_LOAD_X", x_half)))
+
+
+@functools.lru_cache(maxsize=None)
+def bucket_mul_spec(pos_nibble: bool = True, x_half: bool = False, tgs: int = 128,
+                    ipg_max: int = 512) -> KernelSpec:
+    """Dispatch + bucket multiply into partial sums [G, out]."""
+    ins = [Arg("w", "uint16")]
+    if pos_nibble:
+        ins.append(Arg("pos", "uint8"))
+    ins += [Arg("stats", "float32"), Arg("x", "uint16" if x_half else "float32"),
+            Arg("cutoff", "float32"), Arg("params", "int32")]
+    return KernelSpec(
+        "effort_bucket_mul", "kernels/bucket_mul.h", tuple(ins),
+        (Arg("partial", "float32"), Arg("k", "int32")),
+        tgs, (("EF_POS_NIBBLE", str(int(pos_nibble))), ("EF_IPG_MAX", str(ipg_max)),
+              ("EF_X_HALF", str(int(x_half))), _load_macro("EF_LOAD_X", x_half)))
+
+
+@functools.lru_cache(maxsize=None)
+def reduce_spec(tgs: int = 256) -> KernelSpec:
+    """Sum of the partial rows in a fixed order."""
+    return KernelSpec("effort_reduce", "kernels/reduce.h",
+                      (Arg("partial", "float32"), Arg("params", "int32")),
+                      (Arg("y", "float32"),), tgs)
+
+
+@functools.lru_cache(maxsize=None)
+def attention_spec(head_dim: int, final: bool, q_half: bool = False, kv_half: bool = False,
+                   tgs: int = 256) -> KernelSpec:
+    """Decode attention over one chunk of positions per threadgroup (online softmax)."""
+    if tgs % head_dim:
+        raise ValueError("the threadgroup size must be a multiple of head_dim")
+    outs = (Arg("out", "float32"),) if final else (Arg("o_part", "float32"), Arg("ml_part", "float32"))
+    return KernelSpec(
+        "effort_attention", "kernels/attention.h",
+        (Arg("q", "uint16" if q_half else "float32"), Arg("keys", "uint16" if kv_half else "float32"),
+         Arg("values", "uint16" if kv_half else "float32"), Arg("scale", "float32"),
+         Arg("params", "int32")),
+        outs, tgs,
+        (("EF_HD", str(head_dim)), ("EF_ATTN_FINAL", str(int(final))),
+         _load_macro("EF_LOAD_Q", q_half), _load_macro("EF_LOAD_KV", kv_half)))
+
+
+@functools.lru_cache(maxsize=None)
+def attn_combine_spec(head_dim: int) -> KernelSpec:
+    """Merge of the per-chunk softmax states."""
+    return KernelSpec("effort_attn_combine", "kernels/attn_combine.h",
+                      (Arg("o_part", "float32"), Arg("ml_part", "float32"), Arg("params", "int32")),
+                      (Arg("out", "float32"),), head_dim, (("EF_HD", str(head_dim)),))
+
+
+def all_specs() -> list[KernelSpec]:
+    """Every variant the engine can launch with its default sizes (for source checks)."""
+    specs = []
+    for xh in (False, True):
+        specs += [select_spec(xh), dispatch_spec(xh)]
+        specs += [bucket_mul_spec(nib, xh, tgs) for nib in (True, False) for tgs in (32, 64, 128)]
+    specs.append(reduce_spec())
+    for hd in (64, 128):
+        for final in (True, False):
+            for kvh in (False, True):
+                specs.append(attention_spec(hd, final, q_half=kvh, kv_half=kvh))
+        specs.append(attn_combine_spec(hd))
+    return specs
+
+
+# --------------------------------------------------------------------------- assembly
+
+def body_text(spec: KernelSpec) -> str:
+    return _text(spec.body)
+
+
+def defines_text(spec: KernelSpec) -> str:
+    return "".join(f"#define {k} {v}\n" for k, v in spec.all_defines)
+
+
+def undefines_text(spec: KernelSpec) -> str:
+    return "".join(f"#undef {k.split('(')[0]}\n" for k, _ in spec.all_defines)
+
+
+def header(spec: KernelSpec, backend: str) -> str:
+    """Prelude + this variant's #defines + the shared helpers (the `header=` argument)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}")
+    return (_text(PRELUDES[backend]) + "\n// ---- variant " + spec.name + "\n"
+            + defines_text(spec) + "\n" + _text(COMMON) + "\n")
+
+
+def source(spec: KernelSpec, backend: str) -> str:
+    """The kernel body with the backend's index prologue (the `source=` argument)."""
+    if backend not in PROLOGUES:
+        raise ValueError("source() is for the GPU backends; the host unit is host_translation_unit()")
+    return PROLOGUES[backend] + body_text(spec)
+
+
+def mlx_kernel_kwargs(spec: KernelSpec, backend: str) -> dict:
+    """Keyword arguments for mx.fast.metal_kernel / mx.fast.cuda_kernel."""
+    return dict(name=spec.name, input_names=spec.input_names, output_names=spec.output_names,
+                source=source(spec, backend), header=header(spec, backend))
+
+
+def metal_attributes(src: str) -> list[tuple[str, str]]:
+    """The thread attributes MLX will add for this source (substring rule)."""
+    return [(a, t) for a, t in METAL_ATTRIBUTES if a in src]
+
+
+def metal_translation_unit(spec: KernelSpec, input_sizes: dict[str, int]) -> str:
+    """What MLX compiles for Metal, minus its utils prefix (write_signature emulation).
+
+    ``input_sizes`` maps each input name to its element count (1-D inputs; an input of fewer
+    than 8 elements is passed in the ``constant`` address space)."""
+    src = source(spec, "metal")
+    sig_name = "custom_kernel_" + spec.name
+    for a in spec.inputs:
+        sig_name += "_" + MLX_METAL_TYPES[a.dtype] + ("c" if input_sizes[a.name] < MLX_MAX_CONSTANT_ARRAY_SIZE else "")
+    for a in spec.outputs:
+        sig_name += "_" + MLX_METAL_TYPES[a.dtype]
+    text = header(spec, "metal") + "[[kernel]] void " + sig_name + "(\n"
+    index = 0
+    for a in spec.inputs:
+        loc = "constant" if input_sizes[a.name] < MLX_MAX_CONSTANT_ARRAY_SIZE else "device"
+        text += f"  const {loc} {MLX_METAL_TYPES[a.dtype]}* {a.name} [[buffer({index})]],\n"
+        index += 1
+    attrs = metal_attributes(src)
+    for n, a in enumerate(spec.outputs):
+        text += f"  device {MLX_METAL_TYPES[a.dtype]}* {a.name} [[buffer({index})]]"
+        last = n == len(spec.outputs) - 1 and not attrs
+        text += ") {\n" if last else ",\n"
+        index += 1
+    for n, (attr, typ) in enumerate(attrs):
+        text += f"  {typ} {attr} [[{attr}]]" + (") {\n" if n == len(attrs) - 1 else ",\n")
+    return text + src + "\n}\n"
+
+
+CUDA_EMULATION_INCLUDES = (
+    "// stands in for #include \"mlx/backend/cuda/device/utils.cuh\" (MLX's default header)\n"
+    "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n#include <cstdint>\n\n#include <cooperative_groups.h>\n\n"
+)
+
+
+def cuda_translation_unit(specs: list[KernelSpec], includes: bool = True) -> str:
+    """MLX's generated CUDA source for each spec (build_kernel emulation), concatenated.
+
+    Between variants the #defines are undone so that one nvcc run checks them all."""
+    text = CUDA_EMULATION_INCLUDES if includes else ""
+    for spec in specs:
+        text += header(spec, "cuda")
+        text += "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
+        text += f"__global__ void custom_kernel_{spec.name}(\n"
+        params = [f"    const {MLX_CUDA_TYPES[a.dtype]}* {a.name}" for a in spec.inputs]
+        params += [f"    {MLX_CUDA_TYPES[a.dtype]}* {a.name}" for a in spec.outputs]
+        text += ",\n".join(params) + ") {\n"
+        text += source(spec, "cuda") + "\n}\n\n} // namespace mlx::core::cu\n"
+        text += undefines_text(spec) + "\n"
+    return text
+
+
+def host_function_text(spec: KernelSpec) -> str:
+    """One kernel as an extern "C" function running the grid sequentially."""
+    args = [f"const {C_TYPES[a.dtype]}* {a.name}_ptr, int64_t {a.name}_len" for a in spec.inputs]
+    args += [f"{C_TYPES[a.dtype]}* {a.name}_ptr, int64_t {a.name}_len" for a in spec.outputs]
+    args += ["uint32_t ef_ngx", "uint32_t ef_ngy"]
+    lines = [f'extern "C" void {spec.name}({", ".join(args)}) {{']
+    lines += [f"    EF_IN({C_TYPES[a.dtype]}, {a.name});" for a in spec.inputs]
+    lines += [f"    EF_OUT({C_TYPES[a.dtype]}, {a.name});" for a in spec.outputs]
+    lines += [
+        "    ::ef::launch_begin((uint32_t)(EF_TGS));",
+        "    for (uint32_t GY_ = 0; GY_ < ef_ngy; ++GY_) {",
+        "    for (uint32_t GX_ = 0; GX_ < ef_ngx; ++GX_) {",
+        "    ::ef::group_begin((uint64_t)GY_ * ef_ngx + GX_);",
+        f'#line 1 "{spec.body}"',
+        body_text(spec),
+        "    }}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def host_translation_unit(specs: list[KernelSpec], checked: bool = False) -> str:
+    text = f"#define EF_CHECKED {int(checked)}\n" + _text(PRELUDES["host"]) + "\n"
+    seen = set()
+    for spec in specs:
+        if spec.name in seen:
+            continue
+        seen.add(spec.name)
+        text += f"// ---- {spec.name}\n" + defines_text(spec) + _text(COMMON) + "\n"
+        text += host_function_text(spec) + undefines_text(spec) + "\n"
+    return text
+
+
+# --------------------------------------------------------------------------- host build / run
+
+HOST_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno",
+              "-Wall", "-Wno-unused-variable", "-Wno-unused-but-set-variable")
+
+
+def host_compiler() -> str | None:
+    for c in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if c and shutil.which(c):
+            return c
+    return None
+
+
+def build_cache_dir() -> Path:
+    d = Path(os.environ.get("EFFORT_KERNEL_CACHE", Path(tempfile.gettempdir()) / "effort_portable_kernels"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def build_host(specs: list[KernelSpec], checked: bool = False, cache: Path | None = None) -> Path:
+    """Compile the host instantiation of ``specs`` into a shared library (cached by hash)."""
+    cxx = host_compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++/clang++) found")
+    tu = host_translation_unit(specs, checked)
+    flags = list(HOST_FLAGS) + (["-O1"] if checked else [])
+    digest = hashlib.sha256((tu + " ".join([cxx, *flags])).encode()).hexdigest()[:16]
+    out_dir = (cache or build_cache_dir()) / digest
+    lib = out_dir / "kernels.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / "kernels.cpp"
+    src.write_text(tu)
+    tmp = out_dir / f"kernels.{os.getpid()}.so"
+    proc = subprocess.run([cxx, *flags, "-I", str(metal.ROOT), str(src), "-o", str(tmp), "-lm"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"host kernel build failed:\n{proc.stderr[-6000:]}")
+    os.replace(tmp, lib)
+    return lib
+
+
+class HostKernels:
+    """ctypes front end to a host build: ``run(spec, (ngx, ngy), inputs, outputs)``."""
+
+    def __init__(self, specs: list[KernelSpec], checked: bool = False, cache: Path | None = None):
+        self.specs = {s.name: s for s in specs}
+        self.checked = checked
+        self.path = build_host(specs, checked, cache)
+        self.lib = ctypes.CDLL(str(self.path))
+        self.lib.ef_check_errors.restype = ctypes.c_long
+        self.lib.ef_check_first_error.restype = ctypes.c_char_p
+
+    def errors(self) -> tuple[int, str]:
+        return int(self.lib.ef_check_errors()), self.lib.ef_check_first_error().decode()
+
+    def reset_errors(self) -> None:
+        self.lib.ef_check_reset()
+
+    def run(self, spec: KernelSpec, groups: tuple[int, int], inputs: list[np.ndarray],
+            outputs: list[int], fill: float = np.nan) -> list[np.ndarray]:
+        """Launch ``spec`` on a grid of ``groups`` = (ngx, ngy) threadgroups.
+
+        ``inputs`` are 1-D-able arrays of exactly the declared dtypes; ``outputs`` are element
+        counts (outputs start as ``fill`` converted to their dtype, like uninitialized memory)."""
+        if spec.name not in self.specs:
+            raise KeyError(f"{spec.name} is not in this build")
+        if len(inputs) != len(spec.inputs) or len(outputs) != len(spec.outputs):
+            raise ValueError("wrong number of inputs / outputs")
+        argv: list = []
+        keep = []
+        for a, arr in zip(spec.inputs, inputs):
+            arr = np.ascontiguousarray(arr).reshape(-1)
+            if arr.dtype != NP_TYPES[a.dtype]:
+                raise TypeError(f"{spec.base}: input {a.name} must be {a.dtype}, got {arr.dtype}")
+            keep.append(arr)
+            argv += [arr.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(arr.size)]
+        outs = []
+        for a, n in zip(spec.outputs, outputs):
+            if a.dtype == "float32":
+                o = np.full(n, fill, np.float32)
+            else:
+                o = np.full(n, -7, NP_TYPES[a.dtype])
+            outs.append(o)
+            argv += [o.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n)]
+        argv += [ctypes.c_uint32(groups[0]), ctypes.c_uint32(groups[1])]
+        getattr(self.lib, spec.name)(*argv)
+        return outs
