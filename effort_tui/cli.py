@@ -80,7 +80,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.api import EffortSetting, SamplingSettings
 
     progress = ProgressLine()
-    loaded = session.load(args.model, progress)
+    loaded = session.load(args.model, progress, effort=args.effort < 1.0, load_ranks=args.load_ranks)
     progress.close()
     tok = loaded.tokenizer
     if args.raw:
@@ -128,6 +128,105 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"at {result.prompt_tps:.1f} tok/s · ttft {result.ttft_s:.2f}s · effort {effort.get():.0%} · "
             f"{loaded.info.backend}]\n"
         )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from engine import session
+
+    progress = ProgressLine()
+    loaded = session.load(args.model, progress, effort=False)
+    session.prepare_effort(loaded.files, loaded.model, progress, load_ranks=16, values=False, force=args.force)
+    progress.close()
+    from engine.convert import converted_path
+
+    path = converted_path(loaded.files)
+    print(f"{path}  ({human_bytes(path.stat().st_size)})")
+    return 0
+
+
+def parse_efforts(text: str) -> list[float]:
+    try:
+        return [effort_value(part) for part in text.split(",") if part.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise EngineError(str(exc)) from None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine import evaluate, session
+    from engine.calibrate import CALIBRATION_TEXT  # noqa: F401 (the eval text is a different file)
+    from engine.model import projection_inputs
+
+    efforts = parse_efforts(args.efforts)
+    text_path = Path(args.text_file) if args.text_file else evaluate.DEFAULT_TEXT
+    if not text_path.is_file():
+        raise EngineError(f"{text_path}: no such text file")
+    try:
+        text = text_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EngineError(f"{text_path}: cannot read it as UTF-8 text ({exc})") from None
+    progress = ProgressLine()
+    loaded = session.load(args.model, progress, runtime=args.runtime)
+    ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
+    strategies = ["bucket", "activation"] if args.strategy == "both" else [args.strategy]
+    inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)]) if hasattr(loaded.runtime, "project") else None
+    cosine = (lambda e, s: evaluate.matrix_cosines(loaded.runtime, inputs, e, s)) if inputs else None
+    results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
+    progress.close()
+    print(evaluate.format_table(results, loaded.info.name, len(ids) - 1))
+    if args.plot:
+        evaluate.plot(results, args.plot, loaded.info.name)
+        print(f"plot written to {args.plot}")
+    if args.json:
+        record = {
+            "model": loaded.info.name,
+            "tokens": len(ids) - 1,
+            "reference": "dense",
+            "ppl_dense": round(ppl_dense, 4),
+            "results": [r.as_dict() for r in results],
+        }
+        print(json.dumps(record))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from engine import bench, session
+    from engine.model import projection_inputs
+
+    efforts = parse_efforts(args.efforts)
+    progress = ProgressLine()
+    loaded = session.load(args.model, progress, runtime=args.runtime)
+    progress.close()
+    ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
+    inputs = None
+    if hasattr(loaded.runtime, "project"):
+        captured = projection_inputs(loaded.model, ids)
+        inputs = {name: x[-1] for name, x in captured.items()}
+    note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
+    dense, results = bench.run(loaded.runtime, ids, efforts, args.tokens, inputs, note)
+    peak = max(bench.peak_rss_bytes(), loaded.runtime.peak_memory())
+    print(bench.format_table(dense, results, loaded.info, peak))
+    if args.json:
+        record = {
+            "backend": loaded.info.backend,
+            "device": loaded.info.device,
+            "model": loaded.info.name,
+            "runtime": type(loaded.runtime).__name__,
+            "dense": {"decode_tps": round(dense.decode_tps, 3), "ms_per_token": round(dense.ms_per_token, 3)},
+            "results": [
+                {
+                    "effort": r.effort, "effective_effort": round(r.effective_effort, 4),
+                    "decode_tps": round(r.decode_tps, 3), "ms_per_token": round(r.ms_per_token, 3),
+                    "gbps": round(r.gbps, 3), "speedup": round(r.decode_tps / dense.decode_tps, 3),
+                    "kernel_ms": {k: round(v, 3) for k, v in r.kernel_ms.items()},
+                }
+                for r in results
+            ],
+            "peak_memory_bytes": peak,
+        }
+        print(json.dumps(record))
     return 0
 
 
@@ -199,6 +298,13 @@ def positive_int(text: str) -> int:
 COMMANDS = ("chat", "generate", "pull", "models", "convert", "eval", "bench")
 
 
+def rank_count(text: str) -> int:
+    value = positive_int(text)
+    if value > 16:
+        raise argparse.ArgumentTypeError(f"--load-ranks takes 1..16, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
@@ -228,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    gen.add_argument("--load-ranks", type=rank_count, default=16, help="load only the K most important ranks of 16")
     gen.set_defaults(func=cmd_generate)
 
     pull = add("pull", help="fetch a known model into the cache")
@@ -237,6 +344,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = add("models", help="list known and cached models")
     models.set_defaults(func=cmd_models)
+
+    conv = add("convert", help="convert a model to the bucketMul layout (done automatically on first use)")
+    conv.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
+    conv.add_argument("--force", action="store_true", help="convert again even if cached")
+    conv.set_defaults(func=cmd_convert)
+
+    ev = add("eval", help="measure quality at several efforts against the dense model")
+    ev.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
+    ev.add_argument("--text-file", help="text to score (default: the bundled evaluation text)")
+    ev.add_argument("--efforts", default="1,0.75,0.5,0.25", help="comma-separated efforts")
+    ev.add_argument("--tokens", type=positive_int, default=384, help="tokens of the text to score")
+    ev.add_argument("--strategy", choices=("bucket", "activation", "both"), default="both")
+    ev.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
+    ev.add_argument("--plot", help="write a quality-vs-effort picture (PNG) to this path")
+    ev.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    ev.set_defaults(func=cmd_eval)
+
+    be = add("bench", help="decode speed of the dense path and the effort path")
+    be.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
+    be.add_argument("--efforts", default="1,0.75,0.5,0.25", help="comma-separated efforts")
+    be.add_argument("--tokens", type=positive_int, default=48, help="decode steps timed per effort")
+    be.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
+    be.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    be.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -91,3 +91,21 @@ def run(
         gbps = nbytes / kernel_s / 1e9 if kernel_s > 0 else 0.0
         results.append(SpeedResult(effort, share, 1.0 / step_s, step_s * 1e3, gbps, kernels))
     return results[0], results[1:]
+
+
+def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_bytes: int) -> str:
+    kinds = list(dense.kernel_ms) or []
+    head = f"{'effort':>7}{'effective':>10}{'tok/s':>8}{'ms/tok':>8}{'vs dense':>9}{'GB/s':>7}"
+    if kinds:
+        head += "  kernel ms (" + " ".join(k.replace("_proj", "") for k in kinds) + ")"
+    lines = [f"decode speed — {info.name} on {info.backend} ({info.device}); peak memory {peak_bytes / 2**20:.0f} MiB", head]
+    for r in [dense, *results]:
+        label = "dense" if r is dense else f"{r.effort:.2f}"
+        row = (
+            f"{label:>7}{r.effective_effort:>10.3f}{r.decode_tps:>8.1f}{r.ms_per_token:>8.2f}"
+            f"{r.decode_tps / dense.decode_tps:>8.2f}x{r.gbps:>7.1f}"
+        )
+        if kinds:
+            row += "  " + " ".join(f"{r.kernel_ms[k]:.2f}" for k in kinds)
+        lines.append(row)
+    return "\n".join(lines)

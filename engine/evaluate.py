@@ -10,6 +10,7 @@ at the same positions: mean KL(dense || effort), top-1 agreement, perplexity.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -87,3 +88,75 @@ def evaluate(
         results.append(EffortQuality(effort, effective, strategy, kl, top1, ppl, ppl_dense, cos))
     runtime.set_strategy("bucket")
     return results, ppl_dense
+
+
+DEFAULT_TEXT = Path(__file__).parent / "data" / "eval.txt"
+
+
+def matrix_cosines(runtime, inputs: dict[str, np.ndarray], effort: float, strategy: str) -> dict[str, float]:
+    """Mean cosine similarity between each projection's effort output and its dense output,
+    per projection kind, over the captured inputs (same input for both)."""
+    from engine.model import PROJECTIONS, weight_name
+
+    runtime.set_strategy(strategy)
+    local = runtime.local_efforts(effort)
+    layers = runtime.model.config.num_layers
+    sums = {p: [] for p in PROJECTIONS}
+    for i in range(layers):
+        for j, proj in enumerate(PROJECTIONS):
+            name = weight_name(i, proj)
+            e = 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])
+            for x in inputs[name]:
+                y, _ = runtime.project(name, x, e)
+                d, _ = runtime.project(name, x, 1.0)
+                denom = float(np.linalg.norm(y) * np.linalg.norm(d))
+                sums[proj].append(float(y @ d) / denom if denom > 0 else 1.0)
+    runtime.set_strategy("bucket")
+    return {p: round(float(np.mean(v)), 5) for p, v in sums.items()}
+
+
+def format_table(results: list[EffortQuality], model: str, tokens: int) -> str:
+    lines = [
+        f"quality vs the dense model — {model}, {tokens} tokens teacher-forced",
+        f"{'strategy':<11}{'effort':>7}{'effective':>10}{'KL':>9}{'top-1':>8}{'ppl':>9}{'dense ppl':>10}  cosine (q k v o gate up down)",
+    ]
+    for r in results:
+        cos = " ".join(f"{v:.3f}" for v in r.cosine.values()) if r.cosine else "-"
+        lines.append(
+            f"{r.strategy:<11}{r.effort:>7.2f}{r.effective_effort:>10.3f}{r.kl_mean:>9.4f}"
+            f"{r.top1_agreement:>8.1%}{r.ppl:>9.2f}{r.ppl_dense:>10.2f}  {cos}"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[EffortQuality], path: str, model: str) -> None:
+    """KL and top-1 agreement against effort, one curve per strategy (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EngineError("--plot needs matplotlib: pip install 'effort-engine[plot]'") from None
+    fig, (ax_kl, ax_top) = plt.subplots(1, 2, figsize=(10, 4))
+    for strategy in dict.fromkeys(r.strategy for r in results):
+        rows = sorted((r for r in results if r.strategy == strategy), key=lambda r: r.effort)
+        label = "bucketMul" if strategy == "bucket" else "activation-only (TEAL-like)"
+        ax_kl.plot([r.effort for r in rows], [max(r.kl_mean, 1e-6) for r in rows], "o-", label=label)
+        ax_top.plot([r.effort for r in rows], [100 * r.top1_agreement for r in rows], "o-", label=label)
+    ax_kl.set_yscale("log")
+    ax_kl.set_xlabel("effort (share of weights multiplied)")
+    ax_kl.set_ylabel("mean KL to the dense model")
+    ax_top.set_xlabel("effort (share of weights multiplied)")
+    ax_top.set_ylabel("top-1 agreement with the dense model (%)")
+    for ax in (ax_kl, ax_top):
+        ax.grid(alpha=0.3)
+        ax.invert_xaxis()
+        ax.legend()
+    fig.suptitle(f"Quality vs effort — {model}")
+    fig.tight_layout()
+    from engine.atomic import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
 
-from engine.model import Cache, Model, Projector
+from engine.model import Cache, Model
 
 PREFILL_CHUNK = 512
-
-# effort -> (projector for one decode step, effective effort of that step)
-EffortPath = Callable[[float], tuple[Projector, Callable[[], float]]]
-
 
 class MLXRuntime:
     """Dense prefill in chunks; decode through the effort path when one is plugged in."""
 
-    def __init__(self, model: Model, context_limit: int, effort_path: EffortPath | None = None) -> None:
+    def __init__(self, model: Model, context_limit: int, effort_path=None) -> None:
+        """`effort_path`: an `engine.effort_mlx.MLXEffortPath`, or None for the dense model only."""
         self.model = model
         self.context_limit = context_limit
         self.effort_path = effort_path
@@ -45,6 +42,13 @@ class MLXRuntime:
         logits = self.model(tokens, self.cache, project=project)
         out = np.array(logits[-1])
         return out, effective()
+
+    def set_strategy(self, strategy: str) -> None:
+        if self.effort_path is not None:
+            self.effort_path.strategy = strategy
+
+    def local_efforts(self, effort: float):
+        return None if self.effort_path is None else self.effort_path.local_efforts(effort)
 
     def peak_memory(self) -> int:
         return int(mx.get_peak_memory())

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from engine import backend as backends
-from engine import registry
+from engine import convert, registry
+from engine.bucket import B
+from engine.convert import Converted
 from engine.api import ModelInfo
 from engine.errors import EngineError
 from engine.events import LoadProgress
@@ -28,6 +30,7 @@ class LoadedModel:
     runtime: Runtime
     tokenizer: Tokenizer
     generator: Generator
+    converted: Converted | None = None
 
 
 def display_name(spec: str | None, path: Path) -> str:
@@ -35,39 +38,81 @@ def display_name(spec: str | None, path: Path) -> str:
     return spec if spec in registry.KNOWN_MODELS else path.name
 
 
-def make_runtime(model: Model, context_limit: int, kind: str, backend: str) -> Runtime:
-    """`kind`: "auto" (the C decode path on a CPU when it builds, else MLX), "mlx" or "cpu"."""
-    if kind == "mlx" or (kind == "auto" and backend != "cpu"):
-        return MLXRuntime(model, context_limit)
+def runtime_kind(requested: str, backend: str) -> str:
+    """"mlx" or "cpu" (the native C decode path): "auto" takes the native path on a CPU when it builds."""
+    if requested == "mlx" or (requested == "auto" and backend != "cpu"):
+        return "mlx"
     from engine import native
-    from engine.runtime_cpu import CPURuntime
 
-    lib = native.library()
-    if lib is None:
-        if kind == "cpu":
-            raise EngineError(f"the native CPU path is unavailable: {native.build_error()}")
-        return MLXRuntime(model, context_limit)
-    return CPURuntime(model, context_limit, lib)
+    if native.library() is not None:
+        return "cpu"
+    if requested == "cpu":
+        raise EngineError(f"the native CPU path is unavailable: {native.build_error()}")
+    return "mlx"
 
 
-def load(spec: str | None, on_progress: ProgressFn | None = None, runtime: str = "auto") -> LoadedModel:
-    """Resolve, fetch if needed, read and load a model for the detected backend."""
+def make_runtime(model: Model, context_limit: int, kind: str, converted: Converted | None = None) -> Runtime:
+    if kind == "cpu":
+        from engine import native
+        from engine.runtime_cpu import CPURuntime
+
+        return CPURuntime(model, context_limit, native.library(), converted)
+    from engine.effort_mlx import MLXEffortPath
+
+    path = MLXEffortPath(converted, model.config.num_layers, model.dense) if converted else None
+    return MLXRuntime(model, context_limit, path)
+
+
+def prepare_effort(
+    files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int, values: bool, force: bool = False
+) -> Converted:
+    """Convert the model on first use (cached), then load its bucketMul side."""
+    from engine import calibrate
+
+    tokens = calibrate.calibration_tokens(files.tokenizer)
+    convert.convert(files, lambda bms, p: calibrate.calibrate(model, bms, tokens, p), progress, force=force)
+    return convert.load(files, load_ranks, values=values)
+
+
+def load(
+    spec: str | None,
+    on_progress: ProgressFn | None = None,
+    runtime: str = "auto",
+    effort: bool = True,
+    load_ranks: int = B,
+) -> LoadedModel:
+    """Resolve, fetch if needed, read and load a model for the detected backend.
+
+    `effort=False` skips the bucketMul side (conversion, layouts): dense only."""
     progress = on_progress or (lambda p: None)
     path = registry.resolve(spec, progress)
     progress(LoadProgress("read", 0, 0, "", f"reading {path.name}"))
     files = open_model(path)
     be = backends.detect()
+    if load_ranks < B and be.name != "cpu":
+        raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
     names = files.tensors.names()
     weights = {}
     for n, name in enumerate(names, 1):
         weights[name] = to_mlx(files.tensors.get(name), be.dtype)
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
-    run = make_runtime(model, files.config.context_length, runtime, be.name)
+    kind = runtime_kind(runtime, be.name)
+    # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
+    converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
+    run = make_runtime(model, files.config.context_length, kind, converted)
     params = sum(int(w.size) for w in weights.values())
     info = ModelInfo(
         name=display_name(spec, path), path=str(path), architecture=files.config.architecture,
         backend=be.name, device=be.device, context_limit=files.config.context_length, parameters=params,
+        effort_cap=converted.effort_cap if converted else 1.0,
+        resident_bytes=resident_bytes(model, converted),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
-    return LoadedModel(info, files, model, run, files.tokenizer, generator)
+    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
+
+
+def resident_bytes(model: Model, converted: Converted | None) -> int:
+    """Bytes of weights held for this model (MLX weights plus the loaded bucketMul side)."""
+    total = sum(int(w.nbytes) for w in model.w.values())
+    return total + (converted.nbytes() if converted else 0)
