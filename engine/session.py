@@ -15,6 +15,7 @@ from engine.errors import EngineError
 from engine.events import LoadProgress
 from engine.generate import Generator, Runtime
 from engine.loader import ModelFiles, open_model
+from engine.model_config import ModelConfig
 from engine.model import Model, to_mlx
 from engine.runtime_mlx import MLXRuntime
 from engine.tokenizer import Tokenizer
@@ -38,9 +39,18 @@ def display_name(spec: str | None, path: Path) -> str:
     return spec if spec in registry.KNOWN_MODELS else path.name
 
 
-def runtime_kind(requested: str, backend: str) -> str:
-    """"mlx" or "cpu" (the native C decode path): "auto" takes the native path on a CPU when it builds."""
-    if requested == "mlx" or (requested == "auto" and backend != "cpu"):
+NATIVE_OUT_MULTIPLE = 64  # the native effort kernel works on tiles of 4 buckets of 16 outputs
+
+
+def runtime_kind(requested: str, backend: str, config: ModelConfig) -> str:
+    """"mlx" or "cpu" (the native C decode path): "auto" takes the native path on a CPU when it builds
+    and every projection's output size suits its kernels."""
+    c = config
+    outs = {c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, c.intermediate_size}
+    fits = all(o % NATIVE_OUT_MULTIPLE == 0 for o in outs)
+    if requested == "cpu" and not fits:
+        raise EngineError(f"the native CPU path needs projection sizes that are multiples of {NATIVE_OUT_MULTIPLE}")
+    if requested == "mlx" or (requested == "auto" and (backend != "cpu" or not fits)):
         return "mlx"
     from engine import native
 
@@ -97,7 +107,7 @@ def load(
         weights[name] = to_mlx(files.tensors.get(name), be.dtype)
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
-    kind = runtime_kind(runtime, be.name)
+    kind = runtime_kind(runtime, be.name, files.config)
     # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
     converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
     run = make_runtime(model, files.config.context_length, kind, converted)

@@ -5,7 +5,7 @@
     tiny_weights(arch, seed) -> {hf_name: float32 array}   (the weights before any file format)
 
 Everything is deterministic in `seed` and small (hidden 64, 2 layers, 4 heads / 2 KV heads,
-head_dim 16, FFN 128, vocabulary ~360), but every tensor kind of a real model is there.
+head_dim 32, FFN 256, vocabulary ~360), but every tensor kind of a real model is there.
 GGUF files follow llama.cpp's converter: Q/K rows permuted for llama (not for qwen2),
 tensor names token_embd / blk.N.* / output_norm / output, metadata under `<arch>.*`.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 64, 2, 4, 2, 128
+HIDDEN, LAYERS, HEADS, KV_HEADS, FFN = 128, 2, 4, 2, 256  # every output size a multiple of 64 (the native kernels need it)
 HEAD_DIM = HIDDEN // HEADS
 ROPE_THETA = 10000.0
 RMS_EPS = 1e-5

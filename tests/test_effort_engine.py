@@ -1,0 +1,142 @@
+"""Effort end to end on tiny models: conversion cache, live effort, truncated loads, eval and bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from effort_tui.cli import main
+from engine import convert, reference, session
+from engine.api import EffortSetting, SamplingSettings
+from engine.bucket import B
+from engine.model import projection_inputs
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFORT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(params=["cpu", "mlx"])
+def loaded(request, tiny_gguf, cache):
+    return session.load(str(tiny_gguf("F16")), runtime=request.param)
+
+
+def test_conversion_is_cached_atomically_and_deterministic(tiny_gguf, cache):
+    model = tiny_gguf("F16")
+    first = session.load(str(model), runtime="cpu")
+    path = convert.converted_path(first.files)
+    assert path.is_file() and not list(path.parent.glob("*.part"))
+    stamp = path.stat().st_mtime_ns
+    before = load_file(str(path))
+    second = session.load(str(model), runtime="cpu")  # reuses the cache
+    assert path.stat().st_mtime_ns == stamp
+    session.prepare_effort(second.files, second.model, lambda p: None, B, values=True, force=True)
+    after = load_file(str(path))  # same input, same content (the header's key order is not fixed)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_effort_one_is_exactly_dense_and_lower_effort_is_honest(loaded):
+    ids = loaded.tokenizer.encode("hello world, this is a test of effort")
+    rt = loaded.runtime
+    dense = rt.prefill(ids)
+    rt.reset(len(ids) - 1)
+    logits_full, used = rt.step(ids[-1], 1.0)
+    assert used == 1.0
+    rt.reset(len(ids) - 1)
+    logits_half, used_half = rt.step(ids[-1], 0.5)
+    assert abs(used_half - 0.5) < 0.06
+    assert np.abs(logits_full - dense).max() < 1e-3 * np.abs(dense).max()
+    assert not np.allclose(logits_half, logits_full)
+
+
+def test_native_effort_step_matches_the_numpy_reference(tiny_gguf, cache):
+    """Every projection of one decode step through the C effort path equals reference.bucket_matvec."""
+    loaded = session.load(str(tiny_gguf("F16")), runtime="cpu")
+    rt = loaded.runtime
+    ids = loaded.tokenizer.encode("reference check")
+    inputs = projection_inputs(loaded.model, ids)
+    local = rt.local_efforts(0.4)
+    names = list(loaded.converted.allocation.names)
+    full = convert.load(loaded.files, values=True)
+    for j, name in enumerate(convert.projection_names(loaded.model.config.num_layers)):
+        e = float(np.float32(local[j]))
+        x = inputs[name][-1]
+        y, share = rt.project(name, x, e)
+        y_ref, k = reference.bucket_matvec(full.buckets[name], x, e)
+        scale = np.abs(x).sum() * np.abs(full.buckets[name].values()).max()
+        assert np.abs(y - y_ref).max() <= 1e-5 * scale, name
+        assert share == pytest.approx(reference.effective_effort(k))
+    assert names  # the allocation covers every projection
+
+
+def test_live_effort_change_mid_answer(loaded):
+    effort = EffortSetting(1.0)
+    ids = loaded.tokenizer.encode_chat([{"role": "user", "content": "count to ten"}])
+
+    def lower(event):
+        if event.index == 3:
+            effort.set(0.3)
+
+    res = loaded.generator.generate(ids, SamplingSettings(max_tokens=8), effort, on_token=lower)
+    if res.generated_tokens > 4:
+        assert res.effort_trace[3:] == [0.3] * (res.generated_tokens - 3)
+        assert all(0.2 < e < 0.4 for e in res.effective_trace[3:])
+
+
+def test_load_ranks_caps_effort_and_memory(tiny_gguf, cache):
+    full = session.load(str(tiny_gguf("F16")), runtime="mlx")
+    part = session.load(str(tiny_gguf("F16")), runtime="mlx", load_ranks=8)
+    assert part.info.effort_cap == 0.5 and full.info.effort_cap == 1.0
+    assert part.converted.nbytes() < 0.6 * full.converted.nbytes()
+    ids = part.tokenizer.encode("truncated load")
+    part.runtime.prefill(ids[:-1])
+    _, used = part.runtime.step(ids[-1], 0.5)
+    assert used <= 0.5 + 1e-9
+    native = session.load(str(tiny_gguf("F16")), runtime="cpu", load_ranks=8)
+    native.runtime.prefill(ids[:-1])
+    _, used_native = native.runtime.step(ids[-1], 0.5)
+    assert used_native <= 0.5 + 1e-9
+
+
+def test_eval_json_and_bucket_beats_activation(tiny_gguf, cache, capsys, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    code = main(["eval", "--model", str(tiny_gguf("F16")), "--text-file", str(text), "--tokens", "40",
+                 "--efforts", "1,0.5", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["reference"] == "dense" and record["tokens"] == 40
+    rows = {(r["strategy"], r["effort"]): r for r in record["results"]}
+    assert rows[("bucket", 1.0)]["kl_mean"] < 1e-6 and rows[("bucket", 1.0)]["top1_agreement"] == 1.0
+    for r in record["results"]:
+        assert {"effort", "effective_effort", "kl_mean", "top1_agreement", "ppl", "ppl_dense"} <= set(r)
+        assert abs(r["effective_effort"] - r["effort"]) < 0.06
+
+
+def test_bench_json(tiny_gguf, cache, capsys):
+    code = main(["bench", "--model", str(tiny_gguf("F16")), "--efforts", "0.5", "--tokens", "4", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"backend", "device", "model", "dense", "results", "peak_memory_bytes"} <= set(record)
+    assert record["dense"]["decode_tps"] > 0 and record["dense"]["ms_per_token"] > 0
+    (row,) = record["results"]
+    assert row["effort"] == 0.5 and 0.4 < row["effective_effort"] < 0.6 and row["gbps"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--text-file", "/no/such/file.txt"], "no such text file"),
+        (["bench", "--efforts", "0.5,lots"], "effort must be"),
+        (["generate", "--prompt", "hi", "--model", "/no/such/model.gguf"], "no such file"),
+    ],
+)
+def test_bad_input_is_one_line(argv, message, capsys, cache):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
