@@ -261,7 +261,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise EngineError(f"the chat UI cannot start: {exc}") from exc
     from engine.worker import EngineWorker
 
-    engine = EngineWorker(effort=args.effort if args.effort is not None else 1.0, debug=args.debug)
+    engine = EngineWorker(
+        effort=args.effort if args.effort is not None else 1.0, debug=args.debug, load_ranks=args.load_ranks
+    )
     try:
         return run_chat(
             engine=engine, model=args.model, effort=args.effort, history=not args.no_history, theme=args.theme
@@ -320,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--effort", type=effort_value, help="starting effort, 0-1 (or a percentage)")
     chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
     chat.add_argument("--theme", help="theme name")
+    chat.add_argument("--load-ranks", type=rank_count, default=16, help="load only the K most important ranks of 16")
     chat.set_defaults(func=cmd_chat)
 
     gen = add("generate", help="answer one prompt, streaming to stdout")

@@ -3,7 +3,7 @@
 Reading never fails: a file that cannot be parsed gives the defaults plus a
 one-line problem the app shows as a notification; a bad value gives the
 default for that key plus a problem. Writing goes through a temp file and
-`os.replace`, so a crash never leaves half a file. See CONFIG.md.
+`os.replace`, so a crash never leaves half a file. See the README (Configuration).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def dumps(config: Config) -> str:
     s = config.sampling
     lines = [
         "# Effort Engine settings. The app rewrites this file when you change the theme;",
-        "# unknown keys are kept, comments are not. Documentation: CONFIG.md / README.",
+        "# unknown keys are kept, comments are not. Documentation: the README, Configuration.",
         "",
         "# Model to load at start: an alias (smollm2-135m), a GGUF file or a Hugging Face folder.",
         f"model = {toml_value(config.model)}",
@@ -254,7 +254,7 @@ def dumps(config: Config) -> str:
         lines.append("# seed = 0  # set for reproducible sampling")
     for key, value in config.extra.get("sampling", {}).items():
         lines.append(f"{toml_key(key)} = {toml_value(value)}")
-    lines += ["", "# binding_id = \"key1,key2\" (see the key list in CONFIG.md or press F1)", "[keymap]"]
+    lines += ["", "# binding_id = \"key1,key2\" (see the key list in the README or press F1)", "[keymap]"]
     for binding_id, keys in sorted(config.keymap.items()):
         lines.append(f"{toml_key(binding_id)} = {toml_value(keys)}")
     for table, values in table_extra.items():

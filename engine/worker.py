@@ -45,9 +45,10 @@ def failed_result(request_ids: list[int], message: str) -> GenerationResult:
 class EngineWorker:
     """The real `ChatEngine`."""
 
-    def __init__(self, effort: float = 1.0, debug: bool = False) -> None:
+    def __init__(self, effort: float = 1.0, debug: bool = False, load_ranks: int = 16) -> None:
         self.effort = EffortSetting(effort)
         self.debug = debug
+        self.load_ranks = load_ranks
         self.loaded = None  # engine.session.LoadedModel once a load succeeded
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="effort-engine", daemon=True)
@@ -74,7 +75,7 @@ class EngineWorker:
             from engine import session  # imported here so constructing a worker stays cheap
 
             try:
-                self.loaded = session.load(model, on_progress)
+                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks)
             except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
                 on_done(None, self._explain(exc))
                 return
