@@ -8,21 +8,21 @@
  * __builtin_cpu_supports) and portable scalar C.  No AVX-512 path: the development host
  * exposes only AVX2 (no avx512* cpu flags), so AVX-512 code could not be tested here.
  *
- * EFFORT LAYOUT ("tile4/chunk4", per matrix W[out][in], out % 64 == 0):
- *   bucket c = outputs 16c..16c+15 (nb = out/16), tile t = buckets 4t..4t+3 (nt = out/64).
- *   For each (input i, bucket c) the 16 weights are ranked by |w| descending (fp16 bits&0x7fff,
- *   ties: lower position first); chunk g (0..3) holds ranks 4g..4g+3.
- *   blk  (uint16, out*in*5/4 elements = 2.5 B/weight): block b = (t*4+g)*in + i is 20 uint16:
- *        [q]        q=0..3 : 16-bit position mask of bucket 4t+q's chunk-g members
- *        [4+4q+s]   s=0..3 : fp16 value of the s-th member in increasing position order
- *   codes (uint8, out*in/4 = 0.25 B/weight, read only for partial chunks): codes[4b+q] =
- *        r0 | r1<<2 | r2<<4, r_s = rank-4g of member s (r3 implied: 6-r0-r1-r2).
- *   Selection for a token: input i keeps ranks < k[i]: chunks g < k[i]/4 fully, chunk k[i]/4 partially
- *   (members with r_s < k[i]%4).  Memory traffic ~2.5 B per kept weight (+ chunk rounding).
- * Kernel (AVX2): per tile, 8 ymm accumulators (64 outputs) stay in registers over all active
- *   (g,i) rows; per bucket-chunk the 4 fp16 values are converted once, duplicated in both 128-bit
- *   lanes, and routed to their positions with two vpshufb whose controls come from a 16 KB table
- *   indexed by the low / high byte of the mask (zero for absent lanes), then 2 FMAs with x[i].
+ * EFFORT LAYOUT ("masked-dense tiles", per matrix W[out][in], out % 64 == 0):
+ *   bucket c = outputs 16c..16c+15; the 16 weights of (input i, bucket c) are ranked by |w| descending
+ *   (fp16 bits & 0x7fff, ties: lower position first).  Input i keeps the weights with rank < k[i].
+ *   tile t = outputs 64t..64t+63 (nt = out/64).  blk (uint16): blk[0] = offset (uint16 units, 1..32) of the
+ *   64-byte aligned data start D (blk_bytes = 2.5*out*in + 64 B); per tile, from D + t*80*in:
+ *        [64*i + o]          fp16 w[64t+o][i], o = 0..63  (one 128-byte row per input, input-major)
+ *        bytes of [64*in ..) rank nibbles, 32 B per input: byte 32*i + 16*(o/32) + o%16 holds the rank of
+ *                            output 64t+o in its low nibble if o%32 < 16, else in its high nibble.
+ *   codes: unused (64 bytes).  Memory: 2.5 B per weight, nothing else (also serves k = 16 everywhere).
+ * Kernel (AVX2): per tile, 8 ymm accumulators (64 outputs) stay in registers over the inputs with k > 0
+ *   (in increasing order, rows software-prefetched ECPU_PD ahead).  k = 16 only: 8 x (vcvtph2ps + FMA) per
+ *   row.  Otherwise (mixed list): 32 rank nibbles -> vpcmpgtb against k -> byte masks -> vpunpck to 16-bit
+ *   masks -> vpand on the fp16 bits before the conversion, + FMA.  Inputs with k = 0 are skipped.
+ *   (A hybrid with tile4/chunk4 blocks for 0 < k < T was measured slower than this at every T; see
+ *   scratch/cpu3/README.md.)
  */
 #include "effort_cpu.h"
 #include <stdlib.h>
@@ -47,37 +47,6 @@ static float h2f(uint16_t h) {
     else u = s | ((e + 112) << 23) | (m << 13);
     memcpy(&f, &u, 4);
     return f;
-}
-
-/* ------------------------------------------------------------------ tables */
-static int32_t SLOT_LO[256][8], SLOT_HI[256][8];         /* slot index feeding each lane (>=4: none) */
-static uint8_t CTRL[2][256][32] __attribute__((aligned(64))); /* vpshufb controls (lo / hi half) */
-static uint32_t SLOTMASK[64][4][4] __attribute__((aligned(16)));  /* [code][j][s]: ~0 if r_s < j */
-static atomic_int g_tables_ready;
-static pthread_mutex_t g_tab_mtx = PTHREAD_MUTEX_INITIALIZER;
-static void init_tables(void) {
-    if (atomic_load_explicit(&g_tables_ready, memory_order_acquire)) return;
-    pthread_mutex_lock(&g_tab_mtx);
-    if (!atomic_load(&g_tables_ready)) {
-        for (int m = 0; m < 256; m++) {
-            int nlo = 4 - __builtin_popcount(m); if (nlo < 0) nlo = 0;
-            for (int l = 0; l < 8; l++) {
-                int before = __builtin_popcount(m & ((1 << l) - 1));
-                SLOT_LO[m][l] = (m >> l & 1) ? before : 4;
-                SLOT_HI[m][l] = (m >> l & 1) ? (nlo + before > 3 ? 4 : nlo + before) : 4;
-                for (int h = 0; h < 2; h++) {
-                    int s = h ? SLOT_HI[m][l] : SLOT_LO[m][l];
-                    for (int b = 0; b < 4; b++) CTRL[h][m][4 * l + b] = (s >= 4) ? 0x80 : (uint8_t)(4 * s + b);
-                }
-            }
-        }
-        for (int code = 0; code < 64; code++) {
-            int r[4] = {code & 3, (code >> 2) & 3, (code >> 4) & 3, 0}; r[3] = 6 - r[0] - r[1] - r[2];
-            for (int j = 0; j < 4; j++) for (int s = 0; s < 4; s++) SLOTMASK[code][j][s] = (r[s] >= 0 && r[s] < j) ? 0xffffffffu : 0;
-        }
-        atomic_store_explicit(&g_tables_ready, 1, memory_order_release);
-    }
-    pthread_mutex_unlock(&g_tab_mtx);
 }
 
 /* ------------------------------------------------------------------ isa */
@@ -143,7 +112,7 @@ static void *worker_main(void *p) {
     return NULL;
 }
 int ecpu_init(int nthreads) {
-    detect_isa(); init_tables();
+    detect_isa();
     if (nthreads <= 0) nthreads = 2;
     if (nthreads > ECPU_MAXT) nthreads = ECPU_MAXT;
     if (g_started) ecpu_shutdown();
@@ -308,23 +277,28 @@ void ecpu_q8_from_gguf(const uint8_t *blocks, int out, int in, int8_t *qs, float
 }
 
 /* ------------------------------------------------------------------ effort layout */
-size_t ecpu_effort_blk_bytes(int out, int in) { return (size_t)out * in * 5 / 2; }
-size_t ecpu_effort_codes_bytes(int out, int in) { return (size_t)out * in / 4; }
+#define ECPU_TS(in) ((size_t)(in) * 80)     /* uint16 per tile: 64 fp16 + 16 uint16 of nibbles per input */
+size_t ecpu_effort_blk_bytes(int out, int in) { return (size_t)(out / 64) * ECPU_TS(in) * 2 + 64; }
+size_t ecpu_effort_codes_bytes(int out, int in) { (void)out; (void)in; return 64; }
+static inline const uint16_t *eff_data(const uint16_t *blk) { return blk + blk[0]; }
 void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, uint8_t *codes, float *stats) {
     int nb = out / 16;
     double *st = (double *)calloc((size_t)16 * in, sizeof(double));
+    blk[0] = (uint16_t)((64 - ((uintptr_t)blk & 63)) / 2);   /* data start: first 64-byte boundary after blk[0] */
+    uint16_t *D = blk + blk[0];
+    if (codes) memset(codes, 0, 64);
     for (int i = 0; i < in; i++)
         for (int c = 0; c < nb; c++) {
             int ord[16], rank[16]; uint16_t a[16];
             for (int p = 0; p < 16; p++) { ord[p] = p; a[p] = W[(size_t)(16 * c + p) * in + i] & 0x7fff; }
             for (int s = 1; s < 16; s++) { int t = ord[s], u = s - 1; while (u >= 0 && a[ord[u]] < a[t]) { ord[u + 1] = ord[u]; u--; } ord[u + 1] = t; }
             for (int r = 0; r < 16; r++) { rank[ord[r]] = r; st[(size_t)r * in + i] += fabsf(h2f(a[ord[r]])); }
-            int t = c / 4, q = c % 4;
-            for (int g = 0; g < 4; g++) {
-                size_t b = ((size_t)t * 4 + g) * in + i; uint16_t *B = blk + 20 * b;
-                uint16_t m = 0; int s = 0, rr[4] = {0, 0, 0, 0};
-                for (int p = 0; p < 16; p++) if (rank[p] / 4 == g) { m |= (uint16_t)(1u << p); B[4 + 4 * q + s] = W[(size_t)(16 * c + p) * in + i]; rr[s] = rank[p] - 4 * g; s++; }
-                B[q] = m; codes[4 * b + q] = (uint8_t)(rr[0] | rr[1] << 2 | rr[2] << 4);
+            uint16_t *T0 = D + (size_t)(c / 4) * ECPU_TS(in);
+            uint8_t *nib = (uint8_t *)(T0 + (size_t)64 * in) + 32 * (size_t)i;
+            for (int p = 0; p < 16; p++) {
+                int o = 16 * (c % 4) + p, sh = (o & 31) >= 16 ? 4 : 0; uint8_t *bp = nib + 16 * (o >> 5) + (o & 15);
+                T0[(size_t)64 * i + o] = W[(size_t)(16 * c + p) * in + i];
+                *bp = (uint8_t)((*bp & ~(0xf << sh)) | (rank[p] << sh));
             }
         }
     for (size_t r = 0; r < (size_t)16 * in; r++) stats[r] = (float)(st[r] / nb);
@@ -336,67 +310,63 @@ long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uin
     return tot;
 }
 
-/* per-matrix work list: rows (g*in+i) with k>=4g+4 (full) and 4g<k<4g+4 (partial, j=k-4g) */
+/* per-matrix work list: the inputs with k > 0 in increasing order, with x and k (clamped to 16);
+   all16: every listed k is 16 (unmasked rows).  Padded by ECPU_PD entries for the prefetch. */
 #ifndef ECPU_PD
 #define ECPU_PD 12
 #endif
-typedef struct { int nfull, npart; int32_t *full, *part; float *xf, *xp; uint8_t *jp; } worklist;
+typedef struct { int n, all16; int32_t *idx; float *xs; uint8_t *ks; } worklist;
 static void make_work(int in, const float *x, const uint8_t *k, worklist *w) {
-    w->nfull = w->npart = 0;
-    for (int g = 0; g < 4; g++)
-        for (int i = 0; i < in; i++) {
-            int kk = (int)k[i] - 4 * g; if (kk <= 0) continue;
-            if (kk >= 4) { w->full[w->nfull] = g * in + i; w->xf[w->nfull++] = x[i]; }
-            else { w->part[w->npart] = g * in + i; w->xp[w->npart] = x[i]; w->jp[w->npart++] = (uint8_t)kk; }
-        }
-    for (int q = 0; q < ECPU_PD; q++) { w->full[w->nfull + q] = w->nfull ? w->full[w->nfull - 1] : 0; w->part[w->npart + q] = w->npart ? w->part[w->npart - 1] : 0; }
+    int n = 0, a16 = 1;
+    for (int i = 0; i < in; i++)
+        if (k[i]) { int kk = k[i] > 16 ? 16 : k[i]; w->idx[n] = i; w->xs[n] = x[i]; w->ks[n++] = (uint8_t)kk; a16 &= kk == 16; }
+    w->n = n; w->all16 = a16;
+    for (int q = 0; q < ECPU_PD; q++) w->idx[n + q] = n ? w->idx[n - 1] : 0;
 }
-static void eff_tile_scalar(const uint16_t *blk, const uint8_t *codes, int in, const worklist *w, float *y, int t) {
+static void eff_tile_scalar(const uint16_t *blk, int in, const worklist *w, float *y, int t) {
     float acc[64]; memset(acc, 0, sizeof acc);
-    size_t tb = (size_t)t * 4 * in;
-    for (int n = 0; n < w->nfull + w->npart; n++) {
-        int full = n < w->nfull, row = full ? w->full[n] : w->part[n - w->nfull];
-        float xv = full ? w->xf[n] : w->xp[n - w->nfull]; int j = full ? 4 : w->jp[n - w->nfull];
-        size_t b = tb + row; const uint16_t *B = blk + 20 * b;
-        for (int q = 0; q < 4; q++) {
-            unsigned m = B[q], code = codes[4 * b + q];
-            int r[4] = {(int)(code & 3), (int)((code >> 2) & 3), (int)((code >> 4) & 3), 0}; r[3] = 6 - r[0] - r[1] - r[2];
-            int s = 0;
-            for (int p = 0; p < 16; p++) if (m >> p & 1) { if (r[s] < j) acc[16 * q + p] += xv * h2f(B[4 + 4 * q + s]); s++; }
+    const uint16_t *T0 = eff_data(blk) + (size_t)t * ECPU_TS(in);
+    const uint8_t *NB = (const uint8_t *)(T0 + (size_t)64 * in);
+    for (int n = 0; n < w->n; n++) {
+        const uint16_t *R = T0 + (size_t)64 * w->idx[n]; const uint8_t *nib = NB + 32 * (size_t)w->idx[n];
+        float xv = w->xs[n]; int kk = w->ks[n];
+        for (int o = 0; o < 64; o++) {
+            int r = (nib[16 * (o >> 5) + (o & 15)] >> ((o & 31) >= 16 ? 4 : 0)) & 15;
+            if (r < kk) acc[o] += xv * h2f(R[o]);
         }
     }
     memcpy(y + 64 * (size_t)t, acc, sizeof acc);
 }
 #if ECPU_X86
-#define EBK(cc, P4) { unsigned m = (unsigned)(mm >> (16 * cc)) & 0xffff; __m128 p4 = P4; \
-    __m256i P = _mm256_castps_si256(_mm256_insertf128_ps(_mm256_castps128_ps256(p4), p4, 1)); \
-    a##cc##l = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_shuffle_epi8(P, _mm256_load_si256((const __m256i *)CTRL[0][m & 255]))), xb, a##cc##l); \
-    a##cc##h = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_shuffle_epi8(P, _mm256_load_si256((const __m256i *)CTRL[1][m >> 8]))), xb, a##cc##h); }
-#define EBKF(cc) { unsigned m = (unsigned)(mm >> (16 * cc)) & 0xffff; \
-    __m256i P = _mm256_castps_si256(_mm256_cvtph_ps(_mm_castpd_si128(_mm_loaddup_pd((const double *)(B + 4 + 4 * cc))))); \
-    a##cc##l = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_shuffle_epi8(P, _mm256_load_si256((const __m256i *)CTRL[0][m & 255]))), xb, a##cc##l); \
-    a##cc##h = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_shuffle_epi8(P, _mm256_load_si256((const __m256i *)CTRL[1][m >> 8]))), xb, a##cc##h); }
-#define EVP(cc) _mm_and_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(B + 4 + 4 * cc))), _mm_load_ps((const float *)SLOTMASK[C[cc]][j]))
+#define DFMA(A, off) A = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(R + (off)))), xb, A)
+#define MFMA(A, off, M) A = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_and_si128(_mm_loadu_si128((const __m128i *)(R + (off))), M)), xb, A)
+/* outputs 32h..32h+31: 16 nibble bytes -> byte masks (rank < k) -> 16-bit masks (unpack) -> and on the fp16 bits */
+#define MHALF(h, A0, A1, A2, A3) { __m128i Rn = _mm_loadu_si128((const __m128i *)(Np + 16 * h)); \
+    __m128i ml = _mm_cmpgt_epi8(K, _mm_and_si128(Rn, nib)), mh = _mm_cmpgt_epi8(K, _mm_and_si128(_mm_srli_epi16(Rn, 4), nib)); \
+    MFMA(A0, 32 * h, _mm_unpacklo_epi8(ml, ml)); MFMA(A1, 32 * h + 8, _mm_unpackhi_epi8(ml, ml)); \
+    MFMA(A2, 32 * h + 16, _mm_unpacklo_epi8(mh, mh)); MFMA(A3, 32 * h + 24, _mm_unpackhi_epi8(mh, mh)); }
 __attribute__((target("avx2,fma,f16c")))
-static void eff_tile_avx2(const uint16_t *blk, const uint8_t *codes, int in, const worklist *w, float *y, int t) {
-    size_t tb = (size_t)t * 4 * in;
-    const uint16_t *base = blk + 20 * tb; const uint8_t *cb = codes + 4 * tb;
+static void eff_tile_avx2(const uint16_t *blk, int in, const worklist *w, float *y, int t) {
+    const uint16_t *T0 = eff_data(blk) + (size_t)t * ECPU_TS(in);
+    const uint8_t *NB = (const uint8_t *)(T0 + (size_t)64 * in);
     __m256 a0l = _mm256_setzero_ps(), a0h = a0l, a1l = a0l, a1h = a0l, a2l = a0l, a2h = a0l, a3l = a0l, a3h = a0l;
-    /* rows are sparse within the tile region: software-prefetch ECPU_PD rows ahead (lists are padded) */
-    for (int n = 0; n < w->nfull; n++) {
-        const char *pf = (const char *)(base + 20 * (size_t)w->full[n + ECPU_PD]);
-        _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + 39, _MM_HINT_T0);
-        const uint16_t *B = base + 20 * (size_t)w->full[n]; __m256 xb = _mm256_broadcast_ss(w->xf + n);
-        uint64_t mm; memcpy(&mm, B, 8);
-        EBKF(0) EBKF(1) EBKF(2) EBKF(3)
-    }
-    for (int n = 0; n < w->npart; n++) {
-        const char *pf = (const char *)(base + 20 * (size_t)w->part[n + ECPU_PD]);
-        _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + 39, _MM_HINT_T0); _mm_prefetch((const char *)(cb + 4 * (size_t)w->part[n + ECPU_PD]), _MM_HINT_T0);
-        const uint16_t *B = base + 20 * (size_t)w->part[n]; const uint8_t *C = cb + 4 * (size_t)w->part[n];
-        int j = w->jp[n]; __m256 xb = _mm256_broadcast_ss(w->xp + n);
-        uint64_t mm; memcpy(&mm, B, 8);
-        EBK(0, EVP(0)) EBK(1, EVP(1)) EBK(2, EVP(2)) EBK(3, EVP(3))
+    if (w->all16) {
+        for (int n = 0; n < w->n; n++) {
+            const char *pf = (const char *)(T0 + (size_t)64 * w->idx[n + ECPU_PD]);
+            _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + 64, _MM_HINT_T0);
+            const uint16_t *R = T0 + (size_t)64 * w->idx[n]; __m256 xb = _mm256_broadcast_ss(w->xs + n);
+            DFMA(a0l, 0); DFMA(a0h, 8); DFMA(a1l, 16); DFMA(a1h, 24); DFMA(a2l, 32); DFMA(a2h, 40); DFMA(a3l, 48); DFMA(a3h, 56);
+        }
+    } else {
+        const __m128i nib = _mm_set1_epi8(0x0f);
+        for (int n = 0; n < w->n; n++) {
+            size_t ip = (size_t)w->idx[n + ECPU_PD];
+            const char *pf = (const char *)(T0 + 64 * ip);
+            _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + 64, _MM_HINT_T0); _mm_prefetch((const char *)(NB + 32 * ip), _MM_HINT_T0);
+            const uint16_t *R = T0 + (size_t)64 * w->idx[n]; const uint8_t *Np = NB + 32 * (size_t)w->idx[n];
+            __m256 xb = _mm256_broadcast_ss(w->xs + n); __m128i K = _mm_set1_epi8((char)w->ks[n]);
+            MHALF(0, a0l, a0h, a1l, a1h) MHALF(1, a2l, a2h, a3l, a3h)
+        }
     }
     float *yy = y + 64 * (size_t)t;
     _mm256_storeu_ps(yy, a0l); _mm256_storeu_ps(yy + 8, a0h); _mm256_storeu_ps(yy + 16, a1l); _mm256_storeu_ps(yy + 24, a1h);
@@ -408,15 +378,14 @@ static void eff_tile_avx2(const uint16_t *blk, const uint8_t *codes, int in, con
 static worklist *g_wl; static int g_wl_n, g_wl_in;
 static void ensure_wl(int n, int in) {
     if (n <= g_wl_n && in <= g_wl_in) return;
-    for (int q = 0; q < g_wl_n; q++) { free(g_wl[q].full); free(g_wl[q].part); free(g_wl[q].xf); free(g_wl[q].xp); free(g_wl[q].jp); }
+    for (int q = 0; q < g_wl_n; q++) { free(g_wl[q].idx); free(g_wl[q].xs); free(g_wl[q].ks); }
     free(g_wl);
     if (n < g_wl_n) n = g_wl_n;
     if (in < g_wl_in) in = g_wl_in;
     g_wl = (worklist *)calloc(n, sizeof(worklist));
     for (int q = 0; q < n; q++) {
-        g_wl[q].full = (int32_t *)malloc(sizeof(int32_t) * (4 * in + ECPU_PD)); g_wl[q].part = (int32_t *)malloc(sizeof(int32_t) * (4 * in + ECPU_PD));
-        g_wl[q].xf = (float *)malloc(sizeof(float) * 4 * in); g_wl[q].xp = (float *)malloc(sizeof(float) * 4 * in);
-        g_wl[q].jp = (uint8_t *)malloc(4 * in);
+        g_wl[q].idx = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
+        g_wl[q].xs = (float *)malloc(sizeof(float) * in); g_wl[q].ks = (uint8_t *)malloc(in);
     }
     g_wl_n = n; g_wl_in = in;
 }
@@ -428,13 +397,13 @@ static void eff_worker(void *p, int tid) {
         while (t >= J->tstart[m + 1]) m++;
         const ecpu_eff_mat *M = J->mats + m; int tt = t - J->tstart[m];
 #if ECPU_X86
-        if (g_isa == 1) eff_tile_avx2(M->blk, M->codes, J->in, &g_wl[m], M->y, tt); else
+        if (g_isa == 1) eff_tile_avx2(M->blk, J->in, &g_wl[m], M->y, tt); else
 #endif
-        eff_tile_scalar(M->blk, M->codes, J->in, &g_wl[m], M->y, tt);
+        eff_tile_scalar(M->blk, J->in, &g_wl[m], M->y, tt);
     }
 }
 void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const float *x) {
-    detect_isa(); init_tables();
+    detect_isa();
     for (int base = 0; base < n; base += 64) {   /* at most 64 matrices per region */
         int cnt = n - base < 64 ? n - base : 64;
         ensure_wl(cnt, in);

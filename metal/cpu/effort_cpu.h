@@ -25,9 +25,11 @@ void ecpu_q8_from_gguf(const uint8_t *blocks, int out, int in, int8_t *qs, float
 
 /* ---- effort (bucketMul) matvec ----
    Requirements: out % 64 == 0.  Sizes of the two buffers:  */
-size_t ecpu_effort_blk_bytes(int out, int in);    /* = out*in*5/2   (2.5 B / weight)  */
-size_t ecpu_effort_codes_bytes(int out, int in);  /* = out*in/4     (0.25 B / weight) */
-/* Build layout + stats from W fp16 [out][in] (HF).  stats: float [16*in], stats[r*in+i] = mean_c |w(rank r, input i, bucket c)|. */
+size_t ecpu_effort_blk_bytes(int out, int in);    /* = out*in*5/2 + 64  (2.5 B / weight: fp16 + 4-bit rank; any alignment,
+                                                     may be copied/moved after the build: blk[0] records the data offset) */
+size_t ecpu_effort_codes_bytes(int out, int in);  /* = 64 (unused by the current layout, kept for the API) */
+/* Build layout + stats from W fp16 [out][in] (HF).  stats: float [16*in], stats[r*in+i] = mean_c |w(rank r, input i, bucket c)|.
+   k[i] = 16 for every input gives the dense product (W x) from this layout alone. */
 void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, uint8_t *codes, float *stats);
 /* k[i] = #{ r : stats[r*in+i]*|x[i]| > cutoff }  (0..16) ; returns sum(k) */
 long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uint8_t *k);
