@@ -68,7 +68,7 @@ def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats:
                 _, share = runtime.project(name, inputs[name], e)
                 samples.append(time.perf_counter() - start)
             totals[proj] += float(np.median(samples)) * 1e3
-            bytes_read += runtime.bytes_read(name, share)
+            bytes_read += runtime.bytes_read(name)
     return totals, bytes_read
 
 

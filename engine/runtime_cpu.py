@@ -38,7 +38,6 @@ class Bucket(ctypes.Structure):
 
 class Layer(ctypes.Structure):
     _fields_ = [
-        ("dense", c_ptr * len(PROJECTIONS)),
         ("bucket", c_ptr * len(PROJECTIONS)),
         ("bias", c_ptr * 3),
         ("attn_norm", c_ptr),
@@ -75,16 +74,12 @@ class CPURuntime:
         self.vcache = np.zeros_like(self.kcache)
         layers = (Layer * c.num_layers)()
         self._structs: dict[str, Bucket] = {}  # ctypes structs the layers point to, by weight name
-        self._dense: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple[int, int]] = {}
         for i in range(c.num_layers):
             layer = layers[i]
             for p, proj in enumerate(PROJECTIONS):
                 name = weight_name(i, proj)
-                dense = _numpy(model.w[name], np.float16)
-                layer.dense[p] = keep(dense)
-                self._dense[name] = dense
-                if converted is not None:
-                    layer.bucket[p] = self._bucket(name, dense, keep)
+                layer.bucket[p] = self._layout(name, _numpy(model.w[name], np.float16), keep)
             if c.attention_bias:
                 for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
                     layer.bias[j] = keep(_numpy(model.w[f"model.layers.{i}.self_attn.{proj}.bias"], np.float32))
@@ -106,7 +101,7 @@ class CPURuntime:
         lib.ee_set_strategy.argtypes = [c_ptr, ctypes.c_int]
         lib.ee_project.restype = ctypes.c_double
         lib.ee_project.argtypes = [c_ptr, c_ptr, c_ptr, c_ptr, ctypes.c_float]
-        lib.ecpu_dense_f16.argtypes = [c_ptr, c_ptr, c_ptr, ctypes.c_int, ctypes.c_int]
+        lib.ee_active_inputs.argtypes = [c_ptr, ctypes.c_int]
         self._handle = lib.ee_model_new(
             ctypes.byref(dims), layers, embed, head, final_norm, inv_freq, _ptr(self.kcache), _ptr(self.vcache)
         )
@@ -116,8 +111,9 @@ class CPURuntime:
             self._order = np.array([index[n] for n in projection_names(c.num_layers)])
         self.length = 0  # positions valid in the C cache
 
-    def _bucket(self, name: str, dense: np.ndarray, keep) -> int:
-        """The kernel layout of one projection, built in C from its fp16 weights."""
+    def _layout(self, name: str, dense: np.ndarray, keep) -> int:
+        """The kernel layout of one projection, built in C from its fp16 weights. It serves the
+        dense product (every rank) and, with the converted stats and probes, the effort path."""
         out_dim, in_dim = dense.shape
         lib = self.lib
         lib.ecpu_effort_blk_bytes.restype = ctypes.c_size_t
@@ -127,36 +123,37 @@ class CPURuntime:
         codes = np.zeros(lib.ecpu_effort_codes_bytes(out_dim, in_dim), np.uint8)
         scratch_stats = np.zeros(B * in_dim, np.float32)
         lib.ecpu_effort_build(_ptr(dense), out_dim, in_dim, _ptr(blk), _ptr(codes), _ptr(scratch_stats))
-        bm = self.converted.buckets[name]
-        stats = np.ascontiguousarray(bm.stats, np.float32)
-        probes = np.ascontiguousarray(bm.probes, np.float32)
-        struct = Bucket(
-            keep(blk), keep(codes), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
-            self.converted.load_ranks,
-        )
+        self._shapes[name] = (out_dim, in_dim)
+        if self.converted is None:
+            struct = Bucket(keep(blk), keep(codes), None, None, 0, out_dim, in_dim, B)
+        else:
+            bm = self.converted.buckets[name]
+            stats = np.ascontiguousarray(bm.stats, np.float32)
+            probes = np.ascontiguousarray(bm.probes, np.float32)
+            struct = Bucket(
+                keep(blk), keep(codes), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
+                self.converted.load_ranks,
+            )
         self._structs[name] = struct
         return ctypes.addressof(struct)
 
     def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
         """One projection (HF weight name) of input `x` at a local effort, outside a decode step:
-        (output, share of its weights used). Effort 1.0 (or no conversion) is the dense kernel."""
-        dense = self._dense[name]
+        (output, share of its weights used). Effort 1.0 (or no conversion) is the dense product."""
+        out_dim, in_dim = self._shapes[name]
         x = np.ascontiguousarray(x, np.float32)
-        y = np.zeros(dense.shape[0], np.float32)
-        if effort >= 1.0 or self.converted is None:
-            self.lib.ecpu_dense_f16(_ptr(dense), _ptr(x), _ptr(y), *dense.shape)
-            return y, 1.0
-        struct = self._structs[name]
-        used = self.lib.ee_project(self._handle, ctypes.addressof(struct), _ptr(x), _ptr(y), float(effort))
-        return y, used / dense.size
+        y = np.zeros(out_dim, np.float32)
+        e = float(effort) if self.converted is not None else 1.0
+        used = self.lib.ee_project(self._handle, ctypes.addressof(self._structs[name]), _ptr(x), _ptr(y), e)
+        return y, used / (out_dim * in_dim)
 
-    def bytes_read(self, name: str, share: float) -> float:
-        """Weight bytes a projection reads when it multiplies `share` of its weights."""
-        if share >= 1.0 or self.converted is None:
-            return float(self._dense[name].nbytes)
-        dense = self._dense[name]
-        layout = self.lib.ecpu_effort_blk_bytes(*dense.shape) + self.lib.ecpu_effort_codes_bytes(*dense.shape)
-        return share * layout
+    def bytes_read(self, name: str) -> float:
+        """Weight bytes the last `project` of this matrix read: the kernel reads the whole
+        (masked) row of every input it uses, so this follows active inputs, not kept weights."""
+        out_dim, in_dim = self._shapes[name]
+        active = self.lib.ee_active_inputs(self._handle, in_dim)
+        layout = self.lib.ecpu_effort_blk_bytes(out_dim, in_dim)
+        return layout * active / in_dim
 
     def set_strategy(self, strategy: str) -> None:
         """"bucket" (bucketMul) or "activation" (whole input columns by |x|, the TEAL-like baseline)."""

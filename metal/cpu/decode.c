@@ -23,15 +23,14 @@ typedef struct {
 typedef struct {
     const uint16_t *blk;  /* values, kernel layout */
     const uint8_t *codes; /* positions, kernel layout */
-    const float *stats;   /* [16][in]: mean |w| of each bucket-list row */
+    const float *stats;   /* [16][in]: mean |w| of each bucket-list row; NULL: dense only */
     const float *probes;  /* [n_probes][in]: sampled |w| per input, aligned with x */
     int n_probes, out, in;
     int max_rank;         /* ranks loaded (16, or fewer with --load-ranks): k is clipped to it */
 } ee_bucket;
 
 typedef struct {
-    const uint16_t *dense[N_PROJ]; /* fp16 [out, in] */
-    const ee_bucket *bucket[N_PROJ]; /* bucket layout, or NULL when the matrix has none */
+    const ee_bucket *bucket[N_PROJ]; /* every projection, in the kernel layout (dense = all ranks) */
     const float *bias[3];          /* q, k, v biases or NULL */
     const float *attn_norm, *ffn_norm;
 } ee_layer;
@@ -47,6 +46,7 @@ typedef struct {
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
     float *products; /* probe products, n_probes * widest input */
     uint8_t *ranks;  /* k[i] of the projection being computed */
+    uint8_t *all_ranks; /* k[i] = 16 everywhere: the dense product through the same kernel */
     int strategy;    /* EE_BUCKET or EE_ACTIVATION */
 } ee_model;
 
@@ -106,6 +106,8 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     int widest_in = d->ffn > widest ? d->ffn : widest;
     m->products = alloc_f((size_t)16 * widest_in);
     m->ranks = (uint8_t *)calloc(widest_in, 1);
+    m->all_ranks = (uint8_t *)malloc(widest_in);
+    memset(m->all_ranks, 16, widest_in);
     ecpu_init(0);
     return m;
 }
@@ -115,7 +117,7 @@ void ee_model_free(ee_model *m) {
     free(m->layers);
     free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
     free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores);
-    free(m->products); free(m->ranks);
+    free(m->products); free(m->ranks); free(m->all_ranks);
     free(m);
 }
 
@@ -198,16 +200,20 @@ static double bucket_matvec(ee_model *m, const ee_bucket *b, const float *x, flo
     return (double)ranks * (b->out / 16);
 }
 
-/* One projection under effort, outside a decode step (for tests and benchmarks). */
+/* Runs one projection, dense (every rank of every input) or under effort; returns the
+ * number of weights multiplied. Effort 1.0 is the same kernel with k = 16 everywhere. */
 double ee_project(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
-    return bucket_matvec(m, b, x, y, effort);
+    if (effort < 1.0f && b->stats) return bucket_matvec(m, b, x, y, effort);
+    memcpy(m->ranks, m->all_ranks, (size_t)b->in);
+    ecpu_effort_matvec(b->blk, b->codes, b->out, b->in, x, m->all_ranks, y);
+    return (double)b->out * b->in;
 }
 
-/* Runs one projection, dense or under effort; returns the number of weights multiplied. */
-static double project(ee_model *m, const ee_layer *l, int p, const float *x, float *y, int out, int in, float effort) {
-    if (effort < 1.0f && l->bucket[p]) return bucket_matvec(m, l->bucket[p], x, y, effort);
-    ecpu_dense_f16(l->dense[p], x, y, out, in);
-    return (double)out * in;
+/* How many inputs the last projection used at all (k > 0): the kernel reads whole rows of those. */
+int ee_active_inputs(const ee_model *m, int in) {
+    int n = 0;
+    for (int i = 0; i < in; i++) n += m->ranks[i] > 0;
+    return n;
 }
 
 /* Decode-time attention for one layer: stable softmax over the cached keys. */
@@ -266,9 +272,9 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
         const float *e = effort ? effort + li * N_PROJ : NULL;
 #define EFF(p) (e ? e[p] : 1.0f)
         rmsnorm(m->xn, m->x, l->attn_norm, dim, d->eps);
-        used += project(m, l, P_Q, m->xn, m->q, qdim, dim, EFF(P_Q));
-        used += project(m, l, P_K, m->xn, m->k, kvdim, dim, EFF(P_K));
-        used += project(m, l, P_V, m->xn, m->v, kvdim, dim, EFF(P_V));
+        used += ee_project(m, l->bucket[P_Q], m->xn, m->q, EFF(P_Q));
+        used += ee_project(m, l->bucket[P_K], m->xn, m->k, EFF(P_K));
+        used += ee_project(m, l->bucket[P_V], m->xn, m->v, EFF(P_V));
         add_bias(m->q, l->bias[0], qdim);
         add_bias(m->k, l->bias[1], kvdim);
         add_bias(m->v, l->bias[2], kvdim);
@@ -281,17 +287,17 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
             memcpy(m->vcache + at, m->v + h * hd, sizeof(float) * hd);
         }
         attention(m, li, pos);
-        used += project(m, l, P_O, m->att, m->proj, dim, qdim, EFF(P_O));
+        used += ee_project(m, l->bucket[P_O], m->att, m->proj, EFF(P_O));
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
 
         rmsnorm(m->xn, m->x, l->ffn_norm, dim, d->eps);
-        used += project(m, l, P_GATE, m->xn, m->gate, d->ffn, dim, EFF(P_GATE));
-        used += project(m, l, P_UP, m->xn, m->up, d->ffn, dim, EFF(P_UP));
+        used += ee_project(m, l->bucket[P_GATE], m->xn, m->gate, EFF(P_GATE));
+        used += ee_project(m, l->bucket[P_UP], m->xn, m->up, EFF(P_UP));
         for (int i = 0; i < d->ffn; i++) {
             float g = m->gate[i];
             m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
         }
-        used += project(m, l, P_DOWN, m->gate, m->proj, dim, d->ffn, EFF(P_DOWN));
+        used += ee_project(m, l->bucket[P_DOWN], m->gate, m->proj, EFF(P_DOWN));
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
 #undef EFF
         total += 2.0 * qdim * dim + 2.0 * kvdim * dim + 3.0 * dim * d->ffn;
