@@ -73,3 +73,42 @@ def test_generate_json_cli(smollm2_path, capsys):
     assert record["generated_tokens"] == len(record["token_ids"]) <= 8
     assert record["prompt_tokens"] == len(record["prompt_token_ids"])
     assert record["effort"] == 1.0 and record["decode_tps"] > 0
+
+
+@pytest.fixture(scope="module")
+def native(smollm2_path):
+    return session.load(str(smollm2_path), runtime="cpu")
+
+
+def test_native_effort_path_agrees_with_the_numpy_reference(native):
+    """The C effort path on the real weights, projection by projection, against reference.bucket_matvec."""
+    from engine import convert, reference
+    from engine.model import projection_inputs
+
+    full = convert.load(native.files, values=True)
+    ids = native.tokenizer.encode("Effort decides how many weights each token multiplies.")
+    inputs = projection_inputs(native.model, ids)
+    local = native.runtime.local_efforts(0.4)
+    names = convert.projection_names(native.model.config.num_layers)
+    for j in range(0, len(names), 13):  # a spread of layers and kinds
+        name, e = names[j], float(np.float32(local[j]))
+        x = inputs[name][-1]
+        y, share = native.runtime.project(name, x, e)
+        y_ref, k = reference.bucket_matvec(full.buckets[name], x, e)
+        scale = float(np.abs(x).sum() * np.abs(full.buckets[name].values()).max())
+        assert np.abs(y - y_ref).max() <= 1e-5 * scale, name
+        assert share == pytest.approx(reference.effective_effort(k))
+
+
+def test_bucket_beats_activation_and_effort_is_honest(native):
+    from engine import evaluate
+
+    text = evaluate.DEFAULT_TEXT.read_text(encoding="utf-8")
+    ids = native.tokenizer.encode(text)[:97]
+    results, ppl_dense = evaluate.evaluate(native.runtime, ids, [1.0, 0.5], ["bucket", "activation"])
+    rows = {(r.strategy, r.effort): r for r in results}
+    assert rows[("bucket", 1.0)].kl_mean < 1e-6 and rows[("bucket", 1.0)].top1_agreement == 1.0
+    assert rows[("bucket", 0.5)].kl_mean < rows[("activation", 0.5)].kl_mean
+    assert rows[("bucket", 0.5)].kl_mean < 0.3
+    for r in results:
+        assert abs(r.effective_effort - r.effort) < 0.01
