@@ -74,6 +74,6 @@ def test_native_cpu_runtime_matches_transformers(case, tiny_gguf, tiny_hf, trans
     for n in range(PREFILL, LENGTH):
         logits, _ = rt.step(ids[n], 1.0)
         _close(logits, ref[n], rel)
-    # a second turn: drop the last 3 positions and prefill them again through MLX
+    # a second turn: drop the last 3 positions and prefill them again
     rt.reset(LENGTH - 3)
     _close(rt.prefill(ids[LENGTH - 3 :]), ref[LENGTH - 1], rel)
