@@ -106,9 +106,11 @@ def test_load_ranks_caps_effort_and_memory(tiny_gguf, cache):
 def test_eval_json_and_bucket_beats_activation(tiny_gguf, cache, capsys, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    picture = tmp_path / "quality.png"
     code = main(["eval", "--model", str(tiny_gguf("F16")), "--text-file", str(text), "--tokens", "40",
-                 "--efforts", "1,0.5", "--json"])
+                 "--efforts", "1,0.5", "--plot", str(picture), "--json"])
     assert code == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["reference"] == "dense" and record["tokens"] == 40
     rows = {(r["strategy"], r["effort"]): r for r in record["results"]}

@@ -91,14 +91,9 @@ QWEN2_SPLIT = (
 
 
 def _byte_map() -> dict[int, str]:
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    out = {b: chr(b) for b in keep}
-    n = 0
-    for b in range(256):
-        if b not in out:
-            out[b] = chr(256 + n)
-            n += 1
-    return out
+    from engine.tokenizer import bytes_to_unicode  # GPT-2's fixed byte alphabet, not logic under test
+
+    return bytes_to_unicode()
 
 
 @lru_cache(maxsize=None)
