@@ -53,7 +53,7 @@ class GenerationResult:
 class LoadProgress:
     """Progress of a long load step: downloading, reading, converting."""
 
-    stage: str  # "download" | "verify" | "read" | "convert" | "load"
+    stage: str  # "download" | "verify" | "read" | "load" | "convert" | "calibrate" | "eval"
     done: float  # bytes or items done
     total: float  # bytes or items in all (0 when unknown)
     unit: str = "B"  # "B" for bytes, "" for items

@@ -20,6 +20,7 @@ STAGE_TITLES = {
     "read": "Reading",
     "convert": "Converting",
     "load": "Loading",
+    "calibrate": "Calibrating effort",
 }
 
 
