@@ -92,16 +92,28 @@ def error_curves(bm, X: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.
     energy of the weights of input i at ranks >= k (cross terms between inputs are ignored:
     the skipped weights of different inputs are nearly uncorrelated).  achieved[j] = mean
     share of rows the probe cutoff dispatches."""
-    from engine.bucket import B, cutoff_for_effort, k_from_cutoff
+    from engine.bucket import B
     X = np.asarray(X, np.float32)
     vals = bm.values()
     energy = (vals.astype(np.float64) ** 2).sum(1).reshape(B, bm.in_dim)       # [rank, in]
     tail = np.concatenate([np.cumsum(energy[::-1], 0)[::-1], np.zeros((1, bm.in_dim))])
     ynorm = float(((X @ bm.dense().T).astype(np.float64) ** 2).sum())
     cols = np.arange(bm.in_dim)[None, :]
+    ax = np.abs(X)
+    # every token at once: the probe products [T, P*in], their cutoffs, then k [T, in]
+    products = (bm.probes[None, :, :] * ax[:, None, :]).reshape(len(X), -1)
+    n = products.shape[1]
+    scores = bm.stats2d[None, :, :] * ax[:, None, :]                              # [T, rank, in]
     relerr, achieved = np.zeros(len(levels)), np.zeros(len(levels))
     for j, e in enumerate(levels):
-        K = np.stack([k_from_cutoff(bm.stats2d, x, cutoff_for_effort(bm.probes, x, e)) for x in X])
+        keep = int(round(float(e) * n))
+        if e >= 1.0 or keep >= n:
+            cutoff = np.full(len(X), -np.inf, np.float32)
+        elif keep <= 0:
+            cutoff = np.full(len(X), np.inf, np.float32)
+        else:
+            cutoff = np.partition(products, n - keep - 1, axis=1)[:, n - keep - 1]
+        K = (scores > cutoff[:, None, None]).sum(1)                                 # [T, in]
         relerr[j] = float((X.astype(np.float64) ** 2 * tail[K, cols]).sum()) / max(ynorm, 1e-30)
         achieved[j] = K.sum() / (B * K.size)
     return relerr, achieved

@@ -29,7 +29,7 @@ import numpy as np
 from engine.allocation import Allocation, error_curves, lagrangian_table
 from engine.bucket import BucketMatrix
 from engine.events import LoadProgress
-from engine.model import PROJECTIONS, Cache, Model, projection_inputs, weight_name
+from engine.model import PROJECTIONS, Cache, Model, weight_name
 
 CALIBRATION_TEXT = Path(__file__).parent / "data" / "calibration.txt"
 CALIBRATION_TOKENS = 128
@@ -39,17 +39,20 @@ GRID = np.round(np.arange(0.05, 1.0001, 0.05), 4)
 ProgressFn = Callable[[LoadProgress], None]
 
 
-def output_fisher(model: Model, tokens: list[int]) -> dict[str, float]:
-    """Mean squared gradient of the summed next-token log-likelihood w.r.t. each projection's output."""
+def output_fisher(model: Model, tokens: list[int]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Mean squared gradient of the summed next-token log-likelihood w.r.t. each projection's output,
+    and each projection's inputs [len(tokens)-1, in] from the same forward pass."""
     inputs = mx.array(tokens[:-1], dtype=mx.int32)
     targets = mx.array(tokens[1:], dtype=mx.int32)
     c = model.config
     length = len(tokens) - 1
     outs = {weight_name(i, p): model.w[weight_name(i, p)].shape[0] for i in range(c.num_layers) for p in PROJECTIONS}
     zeros = {name: mx.zeros((length, out), dtype=mx.float32) for name, out in outs.items()}
+    seen: dict[str, mx.array] = {}
 
     def nll(perturb: dict[str, mx.array]) -> mx.array:
         def project(i: int, p: str, x: mx.array) -> mx.array:
+            seen[weight_name(i, p)] = mx.stop_gradient(x)
             return model.dense(i, p, x) + perturb[weight_name(i, p)]
 
         logits = model.logits(model.hidden(inputs, Cache.for_model(c), project))
@@ -57,8 +60,9 @@ def output_fisher(model: Model, tokens: list[int]) -> dict[str, float]:
         return (mx.logsumexp(logits, axis=-1) - picked).sum()
 
     grads = mx.grad(nll)(zeros)
-    mx.eval(grads)
-    return {name: float(mx.mean(g.astype(mx.float32) ** 2).item()) for name, g in grads.items()}
+    mx.eval(grads, seen)
+    fisher = {name: float(mx.mean(g.astype(mx.float32) ** 2).item()) for name, g in grads.items()}
+    return fisher, {name: np.array(x.astype(mx.float32)) for name, x in seen.items()}
 
 
 def calibrate(
@@ -71,8 +75,7 @@ def calibrate(
     names = list(buckets)
     start = time.monotonic()
     progress(LoadProgress("calibrate", 0, len(names) + 1, "", "sensitivity (one backward pass)"))
-    fisher = output_fisher(model, tokens)
-    inputs = projection_inputs(model, tokens[:-1])
+    fisher, inputs = output_fisher(model, tokens)
     sizes = np.array([buckets[n].out_dim * buckets[n].in_dim for n in names], float)
     cost = np.zeros((len(names), len(LEVELS)))
     achieved = np.zeros_like(cost)
