@@ -300,6 +300,13 @@ def positive_int(text: str) -> int:
 COMMANDS = ("chat", "generate", "pull", "models", "convert", "eval", "bench")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`--help` still shows the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def rank_count(text: str) -> int:
     value = positive_int(text)
     if value > 16:
@@ -308,13 +315,13 @@ def rank_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="effort", parents=[common], description="Chat with a local LLM and turn its effort up and down."
     )
     parser.set_defaults(debug=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
 
     chat = add("chat", help="open the chat app (the default)")

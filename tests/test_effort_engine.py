@@ -136,9 +136,16 @@ def test_bench_json(tiny_gguf, cache, capsys):
         (["eval", "--text-file", "/no/such/file.txt"], "no such text file"),
         (["bench", "--efforts", "0.5,lots"], "effort must be"),
         (["generate", "--prompt", "hi", "--model", "/no/such/model.gguf"], "no such file"),
+        (["generate", "--prompt", "hi", "--effort", "2x"], "effort must be"),
+        (["eval", "--tokens", "0"], "positive"),
+        (["generate"], "--prompt"),
     ],
 )
 def test_bad_input_is_one_line(argv, message, capsys, cache):
-    assert main(argv) == 2
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's usage errors leave through sys.exit
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
