@@ -137,7 +137,7 @@ def plot(results: list[EffortQuality], path: str, model: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise EngineError("--plot needs matplotlib: pip install 'effort-engine[plot]'") from None
+        raise EngineError("--plot needs matplotlib: pip install matplotlib (or this project's [plot] extra)") from None
     fig, (ax_kl, ax_top) = plt.subplots(1, 2, figsize=(10, 4))
     for strategy in dict.fromkeys(r.strategy for r in results):
         rows = sorted((r for r in results if r.strategy == strategy), key=lambda r: r.effort)
