@@ -156,7 +156,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from engine import evaluate, session
-    from engine.calibrate import CALIBRATION_TEXT  # noqa: F401 (the eval text is a different file)
     from engine.model import projection_inputs
 
     efforts = parse_efforts(args.efforts)

@@ -77,7 +77,6 @@ class Allocation:
 
 def uniform(names, sizes, levels=None, achieved=None) -> Allocation:
     """Every matrix at the global effort (the baseline)."""
-    grid = np.array([0.0 + 1e-9, 1.0])
     lv = np.array([0.0, 1.0]) if levels is None else levels
     ach = np.tile(lv, (len(names), 1)) if achieved is None else achieved
     return Allocation(list(names), np.asarray(sizes, float), np.array([0.05, 1.0]),
