@@ -75,14 +75,6 @@ class Allocation:
                    np.asarray(a["table"]), np.asarray(a["levels"]), np.asarray(a["achieved"]))
 
 
-def uniform(names, sizes, levels=None, achieved=None) -> Allocation:
-    """Every matrix at the global effort (the baseline)."""
-    lv = np.array([0.0, 1.0]) if levels is None else levels
-    ach = np.tile(lv, (len(names), 1)) if achieved is None else achieved
-    return Allocation(list(names), np.asarray(sizes, float), np.array([0.05, 1.0]),
-                      np.array([np.full(len(names), 0.05), np.ones(len(names))]), lv, ach)
-
-
 def error_curves(bm, X: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relative output-error energy and achieved share of one matrix at each requested level.
 
