@@ -119,6 +119,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "backend": loaded.info.backend,
             "device": loaded.info.device,
             "peak_memory_bytes": result.peak_memory_bytes,
+            "resident_weight_bytes": loaded.info.resident_bytes,
+            "effort_cap": loaded.info.effort_cap,
             "finish_reason": result.finish_reason,
         }
         sys.stdout.write(json.dumps(record) + "\n")
@@ -126,7 +128,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"[{result.generated_tokens} tokens · {result.decode_tps:.1f} tok/s · prompt {result.prompt_tokens} tokens "
             f"at {result.prompt_tps:.1f} tok/s · ttft {result.ttft_s:.2f}s · effort {effort.get():.0%} · "
-            f"{loaded.info.backend}]\n"
+            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}]\n"
         )
     return 0
 

@@ -195,5 +195,9 @@ class CPURuntime:
         self.length += 1
         return self.logits.copy(), float(used)
 
+    def layout_bytes(self) -> int:
+        """Bytes of the weights this runtime holds itself (kernel layouts, norms, embedding)."""
+        return sum(a.nbytes for a in self._keep)
+
     def peak_memory(self) -> int:
         return int(mx.get_peak_memory()) + sum(a.nbytes for a in self._keep) + 2 * self.kcache[:, :, : self.length].nbytes

@@ -116,13 +116,15 @@ def load(
         name=display_name(spec, path), path=str(path), architecture=files.config.architecture,
         backend=be.name, device=be.device, context_limit=files.config.context_length, parameters=params,
         effort_cap=converted.effort_cap if converted else 1.0,
-        resident_bytes=resident_bytes(model, converted),
+        resident_bytes=resident_bytes(model, converted, run),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
     return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
 
 
-def resident_bytes(model: Model, converted: Converted | None) -> int:
-    """Bytes of weights held for this model (MLX weights plus the loaded bucketMul side)."""
+def resident_bytes(model: Model, converted: Converted | None, run: Runtime) -> int:
+    """Bytes of weights held for this model: MLX weights, the loaded bucketMul arrays, and the
+    native runtime's own kernel layouts."""
     total = sum(int(w.nbytes) for w in model.w.values())
-    return total + (converted.nbytes() if converted else 0)
+    total += converted.nbytes() if converted else 0
+    return total + int(getattr(run, "layout_bytes", lambda: 0)())

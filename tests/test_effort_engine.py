@@ -93,6 +93,7 @@ def test_load_ranks_caps_effort_and_memory(tiny_gguf, cache):
     part = session.load(str(tiny_gguf("F16")), runtime="mlx", load_ranks=8)
     assert part.info.effort_cap == 0.5 and full.info.effort_cap == 1.0
     assert part.converted.nbytes() < 0.6 * full.converted.nbytes()
+    assert part.info.resident_bytes < full.info.resident_bytes  # and it is reported
     ids = part.tokenizer.encode("truncated load")
     part.runtime.prefill(ids[:-1])
     _, used = part.runtime.step(ids[-1], 0.5)
