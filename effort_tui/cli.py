@@ -80,7 +80,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine.api import EffortSetting, SamplingSettings
 
     progress = ProgressLine()
-    loaded = session.load(args.model, progress, effort=args.effort < 1.0, load_ranks=args.load_ranks)
+    loaded = session.load(
+        args.model, progress, effort=args.effort < 1.0, load_ranks=args.load_ranks, keep_mlx_weights=False
+    )
     progress.close()
     tok = loaded.tokenizer
     if args.raw:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import os
 import platform
@@ -48,3 +50,14 @@ def detect() -> Backend:
     mx.set_cache_limit(CPU_CACHE_LIMIT)
     threads = os.cpu_count() or 1
     return Backend("cpu", f"{_cpu_name()} ({threads} threads)", mx.float32)
+
+
+def return_freed_memory() -> None:
+    """Hand memory that was freed (MLX's buffer cache, glibc's heap) back to the OS, so the
+    process's resident size shows what it really holds after a large load."""
+    mx.clear_cache()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and platform.system() == "Linux":
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)

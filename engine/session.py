@@ -90,10 +90,14 @@ def load(
     runtime: str = "auto",
     effort: bool = True,
     load_ranks: int = B,
+    keep_mlx_weights: bool = True,
 ) -> LoadedModel:
     """Resolve, fetch if needed, read and load a model for the detected backend.
 
-    `effort=False` skips the bucketMul side (conversion, layouts): dense only."""
+    `effort=False` skips the bucketMul side (conversion, layouts): dense only.
+    `keep_mlx_weights=False` lets the native CPU runtime drop the MLX copy of the weights once it
+    has built its own layouts (chat and generate need nothing else; eval and bench keep them to
+    capture per-matrix inputs)."""
     progress = on_progress or (lambda p: None)
     path = registry.resolve(spec, progress)
     progress(LoadProgress("read", 0, 0, "", f"reading {path.name}"))
@@ -112,6 +116,10 @@ def load(
     converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
     run = make_runtime(model, files.config.context_length, kind, converted)
     params = sum(int(w.size) for w in weights.values())
+    if kind == "cpu" and not keep_mlx_weights:
+        weights.clear()
+        model.release_weights()
+        backends.return_freed_memory()
     info = ModelInfo(
         name=display_name(spec, path), path=str(path), architecture=files.config.architecture,
         backend=be.name, device=be.device, context_limit=files.config.context_length, parameters=params,

@@ -75,7 +75,7 @@ class EngineWorker:
             from engine import session  # imported here so constructing a worker stays cheap
 
             try:
-                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks)
+                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks, keep_mlx_weights=False)
             except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
                 on_done(None, self._explain(exc))
                 return
