@@ -84,26 +84,33 @@ class Cache:
         return np.array(k), np.array(v)
 
 
-def rope_frequencies(config: ModelConfig) -> mx.array | None:
-    """Per-pair rotation periods for `mx.fast.rope`, or None when plain `base` suffices."""
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """Angle per position of each rotated pair (float64 [head_dim/2]), rope scaling applied."""
     scaling = config.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind in ("default", None) or not scaling:
-        return None
     dims = config.head_dim
     inv_freq = config.rope_theta ** (-np.arange(0, dims, 2, dtype=np.float64) / dims)
+    if kind in ("default", None) or not scaling:
+        return inv_freq
     if kind == "linear":
-        inv_freq = inv_freq / float(scaling["factor"])
-    elif kind == "llama3":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
         factor = float(scaling["factor"])
         low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
         old_len = float(scaling.get("original_max_position_embeddings", 8192))
         wavelen = 2 * math.pi / inv_freq
         smooth = np.clip((old_len / wavelen - low) / (high - low), 0.0, 1.0)
-        inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-    else:
-        raise ValueError(f"unsupported rope scaling type {kind!r}")
-    return mx.array((1.0 / inv_freq).astype(np.float32))
+        return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+def rope_frequencies(config: ModelConfig) -> mx.array | None:
+    """Per-pair rotation periods for `mx.fast.rope`, or None when plain `base` suffices."""
+    if not config.rope_scaling or config.rope_scaling.get("rope_type", config.rope_scaling.get("type")) in (
+        "default", None,
+    ):
+        return None
+    return mx.array((1.0 / rope_inverse_frequencies(config)).astype(np.float32))
 
 
 class Model:

@@ -64,6 +64,29 @@ def build(force: bool = False) -> Path:
     return target
 
 
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The C ABI of metal/cpu (decode.c, effort_cpu.h), declared once for every caller."""
+    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    signatures = {
+        "ee_model_new": (p, [p] * 8),
+        "ee_model_free": (None, [p]),
+        "ee_step": (ctypes.c_double, [p, i, i, p, p]),
+        "ee_set_strategy": (None, [p, i]),
+        "ee_project": (ctypes.c_double, [p, p, p, p, f]),
+        "ee_active_inputs": (i, [p, i]),
+        "ecpu_dense_f16": (None, [p, p, p, i, i]),
+        "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
+        "ecpu_effort_codes_bytes": (ctypes.c_size_t, [i, i]),
+        "ecpu_effort_build": (None, [p, i, i, p, p, p]),
+        "ecpu_effort_k": (ctypes.c_long, [p, p, i, f, p]),
+        "ecpu_effort_matvec": (None, [p, p, i, i, p, p, p]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (see `build_error()`)."""
     global _lib, _error
@@ -74,7 +97,7 @@ def library() -> ctypes.CDLL | None:
             _error = "disabled by EFFORT_NATIVE=0"
             return None
         try:
-            _lib = ctypes.CDLL(str(build()))
+            _lib = _declare(ctypes.CDLL(str(build())))
         except (RuntimeError, OSError) as exc:
             _error = str(exc)
         return _lib

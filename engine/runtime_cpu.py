@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.bucket import B
 from engine.convert import Converted, projection_names
-from engine.model import PROJECTIONS, Model, weight_name
+from engine.model import PROJECTIONS, Model, rope_inverse_frequencies, weight_name
 
 c_ptr = ctypes.c_void_p
 
@@ -86,22 +86,14 @@ class CPURuntime:
         embed = keep(_numpy(model.w["model.embed_tokens.weight"], np.float16))
         head = keep(_numpy(model.w["lm_head.weight"], np.float16)) if "lm_head.weight" in model.w else embed
         final_norm = keep(_numpy(model.w["model.norm.weight"], np.float32))
-        inv_freq = keep(self._inv_freq())
+        inv_freq = keep(rope_inverse_frequencies(c).astype(np.float32))
         dims = Dims(
             c.hidden_size, c.intermediate_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim,
             c.vocab_size, context_limit, c.sliding_window or 0, c.rms_norm_eps,
         )
-        lib.ee_model_new.restype = c_ptr
-        lib.ee_model_new.argtypes = [ctypes.POINTER(Dims), ctypes.POINTER(Layer), c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_ptr]
-        lib.ee_step.restype = ctypes.c_double
-        lib.ee_step.argtypes = [c_ptr, ctypes.c_int, ctypes.c_int, c_ptr, c_ptr]
-        lib.ee_model_free.argtypes = [c_ptr]
-        lib.ee_set_strategy.argtypes = [c_ptr, ctypes.c_int]
-        lib.ee_project.restype = ctypes.c_double
-        lib.ee_project.argtypes = [c_ptr, c_ptr, c_ptr, c_ptr, ctypes.c_float]
-        lib.ee_active_inputs.argtypes = [c_ptr, ctypes.c_int]
         self._handle = lib.ee_model_new(
-            ctypes.byref(dims), layers, embed, head, final_norm, inv_freq, _ptr(self.kcache), _ptr(self.vcache)
+            ctypes.byref(dims), ctypes.addressof(layers), embed, head, final_norm, inv_freq,
+            _ptr(self.kcache), _ptr(self.vcache),
         )
         self.logits = np.zeros(c.vocab_size, np.float32)
         if converted is not None:
@@ -114,9 +106,6 @@ class CPURuntime:
         dense product (every rank) and, with the converted stats and probes, the effort path."""
         out_dim, in_dim = dense.shape
         lib = self.lib
-        lib.ecpu_effort_blk_bytes.restype = ctypes.c_size_t
-        lib.ecpu_effort_codes_bytes.restype = ctypes.c_size_t
-        lib.ecpu_effort_build.argtypes = [c_ptr, ctypes.c_int, ctypes.c_int, c_ptr, c_ptr, c_ptr]
         blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
         codes = np.zeros(lib.ecpu_effort_codes_bytes(out_dim, in_dim), np.uint8)
         scratch_stats = np.zeros(B * in_dim, np.float32)
@@ -165,13 +154,6 @@ class CPURuntime:
         if self.strategy == "activation":
             return np.full(len(self._order), effort, np.float32)
         return self.converted.allocation.request(effort)[self._order].astype(np.float32)
-
-    def _inv_freq(self) -> np.ndarray:
-        freqs = self.model._rope_freqs
-        if freqs is not None:
-            return (1.0 / np.array(freqs, dtype=np.float64)).astype(np.float32)
-        d = self.model.config.head_dim
-        return (self.model.config.rope_theta ** (-np.arange(0, d, 2, dtype=np.float64) / d)).astype(np.float32)
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)

@@ -19,19 +19,6 @@ EFFORTS = [1.0, 0.75, 0.5, 0.25, 0.05]
 def lib():
     lib = native.library()
     assert lib is not None, native.build_error()
-    lib.ecpu_dense_f16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2
-    lib.ecpu_effort_blk_bytes.restype = ctypes.c_size_t
-    lib.ecpu_effort_codes_bytes.restype = ctypes.c_size_t
-    lib.ecpu_effort_build.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3
-    lib.ecpu_effort_k.restype = ctypes.c_long
-    lib.ecpu_effort_k.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_void_p]
-    lib.ecpu_effort_matvec.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3
-    lib.ee_project.restype = ctypes.c_double
-    lib.ee_project.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_float]
-    lib.ee_model_new.restype = ctypes.c_void_p
-    lib.ee_model_new.argtypes = [ctypes.c_void_p] * 8
-    lib.ee_model_free.argtypes = [ctypes.c_void_p]
-    lib.ee_set_strategy.argtypes = [ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
