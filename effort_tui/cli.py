@@ -175,7 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
     strategies = ["bucket", "activation"] if args.strategy == "both" else [args.strategy]
     inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)]) if hasattr(loaded.runtime, "project") else None
-    cosine = (lambda e, s: evaluate.matrix_cosines(loaded.runtime, inputs, e, s)) if inputs else None
+    dense_outputs: dict = {}
+    cosine = (lambda e, s: evaluate.matrix_cosines(loaded.runtime, inputs, e, s, dense_outputs)) if inputs else None
     results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
     progress.close()
     print(evaluate.format_table(results, loaded.info.name, len(ids) - 1))

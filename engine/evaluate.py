@@ -93,9 +93,13 @@ def evaluate(
 DEFAULT_TEXT = Path(__file__).parent / "data" / "eval.txt"
 
 
-def matrix_cosines(runtime, inputs: dict[str, np.ndarray], effort: float, strategy: str) -> dict[str, float]:
+def matrix_cosines(
+    runtime, inputs: dict[str, np.ndarray], effort: float, strategy: str, dense: dict | None = None
+) -> dict[str, float]:
     """Mean cosine similarity between each projection's effort output and its dense output,
-    per projection kind, over the captured inputs (same input for both)."""
+    per projection kind, over the captured inputs (same input for both). `dense` caches the
+    dense outputs across calls (they do not depend on the effort)."""
+    dense = {} if dense is None else dense
     from engine.model import PROJECTIONS, weight_name
 
     runtime.set_strategy(strategy)
@@ -106,9 +110,11 @@ def matrix_cosines(runtime, inputs: dict[str, np.ndarray], effort: float, strate
         for j, proj in enumerate(PROJECTIONS):
             name = weight_name(i, proj)
             e = 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])
-            for x in inputs[name]:
+            for n, x in enumerate(inputs[name]):
                 y, _ = runtime.project(name, x, e)
-                d, _ = runtime.project(name, x, 1.0)
+                if (name, n) not in dense:
+                    dense[name, n] = runtime.project(name, x, 1.0)[0]
+                d = dense[name, n]
                 denom = float(np.linalg.norm(y) * np.linalg.norm(d))
                 sums[proj].append(float(y @ d) / denom if denom > 0 else 1.0)
     runtime.set_strategy("bucket")
