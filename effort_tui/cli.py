@@ -196,42 +196,66 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine import bench, session
+    from engine import bench
     from engine.model import projection_inputs
 
     efforts = parse_efforts(args.efforts)
     progress = ProgressLine()
-    loaded = session.load(args.model, progress, runtime=args.runtime)
+    if args.synthetic:
+        runtime, model, info, ids = _synthetic_bench_model(args, progress)
+    else:
+        from engine import session
+
+        loaded = session.load(args.model, progress, runtime=args.runtime)
+        runtime, model, info = loaded.runtime, loaded.model, loaded.info
+        ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
-    ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     inputs = None
-    if hasattr(loaded.runtime, "project"):
-        captured = projection_inputs(loaded.model, ids)
+    if hasattr(runtime, "project"):
+        captured = projection_inputs(model, ids)
         inputs = {name: x[-1] for name, x in captured.items()}
     note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
-    dense, results = bench.run(loaded.runtime, ids, efforts, args.tokens, inputs, note)
-    peak = max(bench.peak_rss_bytes(), loaded.runtime.peak_memory())
-    print(bench.format_table(dense, results, loaded.info, peak))
+    dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note)
+    peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
+    print(bench.format_table(dense, results, info, peak))
     if args.json:
+        def speed(r) -> dict:
+            return {
+                "effort": r.effort, "effective_effort": round(r.effective_effort, 4),
+                "decode_tps": round(r.decode_tps, 3), "ms_per_token": round(r.ms_per_token, 3),
+                "gbps": round(r.gbps, 3), "speedup": round(r.decode_tps / dense.decode_tps, 3),
+                "kernel_ms": {k: round(v, 4) for k, v in r.kernel_ms.items()},
+                "kernel_gbps": {k: round(v, 2) for k, v in r.kernel_gbps.items()},
+            }
+
         record = {
-            "backend": loaded.info.backend,
-            "device": loaded.info.device,
-            "model": loaded.info.name,
-            "runtime": type(loaded.runtime).__name__,
-            "dense": {"decode_tps": round(dense.decode_tps, 3), "ms_per_token": round(dense.ms_per_token, 3)},
-            "results": [
-                {
-                    "effort": r.effort, "effective_effort": round(r.effective_effort, 4),
-                    "decode_tps": round(r.decode_tps, 3), "ms_per_token": round(r.ms_per_token, 3),
-                    "gbps": round(r.gbps, 3), "speedup": round(r.decode_tps / dense.decode_tps, 3),
-                    "kernel_ms": {k: round(v, 3) for k, v in r.kernel_ms.items()},
-                }
-                for r in results
-            ],
+            "backend": info.backend,
+            "device": info.device,
+            "model": info.name,
+            "runtime": type(runtime).__name__,
+            "dense": speed(dense),
+            "results": [speed(r) for r in results],
             "peak_memory_bytes": peak,
         }
         print(json.dumps(record))
     return 0
+
+
+def _synthetic_bench_model(args: argparse.Namespace, progress: "ProgressLine"):
+    """A random model of a named shape (engine.synthetic) and token ids to decode from."""
+    from types import SimpleNamespace
+
+    from engine import synthetic
+    from engine.events import LoadProgress
+
+    def note(text: str) -> None:
+        progress(LoadProgress("convert", 0, 0, "", text))
+
+    runtime, model, be = synthetic.load(args.synthetic, args.layers, args.runtime, note)
+    name = f"random {args.synthetic} ({model.config.num_layers} layers)"
+    info = SimpleNamespace(name=name, backend=be.name, device=be.device)
+    ids = [(17 * n + 5) % model.config.vocab_size for n in range(32)]
+    return runtime, model, info, ids
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -380,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--efforts", default="1,0.75,0.5,0.25", help="comma-separated efforts")
     be.add_argument("--tokens", type=positive_int, default=48, help="decode steps timed per effort")
     be.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
+    be.add_argument("--synthetic", metavar="SHAPE", help="time a random model of this shape instead "
+                    "(mistral-7b, llama-3-8b, smollm2-135m): speed only, no quality")
+    be.add_argument("--layers", type=positive_int, help="layers of the --synthetic model (default: all)")
     be.add_argument("--json", action="store_true", help="end with one JSON line of results")
     be.set_defaults(func=cmd_bench)
     return parser

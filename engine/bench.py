@@ -28,6 +28,7 @@ class SpeedResult:
     ms_per_token: float
     gbps: float  # projection weight bytes actually read per second
     kernel_ms: dict[str, float] = field(default_factory=dict)  # per projection kind, summed over layers
+    kernel_gbps: dict[str, float] = field(default_factory=dict)  # per projection kind
 
 
 def peak_rss_bytes() -> int:
@@ -52,24 +53,28 @@ def decode_speed(runtime, prompt_ids: Sequence[int], effort: float, tokens: int,
     return float(np.median(times)), float(np.mean(used))
 
 
-def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats: int = 5) -> tuple[dict[str, float], float]:
-    """Per projection kind: ms for all layers' matrices at `effort` (median of repeats), and bytes read."""
+def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """Per projection kind: (ms for all layers' matrices at `effort`, weight bytes they read)."""
     local = runtime.local_efforts(effort)
     layers = runtime.model.config.num_layers
-    totals = {p: 0.0 for p in PROJECTIONS}
-    bytes_read = 0.0
+    totals = {p: (0.0, 0.0) for p in PROJECTIONS}
     for i in range(layers):
         for j, proj in enumerate(PROJECTIONS):
             name = weight_name(i, proj)
             e = 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])
-            samples = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                _, share = runtime.project(name, inputs[name], e)
-                samples.append(time.perf_counter() - start)
-            totals[proj] += float(np.median(samples)) * 1e3
-            bytes_read += runtime.bytes_read(name)
-    return totals, bytes_read
+            runtime.project(name, inputs[name], e)  # what bytes_read reports is this call's
+            if hasattr(runtime, "time_projection"):
+                seconds = runtime.time_projection(name, inputs[name], e)
+            else:
+                samples = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    runtime.project(name, inputs[name], e)
+                    samples.append(time.perf_counter() - start)
+                seconds = float(np.median(samples))
+            ms, nbytes = totals[proj]
+            totals[proj] = (ms + seconds * 1e3, nbytes + runtime.bytes_read(name))
+    return totals
 
 
 def run(
@@ -86,10 +91,15 @@ def run(
     for effort in [1.0, *efforts]:
         note(f"decoding {tokens} tokens at effort {effort:g}")
         step_s, share = decode_speed(runtime, prompt_ids, effort, tokens)
-        kernels, nbytes = kernel_times(runtime, inputs, effort) if inputs is not None else ({}, 0.0)
-        kernel_s = sum(kernels.values()) / 1e3
+        kernels = kernel_times(runtime, inputs, effort) if inputs is not None else {}
+        kernel_s = sum(ms for ms, _ in kernels.values()) / 1e3
+        nbytes = sum(b for _, b in kernels.values())
         gbps = nbytes / kernel_s / 1e9 if kernel_s > 0 else 0.0
-        results.append(SpeedResult(effort, share, 1.0 / step_s, step_s * 1e3, gbps, kernels))
+        results.append(SpeedResult(
+            effort, share, 1.0 / step_s, step_s * 1e3, gbps,
+            {k: ms for k, (ms, _) in kernels.items()},
+            {k: b / (ms / 1e3) / 1e9 if ms > 0 else 0.0 for k, (ms, b) in kernels.items()},
+        ))
     return results[0], results[1:]
 
 
@@ -108,4 +118,9 @@ def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_byte
         if kinds:
             row += "  " + " ".join(f"{r.kernel_ms[k]:.2f}" for k in kinds)
         lines.append(row)
+    if kinds:
+        lines.append(f"{'':>7}{'kernel GB/s':>33}  (" + " ".join(k.replace("_proj", "") for k in kinds) + ")")
+        for r in [dense, *results]:
+            label = "dense" if r is dense else f"{r.effort:.2f}"
+            lines.append(f"{label:>7}{'':>33}  " + " ".join(f"{r.kernel_gbps[k]:.0f}" for k in kinds))
     return "\n".join(lines)

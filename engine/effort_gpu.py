@@ -117,15 +117,20 @@ def make_layout(bm: BucketMatrix, to_array=None) -> GpuLayout:
 
 
 def make_layout_group(bms: Sequence[BucketMatrix], to_array=None) -> GpuLayoutGroup:
-    conv = mx.array if to_array is None else to_array
-    if len({bm.in_dim for bm in bms}) != 1:
+    return layout_group_of([make_layout(bm, to_array) for bm in bms])
+
+
+def layout_group_of(layouts: Sequence[GpuLayout]) -> GpuLayoutGroup:
+    """A group of already uploaded layouts (their probes concatenated once more: they are tiny)."""
+    if len({lay.in_dim for lay in layouts}) != 1:
         raise ValueError("a layout group needs one input dimension")
-    layouts = [make_layout(bm, to_array) for bm in bms]
-    probes = [np.ascontiguousarray(bm.probes, np.float32).reshape(-1) for bm in bms]
+    on_host = isinstance(layouts[0].probes, np.ndarray)
+    probes = [lay.probes.reshape(-1) for lay in layouts]
     offsets = [0]
-    for p in probes[:-1]:
-        offsets.append(offsets[-1] + p.size)
-    return GpuLayoutGroup(layouts, conv(np.concatenate(probes)), offsets)
+    for lay in layouts[:-1]:
+        offsets.append(offsets[-1] + lay.n_probe_rows * lay.in_dim)
+    joined = np.concatenate(probes) if on_host else mx.concatenate(probes)
+    return GpuLayoutGroup(list(layouts), joined, offsets)
 
 
 # --------------------------------------------------------------------------- planning (pure)
@@ -322,11 +327,21 @@ def _x_input(ex: _Exec, x, in_dim: int):
     return ex.to_f32(x), False
 
 
+def _per_matrix(effort: float | Sequence[float], m: int) -> list[float]:
+    if isinstance(effort, (int, float)):
+        return [float(effort)] * m
+    efforts = [float(e) for e in effort]
+    if len(efforts) != m:
+        raise ValueError(f"{len(efforts)} efforts for {m} matrices")
+    return efforts
+
+
 def select_cutoffs(ex: _Exec, probes, probe_offsets: Sequence[int], probe_rows: Sequence[int],
-                   in_dim: int, x, effort: float):
-    """Cutoffs [M] of M matrices sharing x: one select launch, or a constant (+-inf)."""
+                   in_dim: int, x, effort: float | Sequence[float]):
+    """Cutoffs [M] of M matrices sharing x (one effort, or one per matrix): one select launch,
+    or a constant (+-inf)."""
     m = len(probe_offsets)
-    ranks = [probe_rank(p * in_dim, effort) for p in probe_rows]
+    ranks = [probe_rank(p * in_dim, e) for p, e in zip(probe_rows, _per_matrix(effort, m))]
     if all(r < 0 for r in ranks):
         return ex.const(np.full(m, -np.inf, np.float32))
     if all(r >= p * in_dim for r, p in zip(ranks, probe_rows)):
@@ -364,8 +379,9 @@ def bucket_matvec(ex: _Exec, lay: GpuLayout, x, effort: float, cutoff=None):
     return _bucket_mul(ex, lay, xin, xh, cutoff, 0)
 
 
-def bucket_matvec_group(ex: _Exec, group: GpuLayoutGroup, x, effort: float):
-    """[(y, k)] for matrices sharing x, with one select launch for all the cutoffs."""
+def bucket_matvec_group(ex: _Exec, group: GpuLayoutGroup, x, effort: float | Sequence[float]):
+    """[(y, k)] for matrices sharing x (one effort, or one per matrix), with one select launch
+    for all the cutoffs."""
     lays = group.layouts
     cut = select_cutoffs(ex, group.probes, group.probe_offsets, [l.n_probe_rows for l in lays],
                          lays[0].in_dim, x, effort)
@@ -445,7 +461,7 @@ def bucket_matvec_gpu(layout: GpuLayout | BucketMatrix, x: mx.array, effort: flo
     return bucket_matvec(ex, layout, x, effort, cutoff)
 
 
-def bucket_matvec_group_gpu(group: GpuLayoutGroup, x: mx.array, effort: float,
+def bucket_matvec_group_gpu(group: GpuLayoutGroup, x: mx.array, effort: float | Sequence[float],
                             *, backend: str | None = None) -> list[tuple[mx.array, mx.array]]:
     return bucket_matvec_group(_exec(backend), group, x, effort)
 

@@ -1,9 +1,12 @@
 """The effort path for the MLX runtime: GPU kernels on Metal/CUDA, the numpy reference elsewhere.
 
-On a GPU every projection of a decode step goes through `engine.effort_gpu`
-(cutoff, k and the bucket multiply stay on the device). Without a GPU and
-without the native CPU path (no C compiler), the numpy reference runs instead:
-slow, but the same selection and the same result, so effort still works.
+On a GPU every projection of a decode step goes through `engine.effort_gpu`: cutoff, k and the
+bucket multiply stay on the device, and the matrices that share an input (q/k/v, gate/up) get
+their cutoffs from one select launch. The products actually done are summed on the device too
+and read back with the logits, so a decode step still synchronises once.
+
+Without a GPU and without the native CPU path (no C compiler), the numpy reference runs
+instead: slow, but the same selection and the same result, so effort still works.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from engine.bucket import B, k_for_effort
 from engine.convert import Converted, projection_names
 from engine.model import PROJECTIONS, Projector, weight_name
 
+# projections that read the same input vector: one select launch computes all their cutoffs
+SHARED_INPUT = {"q_proj": ("q_proj", "k_proj", "v_proj"), "gate_proj": ("gate_proj", "up_proj")}
+
 
 class MLXEffortPath:
-    """effort -> (projector for one decode step, effective effort of that step)."""
+    """effort -> (projector for one decode step, products done in that step)."""
 
     def __init__(self, converted: Converted, num_layers: int, dense: Callable[[int, str, mx.array], mx.array]) -> None:
         self.converted = converted
@@ -28,10 +34,16 @@ class MLXEffortPath:
         self.strategy = "bucket"
         index = {n: j for j, n in enumerate(converted.allocation.names)}
         self.order = np.array([index[n] for n in projection_names(num_layers)])
+        self.total_size = sum(self.size(n) for n in projection_names(num_layers))
         self.gpu = effort_gpu.available()
-        self.layouts = (
-            {name: effort_gpu.gpu_layout(bm) for name, bm in converted.buckets.items()} if self.gpu else {}
-        )
+        self.layouts = {}
+        self.groups = {}
+        if self.gpu:
+            self.layouts = {name: effort_gpu.gpu_layout(bm) for name, bm in converted.buckets.items()}
+            for layer in range(num_layers):
+                for first, members in SHARED_INPUT.items():
+                    names = [weight_name(layer, p) for p in members]
+                    self.groups[names[0]] = (names, effort_gpu.layout_group_of([self.layouts[n] for n in names]))
 
     def local_efforts(self, effort: float) -> np.ndarray | None:
         if effort >= 1.0:
@@ -40,32 +52,63 @@ class MLXEffortPath:
             return np.full(len(self.order), effort)
         return self.converted.allocation.request(effort)[self.order]
 
-    def __call__(self, effort: float) -> tuple[Projector, Callable[[], float]]:
+    def size(self, name: str) -> int:
+        bm = self.converted.buckets[name]
+        return bm.out_dim * bm.in_dim
+
+    def matvec(self, name: str, x: mx.array, effort: float) -> tuple[mx.array, mx.array | float]:
+        """(y [out] float32, products done) of one matrix at a local effort; lazy on the GPU."""
+        bm = self.converted.buckets[name]
+        if self.gpu and self.strategy == "bucket":
+            y, k = effort_gpu.bucket_matvec_gpu(self.layouts[name], x.reshape(-1), effort)
+            return y, k.sum() * (bm.out_dim // B)
+        y, k = self._numpy(bm, np.array(x.astype(mx.float32)).reshape(-1), effort)
+        return mx.array(y), float(k.sum()) * (bm.out_dim // B)
+
+    def __call__(self, effort: float) -> tuple[Projector, Callable[[], mx.array | float]]:
         local = self.local_efforts(effort)
         used: list = []
-        sizes: list[int] = []
+        pending: dict[str, tuple[mx.array, mx.array]] = {}
+
+        def local_effort(layer: int, proj: str) -> float:
+            return 1.0 if local is None else float(local[layer * len(PROJECTIONS) + PROJECTIONS.index(proj)])
 
         def project(layer: int, proj: str, x: mx.array) -> mx.array:
-            e = 1.0 if local is None else float(local[layer * len(PROJECTIONS) + PROJECTIONS.index(proj)])
             name = weight_name(layer, proj)
-            bm = self.converted.buckets[name]
-            sizes.append(bm.out_dim * bm.in_dim)
-            if e >= 1.0:
-                used.append(float(bm.out_dim * bm.in_dim))
+            if name in pending:
+                y, k = pending.pop(name)
+            elif local_effort(layer, proj) >= 1.0:
+                used.append(float(self.size(name)))
                 return self.dense(layer, proj, x)
-            if self.gpu and self.strategy == "bucket":
-                y, k = effort_gpu.bucket_matvec_gpu(self.layouts[name], x.reshape(-1), e)
-                used.append(k.sum() * (bm.out_dim // B))
+            elif self.gpu and self.strategy == "bucket" and name in self.groups:
+                y, k = self._group(layer, proj, x, local_effort, pending)
+            else:
+                y, done = self.matvec(name, x, local_effort(layer, proj))
+                used.append(done)
                 return y.reshape(1, -1).astype(x.dtype)
-            y, k = self._numpy(bm, np.array(x.astype(mx.float32)).reshape(-1), e)
-            used.append(float(k.sum()) * (bm.out_dim // B))
-            return mx.array(y).reshape(1, -1).astype(x.dtype)
+            used.append(k.sum() * (self.converted.buckets[name].out_dim // B))
+            return y.reshape(1, -1).astype(x.dtype)
 
-        def effective() -> float:
-            done = sum(float(u.item()) if isinstance(u, mx.array) else u for u in used)
-            return done / max(sum(sizes), 1)
+        def products() -> mx.array | float:
+            arrays = [u for u in used if isinstance(u, mx.array)]
+            plain = sum(u for u in used if not isinstance(u, mx.array))
+            if not arrays:
+                return plain
+            return mx.sum(mx.stack([a.astype(mx.float32) for a in arrays])) + plain
 
-        return project, effective
+        return project, products
+
+    def _group(self, layer, proj, x, local_effort, pending):
+        """All members of the group starting at `proj` whose effort is below 1, with one select
+        launch; the members after the first are kept in `pending` for their own calls."""
+        names, group = self.groups[weight_name(layer, proj)]
+        members = SHARED_INPUT[proj]
+        efforts = [local_effort(layer, p) for p in members]
+        results = effort_gpu.bucket_matvec_group_gpu(group, x.reshape(-1), efforts)
+        for name, e, result in zip(names[1:], efforts[1:], results[1:]):
+            if e < 1.0:
+                pending[name] = result
+        return results[0]
 
     def _numpy(self, bm, x: np.ndarray, effort: float) -> tuple[np.ndarray, np.ndarray]:
         if self.strategy == "activation":

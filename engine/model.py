@@ -30,6 +30,12 @@ def weight_name(layer: int, proj: str) -> str:
     return f"model.layers.{layer}.{group}.{proj}.weight"
 
 
+def split_weight_name(name: str) -> tuple[int, str]:
+    """(layer, projection) of a projection's HF weight name; the inverse of weight_name."""
+    parts = name.split(".")
+    return int(parts[2]), parts[4]
+
+
 @dataclass
 class LayerCache:
     """Keys and values of one layer, grown in steps so decode never re-allocates per token."""

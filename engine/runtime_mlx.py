@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
 
-from engine.model import Cache, Model
+from engine.model import Cache, Model, split_weight_name
 
 PREFILL_CHUNK = 512
 
@@ -20,6 +21,7 @@ class MLXRuntime:
         self.context_limit = context_limit
         self.effort_path = effort_path
         self.cache = Cache.for_model(model.config)
+        self._last_share: dict[str, float] = {}
 
     def reset(self, keep: int) -> None:
         self.cache.trim(keep)
@@ -38,10 +40,55 @@ class MLXRuntime:
         if effort >= 1.0 or self.effort_path is None:
             logits = self.model(tokens, self.cache)
             return np.array(logits[-1]), 1.0
-        project, effective = self.effort_path(effort)
+        project, products = self.effort_path(effort)
         logits = self.model(tokens, self.cache, project=project)
-        out = np.array(logits[-1])
-        return out, effective()
+        done = products()
+        if isinstance(done, mx.array):
+            mx.eval(logits, done)  # one synchronisation per step
+            done = done.item()
+        return np.array(logits[-1]), float(done) / self.effort_path.total_size
+
+    def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
+        """One projection (HF weight name) at a local effort, outside a decode step: (output,
+        share of its weights used). Effort 1.0 (or no effort path) is MLX's dense product."""
+        y, done = self._project(name, mx.array(np.asarray(x, np.float32)).astype(self.model.dtype), effort)
+        mx.eval(y, done if isinstance(done, mx.array) else y)
+        self._last_share[name] = float(done.item() if isinstance(done, mx.array) else done) / self._size(name)
+        return np.array(y.astype(mx.float32)).reshape(-1), self._last_share[name]
+
+    def time_projection(self, name: str, x: np.ndarray, effort: float, repeats: int = 20) -> float:
+        """Seconds per call of one projection. On a GPU the calls are queued together and waited
+        for once, so the figure is the kernels' time rather than a round trip per call."""
+        xm = mx.array(np.asarray(x, np.float32)).astype(self.model.dtype)
+        mx.eval(xm)
+        for _ in range(2):
+            mx.eval(self._project(name, xm, effort)[0])
+        start = time.perf_counter()
+        mx.eval([self._project(name, xm, effort)[0] for _ in range(repeats)])
+        return (time.perf_counter() - start) / repeats
+
+    def bytes_read(self, name: str) -> float:
+        """Weight bytes the last `project` of this matrix read: fp16 values of the dense matrix,
+        or the dispatched share of the bucket lists (fp16 value + 4-bit position) plus stats."""
+        out_dim, in_dim = self._shape(name)
+        share = self._last_share.get(name, 1.0)
+        if share >= 1.0 or self.effort_path is None:
+            return 2.0 * out_dim * in_dim
+        return 2.5 * share * out_dim * in_dim + 4.0 * 16 * in_dim
+
+    def _project(self, name: str, x: mx.array, effort: float):
+        layer, proj = split_weight_name(name)
+        if effort >= 1.0 or self.effort_path is None:
+            return self.model.dense(layer, proj, x.reshape(1, -1)).reshape(-1), float(self._size(name))
+        return self.effort_path.matvec(name, x, effort)
+
+    def _shape(self, name: str) -> tuple[int, int]:
+        out_dim, in_dim = self.model.w[name].shape
+        return int(out_dim), int(in_dim)
+
+    def _size(self, name: str) -> int:
+        out_dim, in_dim = self._shape(name)
+        return out_dim * in_dim
 
     def set_strategy(self, strategy: str) -> None:
         if self.effort_path is not None:
