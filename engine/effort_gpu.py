@@ -35,6 +35,9 @@ SELECT_TGS = 1024
 BMUL_TGS = 128
 BMUL_IPG_MAX = 512
 BMUL_TARGET_THREADS = 8192     # threads per bucket-mul launch we aim for (G is derived from it)
+# An H100 has 132 SMs of up to 2048 threads: with 8192 threads (2 warps per SM) the bucket
+# multiply reached ~1 TB/s; the loads need many warps in flight to cover their latency.
+TARGET_THREADS = {"metal": BMUL_TARGET_THREADS, "cuda": 131072}
 REDUCE_TGS = 256
 ATTN_TGS = 256
 ATTN_TARGET_GROUPS = 64        # threadgroups per attention launch we aim for at long context
@@ -184,6 +187,8 @@ def plan_attention(n_heads: int, length: int, tgs: int = ATTN_TGS,
 class _Exec:
     """Runs kernel launches; subclasses hold the arrays (mx or numpy)."""
 
+    target_threads = BMUL_TARGET_THREADS
+
     def const(self, a: np.ndarray) -> Any: ...
     def is_half(self, a) -> bool: ...
     def half_bits(self, a) -> Any: ...
@@ -201,6 +206,7 @@ class MlxExec(_Exec):
         if backend not in ("metal", "cuda"):
             raise ValueError("backend must be 'metal' or 'cuda'")
         self.backend = backend
+        self.target_threads = TARGET_THREADS[backend]
         self._kernels: dict[str, Any] = {}
         self._consts: dict[tuple, mx.array] = {}   # params / +-inf cutoffs, reused across calls
 
@@ -355,7 +361,7 @@ def select_cutoffs(ex: _Exec, probes, probe_offsets: Sequence[int], probe_rows: 
 
 def _bucket_mul(ex: _Exec, lay: GpuLayout, xin, xh: bool, cutoff, cutoff_index: int):
     nb = lay.n_buckets
-    tgs, n_bx, g, ipg = plan_groups(lay.in_dim, nb)
+    tgs, n_bx, g, ipg = plan_groups(lay.in_dim, nb, target_threads=ex.target_threads)
     spec = ks.bucket_mul_spec(lay.pos_nibble, xh, tgs, BMUL_IPG_MAX)
     params = ex.const(np.array([lay.in_dim, nb, ipg, cutoff_index], np.int32))
     ins = [lay.w] + ([lay.pos] if lay.pos_nibble else []) + [lay.stats, xin, cutoff, params]

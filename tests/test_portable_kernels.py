@@ -414,8 +414,9 @@ def test_sources_assemble_and_names_match():
         assert [a for a, _ in ks.metal_attributes(ks.source(spec, "metal"))] == [
             "thread_position_in_threadgroup", "threadgroup_position_in_grid"]
         # every array the body indexes is an input or output (of some variant of this body:
-        # #if branches) or a threadgroup array
+        # #if branches), a threadgroup array or a small fixed-size local (register) array
         tg = set(re.findall(r"EF_TG_(?:ARRAY\(\s*\w+\s*,|ATOMIC_U32\()\s*(\w+)", body))
+        tg |= set(re.findall(r"\b(?:u?int\d+_t|float)\s+(\w+)\s*\[\s*\d+u?\s*\]\s*;", body))
         indexed = set(re.findall(r"\b([A-Za-z_]\w*)\s*\[", re.sub(r"//.*", "", body)))
         names = {a.name for s in specs if s.body == spec.body for a in (*s.inputs, *s.outputs)}
         assert indexed <= tg | names, (spec.base, indexed - tg - names)

@@ -61,21 +61,46 @@ EF_PHASE_END
 EF_PHASE_BEGIN  // 2: bucket multiply
     const uint32_t c = EF_GX * EF_TGS + EF_LID;
     if (c < nb) {
+        const uint32_t a0 = EF_LID * 17u;
         for (uint32_t j = 0u; j < n_here; ++j) {
             const int32_t kk = s_k[j];
             const float xi = s_x[j];
             const uint32_t i = i0 + j;
-            for (int32_t r = 0; r < kk; ++r) {
+            int32_t r = 0;
+            // four ranks at a time, loads first: four independent loads in flight per thread.
+            // The four weights of one input go to four different outputs (positions are a
+            // permutation), so every output still sums its products in the same order.
+            for (; r + 4 <= kk; r += 4) {
+                uint32_t wb[4];
+                uint32_t pp[4];
+                for (uint32_t u = 0u; u < 4u; ++u) {
+                    const uint32_t row = (uint32_t)(r + (int32_t)u) * in_dim + i;
+                    wb[u] = (uint32_t)w[row * nb + c];
+#if EF_POS_NIBBLE
+                    pp[u] = (uint32_t)pos[row * (nb >> 1u) + (c >> 1u)];
+#else
+                    pp[u] = wb[u];
+#endif
+                }
+                for (uint32_t u = 0u; u < 4u; ++u) {
+#if EF_POS_NIBBLE
+                    const uint32_t p = (pp[u] >> ((c & 1u) * 4u)) & 15u;
+#else
+                    const uint32_t p = pp[u] & 15u;
+#endif
+                    s_acc[a0 + p] = EF_FMA(xi, EF_H2F(wb[u]), s_acc[a0 + p]);
+                }
+            }
+            for (; r < kk; ++r) {
                 const uint32_t row = (uint32_t)r * in_dim + i;
-                const uint32_t wb = (uint32_t)w[row * nb + c];
+                const uint32_t wb1 = (uint32_t)w[row * nb + c];
 #if EF_POS_NIBBLE
                 const uint32_t pb = (uint32_t)pos[row * (nb >> 1u) + (c >> 1u)];
                 const uint32_t p = (pb >> ((c & 1u) * 4u)) & 15u;
 #else
-                const uint32_t p = wb & 15u;
+                const uint32_t p = wb1 & 15u;
 #endif
-                const uint32_t a = EF_LID * 17u + p;
-                s_acc[a] = EF_FMA(xi, EF_H2F(wb), s_acc[a]);
+                s_acc[a0 + p] = EF_FMA(xi, EF_H2F(wb1), s_acc[a0 + p]);
             }
         }
     }
