@@ -33,12 +33,13 @@ from engine.bucket import B, BucketMatrix
 
 SELECT_TGS = 1024
 BMUL_TGS = 128
-BMUL_IPG_MAX = 512
+BMUL_IPG_MAX = 64              # inputs per threadgroup at most (its row list is 16x that)
 BMUL_TARGET_THREADS = 8192     # threads per bucket-mul launch we aim for (G is derived from it)
 # An H100 has 132 SMs of up to 2048 threads: with 8192 threads (2 warps per SM) the bucket
 # multiply reached ~1 TB/s; the loads need many warps in flight to cover their latency.
 TARGET_THREADS = {"metal": BMUL_TARGET_THREADS, "cuda": 131072}
 REDUCE_TGS = 256
+REDUCE_OUTPUTS = 32            # outputs per reduce threadgroup (8 lanes each)
 ATTN_TGS = 256
 ATTN_TARGET_GROUPS = 64        # threadgroups per attention launch we aim for at long context
 
@@ -188,6 +189,19 @@ class _Exec:
     """Runs kernel launches; subclasses hold the arrays (mx or numpy)."""
 
     target_threads = BMUL_TARGET_THREADS
+    _memo: dict | None = None
+
+    def memo(self, key: tuple, make):
+        """Launch plans and parameter arrays, computed once per key (shapes, ranks): the
+        Python side of a launch runs 200+ times per decoded token."""
+        if self._memo is None:
+            self._memo = {}
+        value = self._memo.get(key)
+        if value is None:
+            if len(self._memo) > 4096:
+                self._memo.clear()
+            value = self._memo[key] = make()
+        return value
 
     def const(self, a: np.ndarray) -> Any: ...
     def is_half(self, a) -> bool: ...
@@ -353,23 +367,32 @@ def select_cutoffs(ex: _Exec, probes, probe_offsets: Sequence[int], probe_rows: 
     if all(r >= p * in_dim for r, p in zip(ranks, probe_rows)):
         return ex.const(np.full(m, np.inf, np.float32))
     xin, xh = _x_input(ex, x, in_dim)
-    params = np.array([[o, p, in_dim, r] for o, p, r in zip(probe_offsets, probe_rows, ranks)],
-                      np.int32).reshape(-1)
-    (cut,) = ex.launch(ks.select_spec(xh, SELECT_TGS), (1, m), [probes, xin, ex.const(params)], [m])
+    key = ("select", in_dim, tuple(probe_offsets), tuple(probe_rows), tuple(ranks))
+    params = ex.memo(key, lambda: ex.const(np.array(
+        [[o, p, in_dim, r] for o, p, r in zip(probe_offsets, probe_rows, ranks)], np.int32).reshape(-1)))
+    (cut,) = ex.launch(ks.select_spec(xh, SELECT_TGS), (1, m), [probes, xin, params], [m])
     return cut
 
 
+def _bucket_mul_plan(ex: _Exec, in_dim: int, out_dim: int, pos_nibble: bool, xh: bool, cutoff_index: int):
+    """(spec, groups, params, reduce params or None, G) of one matrix's bucket-mul launch."""
+    nb = out_dim // B
+    tgs, n_bx, g, ipg = plan_groups(in_dim, nb, target_threads=ex.target_threads)
+    spec = ks.bucket_mul_spec(pos_nibble, xh, tgs, BMUL_IPG_MAX)
+    params = ex.const(np.array([in_dim, nb, ipg, cutoff_index], np.int32))
+    reduce_params = ex.const(np.array([out_dim, g], np.int32)) if g > 1 else None
+    return spec, (n_bx, g), params, reduce_params, g
+
+
 def _bucket_mul(ex: _Exec, lay: GpuLayout, xin, xh: bool, cutoff, cutoff_index: int):
-    nb = lay.n_buckets
-    tgs, n_bx, g, ipg = plan_groups(lay.in_dim, nb, target_threads=ex.target_threads)
-    spec = ks.bucket_mul_spec(lay.pos_nibble, xh, tgs, BMUL_IPG_MAX)
-    params = ex.const(np.array([lay.in_dim, nb, ipg, cutoff_index], np.int32))
+    key = ("bmul", lay.in_dim, lay.out_dim, lay.pos_nibble, xh, cutoff_index)
+    spec, groups, params, rp, g = ex.memo(
+        key, lambda: _bucket_mul_plan(ex, lay.in_dim, lay.out_dim, lay.pos_nibble, xh, cutoff_index))
     ins = [lay.w] + ([lay.pos] if lay.pos_nibble else []) + [lay.stats, xin, cutoff, params]
-    partial, k = ex.launch(spec, (n_bx, g), ins, [g * lay.out_dim, lay.in_dim])
-    if g == 1:
+    partial, k = ex.launch(spec, groups, ins, [g * lay.out_dim, lay.in_dim])
+    if rp is None:
         return partial, k
-    rp = ex.const(np.array([lay.out_dim, g], np.int32))
-    (y,) = ex.launch(ks.reduce_spec(REDUCE_TGS), (-(-lay.out_dim // REDUCE_TGS), 1), [partial, rp],
+    (y,) = ex.launch(ks.reduce_spec(REDUCE_TGS), (-(-lay.out_dim // REDUCE_OUTPUTS), 1), [partial, rp],
                      [lay.out_dim])
     return y, k
 

@@ -176,7 +176,7 @@ def dispatch_spec(x_half: bool = False, tgs: int = 256) -> KernelSpec:
 
 @functools.lru_cache(maxsize=None)
 def bucket_mul_spec(pos_nibble: bool = True, x_half: bool = False, tgs: int = 128,
-                    ipg_max: int = 512) -> KernelSpec:
+                    ipg_max: int = 64) -> KernelSpec:
     """Dispatch + bucket multiply into partial sums [G, out]."""
     ins = [Arg("w", "uint16")]
     if pos_nibble:
@@ -192,7 +192,9 @@ def bucket_mul_spec(pos_nibble: bool = True, x_half: bool = False, tgs: int = 12
 
 @functools.lru_cache(maxsize=None)
 def reduce_spec(tgs: int = 256) -> KernelSpec:
-    """Sum of the partial rows in a fixed order."""
+    """Sum of the partial rows in a fixed order (the body assumes 256 threads: 32 outputs x 8 lanes)."""
+    if tgs != 256:
+        raise ValueError("effort_reduce runs 256 threads per threadgroup")
     return KernelSpec("effort_reduce", "kernels/reduce.h",
                       (Arg("partial", "float32"), Arg("params", "int32")),
                       (Arg("y", "float32"),), tgs)
