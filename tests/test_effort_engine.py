@@ -129,6 +129,20 @@ def test_bench_json(tiny_gguf, cache, capsys):
     assert record["dense"]["decode_tps"] > 0 and record["dense"]["ms_per_token"] > 0
     (row,) = record["results"]
     assert row["effort"] == 0.5 and 0.4 < row["effective_effort"] < 0.6 and row["gbps"] > 0
+    assert set(row["kernel_ms"]) == set(row["kernel_gbps"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize("runtime", ["cpu", "mlx"])
+def test_bench_synthetic_model(runtime, capsys):
+    """A random model of SmolLM2's shapes, one layer: both runtimes time it, uniform allocation."""
+    code = main(["bench", "--synthetic", "smollm2-135m", "--layers", "1", "--runtime", runtime,
+                 "--efforts", "0.5", "--tokens", "2", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["model"] == "random smollm2-135m (1 layers)"
+    (row,) = record["results"]
+    assert abs(row["effective_effort"] - 0.5) < 0.05 and row["kernel_ms"]["down_proj"] > 0
 
 
 @pytest.mark.parametrize(
@@ -140,6 +154,7 @@ def test_bench_json(tiny_gguf, cache, capsys):
         (["generate", "--prompt", "hi", "--effort", "2x"], "effort must be"),
         (["eval", "--tokens", "0"], "positive"),
         (["generate"], "--prompt"),
+        (["bench", "--synthetic", "gpt-9"], "unknown synthetic shape"),
     ],
 )
 def test_bad_input_is_one_line(argv, message, capsys, cache):

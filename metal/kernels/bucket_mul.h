@@ -11,10 +11,10 @@
 //     threads with bx == 0 also write k (each input has exactly one such threadgroup);
 //   * phase 2: the dispatched rows (r, i) of the group become one flat list in threadgroup
 //     memory, input-major, ranks ascending (offsets by a prefix sum of k);
-//   * phase 3: each thread walks that list, eight rows at a time with the loads issued first.
+//   * phase 3: each thread walks that list, 16 rows at a time with the loads issued first.
 //     A per-input loop (inputs outer, ranks inner) left one dependent memory round trip per
 //     input and measured ~40 us of fixed cost on an H100 even at effort 0.1 (ncu); the flat
-//     list keeps eight loads in flight whatever k looks like.  The list is the same for
+//     list keeps 16 loads in flight whatever k looks like.  The list is the same for
 //     every thread, so there is no divergence; the loads of row (r, i) are consecutive fp16
 //     words across consecutive threads (2*EF_TGS bytes per row per threadgroup, + EF_TGS/2
 //     bytes of position nibbles): fully coalesced;
@@ -79,16 +79,16 @@ EF_PHASE_BEGIN  // 2: the flat list of dispatched rows (each input's offset = su
     if (n_here == 0u && EF_LID == 0u) s_n[0] = 0u;
 EF_PHASE_END
 
-EF_PHASE_BEGIN  // 3: bucket multiply over the flat list, eight rows' loads in flight per thread
+EF_PHASE_BEGIN  // 3: bucket multiply over the flat list, 16 rows' loads in flight per thread
     const uint32_t c = EF_GX * EF_TGS + EF_LID;
     const uint32_t n_rows = s_n[0];
     if (c < nb) {
         const uint32_t a0 = EF_LID * 17u;
         uint32_t e = 0u;
-        for (; e + 8u <= n_rows; e += 8u) {
-            uint32_t wb[8];
-            uint32_t pp[8];
-            for (uint32_t u = 0u; u < 8u; ++u) {
+        for (; e + 16u <= n_rows; e += 16u) {
+            uint32_t wb[16];
+            uint32_t pp[16];
+            for (uint32_t u = 0u; u < 16u; ++u) {
                 const uint32_t row = s_row[e + u];
                 wb[u] = (uint32_t)w[row * nb + c];
 #if EF_POS_NIBBLE
@@ -97,7 +97,7 @@ EF_PHASE_BEGIN  // 3: bucket multiply over the flat list, eight rows' loads in f
                 pp[u] = wb[u];
 #endif
             }
-            for (uint32_t u = 0u; u < 8u; ++u) {
+            for (uint32_t u = 0u; u < 16u; ++u) {
 #if EF_POS_NIBBLE
                 const uint32_t p = (pp[u] >> ((c & 1u) * 4u)) & 15u;
 #else

@@ -4,7 +4,8 @@
 // lane l (0..7) sums its contiguous run of partial rows g = l*run .. in ascending order,
 // then the eight lane sums are added in lane order.  One thread per output and 147 partial
 // rows left a single dependent chain of loads per thread (28 us on an H100 for out = 14336,
-// 12% of the warps active); eight lanes cut the chain eightfold.
+// 12% of the warps active); eight lanes cut the chain eightfold, and each lane issues its
+// loads eight at a time.
 // Launch: grid (ceil(out/32)*EF_TGS, 1), threadgroup (EF_TGS = 256, 1): 32 outputs x 8 lanes
 // per threadgroup; consecutive threads of a lane read consecutive floats of a partial row.
 //   inputs : partial float32 [G*out], params int32 [2] {out, G}
@@ -22,7 +23,13 @@ EF_PHASE_BEGIN
     if (o < out_dim) {
         const uint32_t g0 = lane * run;
         const uint32_t g1 = g0 + run < n_groups ? g0 + run : n_groups;
-        for (uint32_t g = g0; g < g1; ++g) s += partial[g * out_dim + o];
+        uint32_t g = g0;
+        for (; g + 8u <= g1; g += 8u) {  // eight loads in flight, then the sums in order
+            float v[8];
+            for (uint32_t u = 0u; u < 8u; ++u) v[u] = partial[(g + u) * out_dim + o];
+            for (uint32_t u = 0u; u < 8u; ++u) s += v[u];
+        }
+        for (; g < g1; ++g) s += partial[g * out_dim + o];
     }
     s_lane[EF_LID] = s;
 EF_PHASE_END

@@ -53,14 +53,29 @@ if (rank < 0 || rank >= p_rows * in_dim) {
         EF_PHASE_END
 
         EF_PHASE_BEGIN  // histogram of this digit over the keys that match the prefix
-            for (int32_t pr = 0; pr < p_rows; ++pr) {
-                for (uint32_t i = EF_LID; i < (uint32_t)in_dim; i += EF_TGS) {
-                    const float ax = EF_FABS(EF_LOAD_X(x, i));
-                    const float prod = probes[(uint32_t)p_off + (uint32_t)pr * (uint32_t)in_dim + i] * ax;
-                    const uint32_t key = ef_key_of_bits(EF_AS_UINT(prod));
+            // product t = probe row t / in, input t % in; four products' loads issued first
+            const uint32_t n_prod = (uint32_t)p_rows * (uint32_t)in_dim;
+            uint32_t t = EF_LID;
+            for (; t + 3u * EF_TGS < n_prod; t += 4u * EF_TGS) {
+                float pv[4];
+                float xv[4];
+                for (uint32_t u = 0u; u < 4u; ++u) {
+                    const uint32_t tt = t + u * EF_TGS;
+                    pv[u] = probes[(uint32_t)p_off + tt];
+                    xv[u] = EF_LOAD_X(x, tt % (uint32_t)in_dim);
+                }
+                for (uint32_t u = 0u; u < 4u; ++u) {
+                    const uint32_t key = ef_key_of_bits(EF_AS_UINT(pv[u] * EF_FABS(xv[u])));
                     if (pass == 0u || (key >> hi) == (prefix >> hi)) {
                         EF_ATOMIC_INC(s_hist, (key >> shift) & (nbins - 1u));
                     }
+                }
+            }
+            for (; t < n_prod; t += EF_TGS) {
+                const float prod = probes[(uint32_t)p_off + t] * EF_FABS(EF_LOAD_X(x, t % (uint32_t)in_dim));
+                const uint32_t key = ef_key_of_bits(EF_AS_UINT(prod));
+                if (pass == 0u || (key >> hi) == (prefix >> hi)) {
+                    EF_ATOMIC_INC(s_hist, (key >> shift) & (nbins - 1u));
                 }
             }
         EF_PHASE_END
