@@ -22,7 +22,6 @@ the context + combine).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -222,9 +221,6 @@ class MlxExec(_Exec):
             raise ValueError("backend must be 'metal' or 'cuda'")
         self.backend = backend
         self.target_threads = TARGET_THREADS[backend]
-        # EFFORT_GPU_REDUCE=mlx sums the partial rows with MLX's own reduction instead of
-        # effort_reduce (a tuning switch: both are deterministic, in different orders)
-        self.reduce_with_mlx = os.environ.get("EFFORT_GPU_REDUCE", "kernel") == "mlx"
         self._kernels: dict[str, Any] = {}
         self._consts: dict[tuple, mx.array] = {}   # params / +-inf cutoffs, reused across calls
 
@@ -396,8 +392,6 @@ def _bucket_mul(ex: _Exec, lay: GpuLayout, xin, xh: bool, cutoff, cutoff_index: 
     partial, k = ex.launch(spec, groups, ins, [g * lay.out_dim, lay.in_dim])
     if rp is None:
         return partial, k
-    if getattr(ex, "reduce_with_mlx", False):
-        return partial.reshape(g, lay.out_dim).sum(axis=0), k
     (y,) = ex.launch(ks.reduce_spec(REDUCE_TGS), (-(-lay.out_dim // REDUCE_OUTPUTS), 1), [partial, rp],
                      [lay.out_dim])
     return y, k

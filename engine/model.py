@@ -182,10 +182,15 @@ class Model:
         """Final-normed hidden states [L, hidden] for `tokens` [L], appended to `cache`."""
         project = project or self.dense
         x = self.w["model.embed_tokens.weight"][tokens]
+        # on a GPU, start each layer as soon as it is built: the device runs layer i while
+        # Python builds layer i+1 (a decode step is hundreds of small launches)
+        pipeline = len(tokens) == 1 and mx.default_device() == mx.gpu
         for i in range(self.config.num_layers):
             p = f"model.layers.{i}."
             x = x + self._attention(i, self._norm(x, p + "input_layernorm.weight"), cache.layers[i], project)
             x = x + self._mlp(i, self._norm(x, p + "post_attention_layernorm.weight"), project)
+            if pipeline:
+                mx.async_eval(x)
         return self._norm(x, "model.norm.weight")
 
     def logits(self, h: mx.array) -> mx.array:
