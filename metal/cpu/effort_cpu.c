@@ -304,9 +304,17 @@ void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, uint8_
     for (size_t r = 0; r < (size_t)16 * in; r++) stats[r] = (float)(st[r] / nb);
     free(st);
 }
+/* k[i] = the ranks r whose stats[r*in + i] * |x[i]| beat the cutoff. Stats do not increase with
+   the rank, so counting every rank that passes equals counting the leading ones; done rank by
+   rank, the loads are contiguous and the loop vectorises. */
 long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uint8_t *k) {
+    memset(k, 0, (size_t)in);
+    for (int r = 0; r < 16; r++) {
+        const float *s = stats + (size_t)r * in;
+        for (int i = 0; i < in; i++) k[i] += (uint8_t)(s[i] * fabsf(x[i]) > cutoff);
+    }
     long tot = 0;
-    for (int i = 0; i < in; i++) { float ax = fabsf(x[i]); int kk = 0; while (kk < 16 && stats[(size_t)kk * in + i] * ax > cutoff) kk++; k[i] = (uint8_t)kk; tot += kk; }
+    for (int i = 0; i < in; i++) tot += k[i];
     return tot;
 }
 
