@@ -124,3 +124,19 @@ def test_activation_strategy_keeps_whole_columns(lib, scratch_model):
     mask[keep] = True
     assert used == mask.sum() * 576
     assert_matches(y, w.astype(np.float64) @ np.where(mask, x, 0), x, w)
+
+
+@pytest.mark.parametrize("effort", [0.9, 0.5, 0.37, 0.1, 0.01])
+def test_selection_with_heavy_ties(lib, scratch_model, effort):
+    """The C cutoff (histogram of the top key bits, then quickselect inside one bin) on products
+    with many exact ties and a spread of magnitudes: the same k as the reference."""
+    w = fp16_matrix(192, 576, seed=11)
+    lay = Layout(lib, w)
+    rng = np.random.default_rng(5)
+    x = rng.choice(np.array([0.0, 0.25, 0.5, 1.0, 1e-3, 40.0], np.float32), 576)
+    effort = float(np.float32(effort))
+    lib.ee_set_strategy(scratch_model, 0)
+    y = np.zeros(192, np.float32)
+    used = lib.ee_project(scratch_model, ctypes.addressof(lay.struct), _ptr(x), _ptr(y), effort)
+    _, k_ref = reference.bucket_matvec(lay.bm, x, effort)
+    assert used == k_ref.sum() * 192 // B
