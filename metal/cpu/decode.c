@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "effort_cpu.h"
@@ -18,6 +19,8 @@ typedef struct {
     int dim, ffn, n_layers, n_heads, n_kv, head_dim, vocab, max_ctx, window;
     float eps;
 } ee_dims;
+
+#define MAX_GROUP 3 /* q/k/v share their input, as do gate/up */
 
 /* One projection in the bucketMul layout (see effort_cpu.h and engine/bucket.py). */
 typedef struct {
@@ -45,7 +48,9 @@ typedef struct {
     float *kcache, *vcache;     /* [layers][n_kv][max_ctx][head_dim] */
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
     float *products; /* probe products, n_probes * widest input */
-    uint8_t *ranks;  /* k[i] of the projection being computed */
+    uint8_t *ranks;  /* k[i] of the last projection run through ee_project */
+    float *group_products[MAX_GROUP]; /* per matrix of a group sharing x: selection scratch */
+    uint8_t *group_ranks[MAX_GROUP];  /* and its k */
     uint8_t *all_ranks; /* k[i] = 16 everywhere: the dense product through the same kernel */
     int strategy;    /* EE_BUCKET or EE_ACTIVATION */
 } ee_model;
@@ -106,6 +111,10 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     int widest_in = d->ffn > widest ? d->ffn : widest;
     m->products = alloc_f((size_t)16 * widest_in);
     m->ranks = (uint8_t *)calloc(widest_in, 1);
+    for (int g = 0; g < MAX_GROUP; g++) {
+        m->group_products[g] = alloc_f((size_t)16 * widest_in);
+        m->group_ranks[g] = (uint8_t *)calloc(widest_in, 1);
+    }
     m->all_ranks = (uint8_t *)malloc(widest_in);
     memset(m->all_ranks, 16, widest_in);
     ecpu_init(0);
@@ -118,6 +127,7 @@ void ee_model_free(ee_model *m) {
     free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
     free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores);
     free(m->products); free(m->ranks); free(m->all_ranks);
+    for (int g = 0; g < MAX_GROUP; g++) { free(m->group_products[g]); free(m->group_ranks[g]); }
     free(m);
 }
 
@@ -192,44 +202,92 @@ static float cutoff_above(const float *values, int n, float share, float *scratc
     return select_nth(values, n, n - keep - 1, scratch);
 }
 
-/* The effort path of one projection (engine/reference.py is the spec):
+/* The selection of one projection (engine/reference.py is the spec): writes k into `ranks` and
+ * returns its sum.
  * bucketMul: cutoff = the probe product leaving round(effort * probes) products above it,
- *            k[i] = ranks of input i whose stat * |x[i]| beats it;
- * activation: k[i] = 16 for the round(effort * in) inputs with the largest |x[i]|, else 0;
- * then the bucket multiply of ranks 0..k[i]-1 of every input. */
-static double bucket_matvec(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
-    long ranks = 0;
-    if (m->strategy == EE_ACTIVATION) {
-        for (int i = 0; i < b->in; i++) m->products[i] = fabsf(x[i]);
-        float cutoff = cutoff_above(m->products, b->in, effort, m->products + b->in);
+ *            k[i] = ranks of input i whose stat * |x[i]| beat it;
+ * activation: k[i] = 16 for the round(effort * in) inputs with the largest |x[i]|, else 0.
+ * `products` is scratch for 2 * n_probes * in floats. Thread-safe for distinct scratch. */
+static long select_k(int strategy, const ee_bucket *b, const float *x, float effort, float *products,
+                     uint8_t *ranks) {
+    long total = 0;
+    if (strategy == EE_ACTIVATION) {
+        for (int i = 0; i < b->in; i++) products[i] = fabsf(x[i]);
+        float cutoff = cutoff_above(products, b->in, effort, products + b->in);
         for (int i = 0; i < b->in; i++) {
-            m->ranks[i] = fabsf(x[i]) > cutoff ? 16 : 0;
-            ranks += m->ranks[i];
+            ranks[i] = fabsf(x[i]) > cutoff ? 16 : 0;
+            total += ranks[i];
         }
     } else {
         int n = b->n_probes * b->in;
         for (int j = 0; j < b->n_probes; j++)
-            for (int i = 0; i < b->in; i++) m->products[j * b->in + i] = b->probes[j * b->in + i] * fabsf(x[i]);
-        ranks = ecpu_effort_k(b->stats, x, b->in, cutoff_above(m->products, n, effort, m->products + n), m->ranks);
+            for (int i = 0; i < b->in; i++) products[j * b->in + i] = b->probes[j * b->in + i] * fabsf(x[i]);
+        total = ecpu_effort_k(b->stats, x, b->in, cutoff_above(products, n, effort, products + n), ranks);
     }
     if (b->max_rank < 16) {
-        ranks = 0;
+        total = 0;
         for (int i = 0; i < b->in; i++) {
-            if (m->ranks[i] > b->max_rank) m->ranks[i] = (uint8_t)b->max_rank;
-            ranks += m->ranks[i];
+            if (ranks[i] > b->max_rank) ranks[i] = (uint8_t)b->max_rank;
+            total += ranks[i];
         }
     }
-    ecpu_effort_matvec(b->blk, b->codes, b->out, b->in, x, m->ranks, y);
-    return (double)ranks * (b->out / 16);
+    return total;
+}
+
+typedef struct {
+    const ee_model *m;
+    const ee_bucket *const *bs;
+    const float *x, *effort;
+    int todo[MAX_GROUP], n_todo;
+    long total[MAX_GROUP];
+    atomic_int next;
+} select_job;
+
+static void select_worker(void *arg, int tid) {
+    (void)tid;
+    select_job *J = (select_job *)arg;
+    for (;;) {
+        int t = atomic_fetch_add(&J->next, 1);
+        if (t >= J->n_todo) break;
+        int j = J->todo[t];
+        J->total[j] = select_k(J->m->strategy, J->bs[j], J->x, J->effort[j], J->m->group_products[j],
+                               J->m->group_ranks[j]);
+    }
+}
+
+/* Up to MAX_GROUP projections of the same input x, dense (effort >= 1 or no stats: every rank)
+ * or under effort: the selections run in parallel on the pool, then ONE multiply over all their
+ * tiles (one pool job instead of one per matrix). Returns the weights multiplied. */
+static double project_group(ee_model *m, const ee_bucket *const *bs, float *const *ys, int count,
+                            const float *x, const float *effort) {
+    select_job J;
+    J.m = m; J.bs = bs; J.x = x; J.effort = effort; J.n_todo = 0;
+    atomic_init(&J.next, 0);
+    for (int j = 0; j < count; j++)
+        if (effort[j] < 1.0f && bs[j]->stats) J.todo[J.n_todo++] = j;
+    if (J.n_todo == 1) select_worker(&J, 0);
+    else if (J.n_todo > 1) ecpu_parallel(select_worker, &J);
+    ecpu_eff_mat mats[MAX_GROUP];
+    double used = 0.0;
+    for (int j = 0, t = 0; j < count; j++) {
+        const ee_bucket *b = bs[j];
+        int selected = t < J.n_todo && J.todo[t] == j;
+        const uint8_t *k = selected ? m->group_ranks[j] : m->all_ranks;
+        used += selected ? (double)J.total[j] * (b->out / 16) : (double)b->out * b->in;
+        t += selected;
+        mats[j] = (ecpu_eff_mat){b->blk, b->codes, b->out, k, ys[j]};
+    }
+    ecpu_effort_matvec_multi(count, mats, bs[0]->in, x);
+    return used;
 }
 
 /* Runs one projection, dense (every rank of every input) or under effort; returns the
  * number of weights multiplied. Effort 1.0 is the same kernel with k = 16 everywhere. */
 double ee_project(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
-    if (effort < 1.0f && b->stats) return bucket_matvec(m, b, x, y, effort);
-    memcpy(m->ranks, m->all_ranks, (size_t)b->in);
-    ecpu_effort_matvec(b->blk, b->codes, b->out, b->in, x, m->all_ranks, y);
-    return (double)b->out * b->in;
+    double used = project_group(m, &b, &y, 1, x, &effort);
+    int selected = effort < 1.0f && b->stats;
+    memcpy(m->ranks, selected ? m->group_ranks[0] : m->all_ranks, (size_t)b->in);
+    return used;
 }
 
 /* How many inputs the last projection used at all (k > 0): the kernel reads whole rows of those. */
@@ -295,9 +353,10 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
         const float *e = effort ? effort + li * N_PROJ : NULL;
 #define EFF(p) (e ? e[p] : 1.0f)
         rmsnorm(m->xn, m->x, l->attn_norm, dim, d->eps);
-        used += ee_project(m, l->bucket[P_Q], m->xn, m->q, EFF(P_Q));
-        used += ee_project(m, l->bucket[P_K], m->xn, m->k, EFF(P_K));
-        used += ee_project(m, l->bucket[P_V], m->xn, m->v, EFF(P_V));
+        const ee_bucket *qkv[3] = {l->bucket[P_Q], l->bucket[P_K], l->bucket[P_V]};
+        float *qkv_out[3] = {m->q, m->k, m->v};
+        float qkv_effort[3] = {EFF(P_Q), EFF(P_K), EFF(P_V)};
+        used += project_group(m, qkv, qkv_out, 3, m->xn, qkv_effort);
         add_bias(m->q, l->bias[0], qdim);
         add_bias(m->k, l->bias[1], kvdim);
         add_bias(m->v, l->bias[2], kvdim);
@@ -310,17 +369,20 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
             memcpy(m->vcache + at, m->v + h * hd, sizeof(float) * hd);
         }
         attention(m, li, pos);
-        used += ee_project(m, l->bucket[P_O], m->att, m->proj, EFF(P_O));
+        float o_effort = EFF(P_O);
+        used += project_group(m, &l->bucket[P_O], &m->proj, 1, m->att, &o_effort);
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
 
         rmsnorm(m->xn, m->x, l->ffn_norm, dim, d->eps);
-        used += ee_project(m, l->bucket[P_GATE], m->xn, m->gate, EFF(P_GATE));
-        used += ee_project(m, l->bucket[P_UP], m->xn, m->up, EFF(P_UP));
+        float *gate_up_out[2] = {m->gate, m->up};
+        float gate_up_effort[2] = {EFF(P_GATE), EFF(P_UP)};
+        used += project_group(m, &l->bucket[P_GATE], gate_up_out, 2, m->xn, gate_up_effort);
         for (int i = 0; i < d->ffn; i++) {
             float g = m->gate[i];
             m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
         }
-        used += ee_project(m, l->bucket[P_DOWN], m->gate, m->proj, EFF(P_DOWN));
+        float down_effort = EFF(P_DOWN);
+        used += project_group(m, &l->bucket[P_DOWN], &m->proj, 1, m->gate, &down_effort);
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
 #undef EFF
         total += 2.0 * qdim * dim + 2.0 * kvdim * dim + 3.0 * dim * d->ffn;

@@ -150,6 +150,10 @@ static void pool_run(job_fn fn, void *arg) {
     }
 }
 
+/* run fn(arg, tid) on every pool thread, the caller included, and wait: work must be claimed with
+   atomic counters (any thread may end up doing all of it) */
+void ecpu_parallel(void (*fn)(void *arg, int tid), void *arg) { pool_run(fn, arg); }
+
 /* ------------------------------------------------------------------ dense fp16 */
 static void dense_rows_scalar(const uint16_t *W, const float *x, float *y, int r0, int r1, int in) {
     for (int o = r0; o < r1; o++) {

@@ -11,6 +11,8 @@ extern "C" {
 /* thread pool: nthreads total including the caller (<=0: 2). Returns the count in use. */
 int  ecpu_init(int nthreads);
 void ecpu_shutdown(void);
+/* fn(arg, tid) on every pool thread (the caller is tid 0), then wait; claim work with atomics */
+void ecpu_parallel(void (*fn)(void *arg, int tid), void *arg);
 /* "avx2" or "scalar" : the kernel family chosen at runtime */
 const char *ecpu_isa(void);
 
