@@ -62,8 +62,8 @@ def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats:
         for j, proj in enumerate(PROJECTIONS):
             name = weight_name(i, proj)
             e = 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])
-            runtime.project(name, inputs[name], e)  # what bytes_read reports is this call's
             if hasattr(runtime, "time_projection"):
+                runtime.project(name, inputs[name], e)  # bytes_read reports the last project call
                 seconds = runtime.time_projection(name, inputs[name], e)
             else:
                 samples = []

@@ -41,7 +41,7 @@ class MLXEffortPath:
         if self.gpu:
             self.layouts = {name: effort_gpu.gpu_layout(bm) for name, bm in converted.buckets.items()}
             for layer in range(num_layers):
-                for first, members in SHARED_INPUT.items():
+                for members in SHARED_INPUT.values():
                     names = [weight_name(layer, p) for p in members]
                     self.groups[names[0]] = (names, effort_gpu.layout_group_of([self.layouts[n] for n in names]))
 
@@ -61,14 +61,19 @@ class MLXEffortPath:
         bm = self.converted.buckets[name]
         if self.gpu and self.strategy == "bucket":
             y, k = effort_gpu.bucket_matvec_gpu(self.layouts[name], x.reshape(-1), effort)
-            return y, k.sum() * (bm.out_dim // B)
+            return y, self._done(name, k)
         y, k = self._numpy(bm, np.array(x.astype(mx.float32)).reshape(-1), effort)
-        return mx.array(y), float(k.sum()) * (bm.out_dim // B)
+        return mx.array(y), self._done(name, k)
+
+    def _done(self, name: str, k) -> mx.array | float:
+        """Products done for k [in] (ranks per input; a rank is one weight per bucket)."""
+        per_rank = self.converted.buckets[name].out_dim // B
+        return k.sum() * per_rank if isinstance(k, mx.array) else float(k.sum()) * per_rank
 
     def __call__(self, effort: float) -> tuple[Projector, Callable[[], mx.array | float]]:
         local = self.local_efforts(effort)
         used: list = []
-        pending: dict[str, tuple[mx.array, mx.array]] = {}
+        pending: dict[str, tuple[mx.array, mx.array | float]] = {}
 
         def local_effort(layer: int, proj: str) -> float:
             return 1.0 if local is None else float(local[layer * len(PROJECTIONS) + PROJECTIONS.index(proj)])
@@ -76,17 +81,15 @@ class MLXEffortPath:
         def project(layer: int, proj: str, x: mx.array) -> mx.array:
             name = weight_name(layer, proj)
             if name in pending:
-                y, k = pending.pop(name)
+                y, done = pending.pop(name)
             elif local_effort(layer, proj) >= 1.0:
                 used.append(float(self.size(name)))
                 return self.dense(layer, proj, x)
             elif self.gpu and self.strategy == "bucket" and name in self.groups:
-                y, k = self._group(layer, proj, x, local_effort, pending)
+                y, done = self._group(layer, proj, x, local_effort, pending)
             else:
                 y, done = self.matvec(name, x, local_effort(layer, proj))
-                used.append(done)
-                return y.reshape(1, -1).astype(x.dtype)
-            used.append(k.sum() * (self.converted.buckets[name].out_dim // B))
+            used.append(done)
             return y.reshape(1, -1).astype(x.dtype)
 
         def products() -> mx.array | float:
@@ -99,16 +102,17 @@ class MLXEffortPath:
         return project, products
 
     def _group(self, layer, proj, x, local_effort, pending):
-        """All members of the group starting at `proj` whose effort is below 1, with one select
-        launch; the members after the first are kept in `pending` for their own calls."""
+        """(y, products done) of the group starting at `proj`, all its members computed with one
+        select launch; the members after the first whose effort is below 1 wait in `pending`
+        for their own calls (the others go dense)."""
         names, group = self.groups[weight_name(layer, proj)]
-        members = SHARED_INPUT[proj]
-        efforts = [local_effort(layer, p) for p in members]
+        efforts = [local_effort(layer, p) for p in SHARED_INPUT[proj]]
         results = effort_gpu.bucket_matvec_group_gpu(group, x.reshape(-1), efforts)
-        for name, e, result in zip(names[1:], efforts[1:], results[1:]):
+        done = [(y, self._done(name, k)) for name, (y, k) in zip(names, results)]
+        for name, e, result in zip(names[1:], efforts[1:], done[1:]):
             if e < 1.0:
                 pending[name] = result
-        return results[0]
+        return done[0]
 
     def _numpy(self, bm, x: np.ndarray, effort: float) -> tuple[np.ndarray, np.ndarray]:
         if self.strategy == "activation":

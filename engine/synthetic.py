@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.allocation import Allocation
-from engine.bucket import BucketMatrix, convert_matrix
+from engine.bucket import B, BucketMatrix, convert_matrix
 from engine.convert import N_PROBES, PACKING, Converted, projection_names
 from engine.errors import EngineError
 from engine.model import PROJECTIONS, weight_name
@@ -58,17 +58,6 @@ def config_for(name: str, layers: int | None = None) -> ModelConfig:
     )
 
 
-def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
-    """[out, in] of each projection kind."""
-    c = config
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    return {
-        "q_proj": (q, c.hidden_size), "k_proj": (kv, c.hidden_size), "v_proj": (kv, c.hidden_size),
-        "o_proj": (c.hidden_size, q), "gate_proj": (c.intermediate_size, c.hidden_size),
-        "up_proj": (c.intermediate_size, c.hidden_size), "down_proj": (c.hidden_size, c.intermediate_size),
-    }
-
-
 def random_matrix(rng: np.random.Generator, out_dim: int, in_dim: int) -> np.ndarray:
     """Gaussian weights scaled by 1/sqrt(in), with per-input scales spread like a trained
     model's (a few inputs matter much more than others), so bucketing has something to rank."""
@@ -96,7 +85,9 @@ def build(name: str, layers: int | None = None, seed: int = 0, progress=None) ->
     c = config
     one_layer: dict[str, np.ndarray] = {}
     buckets_one: dict[str, BucketMatrix] = {}
-    for proj, (out_dim, in_dim) in layer_shapes(config).items():
+    shapes = config.expected_shapes()
+    for proj in PROJECTIONS:
+        out_dim, in_dim = shapes[weight_name(0, proj)]
         note(f"bucketing a random {out_dim}x{in_dim} {proj}")
         one_layer[proj] = random_matrix(rng, out_dim, in_dim)
         buckets_one[proj] = convert_matrix(one_layer[proj], PACKING, N_PROBES)
@@ -114,7 +105,7 @@ def build(name: str, layers: int | None = None, seed: int = 0, progress=None) ->
             buckets[weight_name(i, proj)] = buckets_one[proj]
     names = projection_names(c.num_layers)
     sizes = np.array([buckets[n].out_dim * buckets[n].in_dim for n in names])
-    return config, weights, Converted(buckets, uniform_allocation(names, sizes), 16, None)
+    return config, weights, Converted(buckets, uniform_allocation(names, sizes), B, None)
 
 
 def load(name: str, layers: int | None, runtime: str = "auto", progress=None):

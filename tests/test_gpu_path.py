@@ -30,20 +30,13 @@ needs_cc = pytest.mark.skipif(ks.host_compiler() is None, reason="needs a C++ co
 class HostAsGpu(eg.HostExec):
     """The host kernels behind MLX arrays: what MlxExec receives, converted at each launch."""
 
+    is_half = eg.MlxExec.is_half
+    half_bits = eg.MlxExec.half_bits
+    to_f32 = eg.MlxExec.to_f32
+    flat = eg.MlxExec.flat
+
     def const(self, a):
         return mx.array(np.asarray(a))
-
-    def is_half(self, a):
-        return a.dtype == mx.float16
-
-    def half_bits(self, a):
-        return a.view(mx.uint16)
-
-    def to_f32(self, a):
-        return a.astype(mx.float32)
-
-    def flat(self, a):
-        return a.reshape(-1)
 
     def launch(self, spec, groups, inputs, sizes):
         outs = super().launch(spec, groups, [np.array(a) for a in inputs], sizes)

@@ -47,7 +47,6 @@ typedef struct {
     const float *rope_inv_freq; /* [head_dim / 2] */
     float *kcache, *vcache;     /* [layers][n_kv][max_ctx][head_dim] */
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
-    float *products; /* probe products, n_probes * widest input */
     uint8_t *ranks;  /* k[i] of the last projection run through ee_project */
     float *group_products[MAX_GROUP]; /* per matrix of a group sharing x: selection scratch */
     uint8_t *group_ranks[MAX_GROUP];  /* and its k */
@@ -109,7 +108,6 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     m->up = alloc_f(d->ffn);
     m->scores = alloc_f(d->max_ctx);
     int widest_in = d->ffn > widest ? d->ffn : widest;
-    m->products = alloc_f((size_t)16 * widest_in);
     m->ranks = (uint8_t *)calloc(widest_in, 1);
     for (int g = 0; g < MAX_GROUP; g++) {
         m->group_products[g] = alloc_f((size_t)16 * widest_in);
@@ -126,7 +124,7 @@ void ee_model_free(ee_model *m) {
     free(m->layers);
     free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
     free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores);
-    free(m->products); free(m->ranks); free(m->all_ranks);
+    free(m->ranks); free(m->all_ranks);
     for (int g = 0; g < MAX_GROUP; g++) { free(m->group_products[g]); free(m->group_ranks[g]); }
     free(m);
 }
