@@ -41,8 +41,11 @@ def _library_name() -> str:
     return "libeffort.dylib" if sys.platform == "darwin" else "libeffort.so"
 
 
-def build(force: bool = False) -> Path:
-    """Compile the kernels (or reuse the cached build); raises RuntimeError with the compiler's message."""
+def build(force: bool = False, portable: bool = False) -> Path:
+    """Compile the kernels (or reuse the cached build); raises RuntimeError with the compiler's message.
+
+    `portable` compiles the plain-C kernels only (what a non-x86 machine, e.g. an Apple Silicon Mac,
+    runs): the tests check both builds against the reference."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
@@ -51,7 +54,7 @@ def build(force: bool = False) -> Path:
     digest = hashlib.sha256()
     for f in [*files, *(metal.path(h) for h in HEADERS)]:
         digest.update(f.read_bytes())
-    command = [cc, *FLAGS, f"-I{include}", *map(str, files), "-o"]
+    command = [cc, *FLAGS, *(["-DECPU_NO_SIMD"] if portable else []), f"-I{include}", *map(str, files), "-o"]
     digest.update(" ".join(command).encode())
     target = cache_dir() / "native" / digest.hexdigest()[:16] / _library_name()
     if target.exists() and not force:
@@ -73,6 +76,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ee_step": (ctypes.c_double, [p, i, i, p, p]),
         "ee_set_strategy": (None, [p, i]),
         "ee_project": (ctypes.c_double, [p, p, p, p, f]),
+        "ee_set_head_q8": (None, [p, p, p, i]),
+        "ecpu_q8_from_gguf": (None, [p, i, i, p, p]),
+        "ecpu_head_q8": (None, [p, p, p, p, i, i]),
+        "ecpu_q8_row": (None, [p, p, i, i, p]),
+        "ecpu_attend": (None, [p, p, p, i, i, f, p, p]),
         "ee_active_inputs": (i, [p, i]),
         "ecpu_dense_f16": (None, [p, p, p, i, i]),
         "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
@@ -87,6 +95,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def load(path: Path) -> ctypes.CDLL:
+    """A built kernel library, with its C signatures declared."""
+    return _declare(ctypes.CDLL(str(path)))
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (see `build_error()`)."""
     global _lib, _error
@@ -97,7 +110,7 @@ def library() -> ctypes.CDLL | None:
             _error = "disabled by EFFORT_NATIVE=0"
             return None
         try:
-            _lib = _declare(ctypes.CDLL(str(build())))
+            _lib = load(build())
         except (RuntimeError, OSError) as exc:
             _error = str(exc)
         return _lib

@@ -57,8 +57,15 @@ class CPURuntime:
     """Runtime protocol (see engine.generate) backed by the C decode step."""
 
     def __init__(
-        self, model: Model, context_limit: int, lib: ctypes.CDLL, converted: Converted | None = None
+        self,
+        model: Model,
+        context_limit: int,
+        lib: ctypes.CDLL,
+        converted: Converted | None = None,
+        head_q8: np.ndarray | None = None,
     ) -> None:
+        """`head_q8`: the head's Q8_0 blocks as stored in the file (see session.stored_q8_head); the
+        head (and a tied embedding) is then multiplied from them instead of an fp16 copy."""
         self.lib = lib
         self.converted = converted
         self.strategy = "bucket"
@@ -83,8 +90,10 @@ class CPURuntime:
                     layer.bias[j] = keep(_numpy(model.w[f"model.layers.{i}.self_attn.{proj}.bias"], np.float32))
             layer.attn_norm = keep(_numpy(model.w[f"model.layers.{i}.input_layernorm.weight"], np.float32))
             layer.ffn_norm = keep(_numpy(model.w[f"model.layers.{i}.post_attention_layernorm.weight"], np.float32))
-        embed = keep(_numpy(model.w["model.embed_tokens.weight"], np.float16))
-        head = keep(_numpy(model.w["lm_head.weight"], np.float16)) if "lm_head.weight" in model.w else embed
+        tied = "lm_head.weight" not in model.w
+        q8 = head_q8 is not None and c.hidden_size % 32 == 0
+        embed = None if q8 and tied else keep(_numpy(model.w["model.embed_tokens.weight"], np.float16))
+        head = None if q8 else keep(_numpy(model.w["lm_head.weight"], np.float16)) if not tied else embed
         final_norm = keep(_numpy(model.w["model.norm.weight"], np.float32))
         inv_freq = keep(rope_inverse_frequencies(c).astype(np.float32))
         dims = Dims(
@@ -95,6 +104,14 @@ class CPURuntime:
             ctypes.byref(dims), ctypes.addressof(layers), embed, head, final_norm, inv_freq,
             _ptr(self.kcache), _ptr(self.vcache),
         )
+        if q8:
+            qs = keep(np.empty((c.vocab_size, c.hidden_size), np.int8))
+            scales = keep(np.empty((c.vocab_size, c.hidden_size // 32), np.float32))
+            blocks = np.ascontiguousarray(head_q8)
+            lib.ecpu_q8_from_gguf(_ptr(blocks), c.vocab_size, c.hidden_size, qs, scales)
+            lib.ee_set_head_q8(self._handle, qs, scales, int(tied))
+        self.head_format = "q8_0" if q8 else "fp16"
+        self._efforts: dict[tuple[str, float], np.ndarray] = {}
         self.logits = np.zeros(c.vocab_size, np.float32)
         if converted is not None:
             index = {n: j for j, n in enumerate(converted.allocation.names)}
@@ -151,9 +168,13 @@ class CPURuntime:
         """Per-(layer, projection) effort handed to the kernels, or None for the dense model."""
         if effort >= 1.0 or self.converted is None:
             return None
-        if self.strategy == "activation":
-            return np.full(len(self._order), effort, np.float32)
-        return self.converted.allocation.request(effort)[self._order].astype(np.float32)
+        key = (self.strategy, float(effort))
+        if key not in self._efforts:  # a step runs at one of a few efforts: solve each allocation once
+            if self.strategy == "activation":
+                self._efforts[key] = np.full(len(self._order), effort, np.float32)
+            else:
+                self._efforts[key] = self.converted.allocation.request(effort)[self._order].astype(np.float32)
+        return self._efforts[key]
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from engine import backend as backends
 from engine import convert, registry
 from engine.bucket import B
@@ -61,12 +63,14 @@ def runtime_kind(requested: str, backend: str, config: ModelConfig) -> str:
     return "mlx"
 
 
-def make_runtime(model: Model, context_limit: int, kind: str, converted: Converted | None = None) -> Runtime:
+def make_runtime(
+    model: Model, context_limit: int, kind: str, converted: Converted | None = None, head_q8: np.ndarray | None = None
+) -> Runtime:
     if kind == "cpu":
         from engine import native
         from engine.runtime_cpu import CPURuntime
 
-        return CPURuntime(model, context_limit, native.library(), converted)
+        return CPURuntime(model, context_limit, native.library(), converted, head_q8)
     from engine.effort_mlx import MLXEffortPath
 
     path = MLXEffortPath(converted, model.config.num_layers, model.dense) if converted else None
@@ -114,7 +118,7 @@ def load(
     kind = runtime_kind(runtime, be.name, files.config)
     # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
     converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
-    run = make_runtime(model, files.config.context_length, kind, converted)
+    run = make_runtime(model, files.config.context_length, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:
         weights.clear()
@@ -128,6 +132,16 @@ def load(
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
     return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
+
+
+def stored_q8_head(files: ModelFiles) -> np.ndarray | None:
+    """The output head's Q8_0 blocks as stored in a GGUF file (the tied embedding when there is no
+    separate head), so the CPU path can multiply the file's exact values at about half the bytes."""
+    blocks = getattr(files.tensors, "q8_0_blocks", None)
+    if blocks is None:
+        return None
+    names = files.tensors.names()
+    return blocks("lm_head.weight" if "lm_head.weight" in names else "model.embed_tokens.weight")
 
 
 def resident_bytes(model: Model, converted: Converted | None, run: Runtime) -> int:

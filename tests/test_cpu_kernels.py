@@ -15,11 +15,14 @@ SHAPES = [(64, 80), (192, 576), (576, 576), (1536, 576), (576, 1536)]
 EFFORTS = [1.0, 0.75, 0.5, 0.25, 0.05]
 
 
-@pytest.fixture(scope="module")
-def lib():
-    lib = native.library()
-    assert lib is not None, native.build_error()
-    return lib
+@pytest.fixture(scope="module", params=["simd", "portable"])
+def lib(request):
+    """The library as this machine builds it, and the plain-C build that non-x86 machines compile."""
+    if request.param == "simd":
+        lib = native.library()
+        assert lib is not None, native.build_error()
+        return lib
+    return native.load(native.build(portable=True))
 
 
 def fp16_matrix(out_dim: int, in_dim: int, seed: int) -> np.ndarray:
@@ -140,3 +143,50 @@ def test_selection_with_heavy_ties(lib, scratch_model, effort):
     used = lib.ee_project(scratch_model, ctypes.addressof(lay.struct), _ptr(x), _ptr(y), effort)
     _, k_ref = reference.bucket_matvec(lay.bm, x, effort)
     assert used == k_ref.sum() * 192 // B
+
+
+@pytest.mark.parametrize("n", [1, 5, 33, 1000])
+@pytest.mark.parametrize("head_dim", [64, 80, 12])
+def test_attention_matches_numpy(lib, n, head_dim):
+    """One head of decode attention over n cached positions, scores large enough that a softmax
+    without max subtraction would overflow."""
+    rng = np.random.default_rng(n + head_dim)
+    q = (rng.standard_normal(head_dim) * 30).astype(np.float32)
+    K = rng.standard_normal((n, head_dim)).astype(np.float32)
+    V = rng.standard_normal((n, head_dim)).astype(np.float32)
+    scale = float(np.float32(1 / np.sqrt(head_dim)))
+    out, scores = np.zeros(head_dim, np.float32), np.zeros(n, np.float32)
+    lib.ecpu_attend(_ptr(q), _ptr(K), _ptr(V), n, head_dim, scale, _ptr(scores), _ptr(out))
+    s = K.astype(np.float64) @ q * scale
+    p = np.exp(s - s.max())
+    ref = (p / p.sum()) @ V
+    assert np.all(np.isfinite(out))
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(V).max()
+
+
+def q8_0_blocks(out_dim: int, in_dim: int, seed: int) -> np.ndarray:
+    """GGUF Q8_0 rows: per 32 weights an fp16 scale then 32 int8."""
+    rng = np.random.default_rng(seed)
+    d = (rng.random((out_dim, in_dim // 32)) * 0.01).astype(np.float16)
+    q = rng.integers(-127, 128, (out_dim, in_dim // 32, 32), dtype=np.int8)
+    blocks = np.concatenate([d[..., None].view(np.uint8), q.view(np.uint8)], axis=-1)
+    return np.ascontiguousarray(blocks.reshape(out_dim, in_dim // 32 * 34))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (1000, 576), (4096, 128)])
+def test_q8_head_and_embedding_rows_use_the_files_values(lib, shape):
+    out_dim, in_dim = shape
+    blocks = q8_0_blocks(out_dim, in_dim, seed=out_dim)
+    qs, scales = np.zeros(shape, np.int8), np.zeros((out_dim, in_dim // 32), np.float32)
+    lib.ecpu_q8_from_gguf(_ptr(blocks), out_dim, in_dim, _ptr(qs), _ptr(scales))
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    w = dequantize(blocks, GGMLQuantizationType.Q8_0).reshape(shape).astype(np.float64)
+    row = np.zeros(in_dim, np.float32)
+    lib.ecpu_q8_row(_ptr(qs), _ptr(scales), out_dim - 1, in_dim, _ptr(row))
+    assert np.array_equal(row, w[-1].astype(np.float32))
+    x = activations(in_dim, 2)
+    y = np.zeros(out_dim, np.float32)
+    lib.ecpu_head_q8(_ptr(qs), _ptr(scales), _ptr(x), _ptr(y), out_dim, in_dim)
+    assert_matches(y, w @ x, x, w)

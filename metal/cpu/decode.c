@@ -43,6 +43,9 @@ typedef struct {
     ee_layer *layers;
     const uint16_t *embed; /* fp16 [vocab, dim] */
     const uint16_t *head;  /* fp16 [vocab, dim] (the embedding when tied) */
+    const int8_t *head_qs;      /* or the head in the file's own Q8_0 (exact): int8 [vocab, dim], */
+    const float *head_scales;   /* one scale per 32 weights; NULL: use `head` */
+    int embed_from_head;        /* tied embedding read from the Q8_0 head (then `embed` may be NULL) */
     const float *final_norm;
     const float *rope_inv_freq; /* [head_dim / 2] */
     float *kcache, *vcache;     /* [layers][n_kv][max_ctx][head_dim] */
@@ -106,7 +109,7 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     m->proj = alloc_f(widest);
     m->gate = alloc_f(d->ffn);
     m->up = alloc_f(d->ffn);
-    m->scores = alloc_f(d->max_ctx);
+    m->scores = alloc_f((size_t)d->n_heads * d->max_ctx);
     int widest_in = d->ffn > widest ? d->ffn : widest;
     m->ranks = (uint8_t *)calloc(widest_in, 1);
     for (int g = 0; g < MAX_GROUP; g++) {
@@ -117,6 +120,14 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     memset(m->all_ranks, 16, widest_in);
     ecpu_init(0);
     return m;
+}
+
+/* Use the head (and, when tied, the embedding) in the file's Q8_0 form: 1.06 bytes per weight instead
+ * of 2, and exactly the file's values (fp16 cannot hold every Q8_0 scale * int8 product). */
+void ee_set_head_q8(ee_model *m, const int8_t *qs, const float *scales, int tied_embedding) {
+    m->head_qs = qs;
+    m->head_scales = scales;
+    m->embed_from_head = tied_embedding;
 }
 
 void ee_model_free(ee_model *m) {
@@ -295,42 +306,36 @@ int ee_active_inputs(const ee_model *m, int in) {
     return n;
 }
 
-/* Decode-time attention for one layer: stable softmax over the cached keys. */
-static void attention(ee_model *m, int layer, int pos) {
+typedef struct {
+    ee_model *m;
+    int layer, pos;
+    atomic_int next;
+} attention_job;
+
+static void attention_worker(void *arg, int tid) {
+    (void)tid;
+    attention_job *J = (attention_job *)arg;
+    ee_model *m = J->m;
     const ee_dims *d = &m->d;
     int hd = d->head_dim, group = d->n_heads / d->n_kv;
-    int first = d->window > 0 && pos + 1 > d->window ? pos + 1 - d->window : 0;
-    float scale = 1.0f / sqrtf((float)hd);
-    size_t layer_off = (size_t)layer * d->n_kv * d->max_ctx * hd;
-    for (int h = 0; h < d->n_heads; h++) {
-        int kvh = h / group;
-        const float *q = m->q + h * hd;
-        const float *K = m->kcache + layer_off + (size_t)kvh * d->max_ctx * hd;
-        const float *V = m->vcache + layer_off + (size_t)kvh * d->max_ctx * hd;
-        float top = -INFINITY;
-        for (int t = first; t <= pos; t++) {
-            const float *k = K + (size_t)t * hd;
-            float s = 0.0f;
-            for (int j = 0; j < hd; j++) s += q[j] * k[j];
-            s *= scale;
-            m->scores[t] = s;
-            if (s > top) top = s;
-        }
-        double total = 0.0;
-        for (int t = first; t <= pos; t++) {
-            float e = expf(m->scores[t] - top);
-            m->scores[t] = e;
-            total += e;
-        }
-        float inv = (float)(1.0 / total);
-        float *o = m->att + h * hd;
-        memset(o, 0, sizeof(float) * hd);
-        for (int t = first; t <= pos; t++) {
-            const float *v = V + (size_t)t * hd;
-            float p = m->scores[t] * inv;
-            for (int j = 0; j < hd; j++) o[j] += p * v[j];
-        }
+    int first = d->window > 0 && J->pos + 1 > d->window ? J->pos + 1 - d->window : 0;
+    size_t layer_off = (size_t)J->layer * d->n_kv * d->max_ctx * hd;
+    for (;;) {
+        int h = atomic_fetch_add(&J->next, 1);
+        if (h >= d->n_heads) break;
+        size_t at = layer_off + ((size_t)(h / group) * d->max_ctx + first) * hd;
+        ecpu_attend(m->q + h * hd, m->kcache + at, m->vcache + at, J->pos + 1 - first, hd,
+                    1.0f / sqrtf((float)hd), m->scores + (size_t)h * d->max_ctx, m->att + h * hd);
     }
+}
+
+/* Decode-time attention for one layer: stable softmax over the cached keys, heads in parallel
+ * once the context is long enough to pay for the hand-off. */
+static void attention(ee_model *m, int layer, int pos) {
+    attention_job J = {m, layer, pos, 0};
+    atomic_init(&J.next, 0);
+    if (pos >= 32) ecpu_parallel(attention_worker, &J);
+    else attention_worker(&J, 0);
 }
 
 static void add_bias(float *y, const float *b, int n) {
@@ -345,7 +350,8 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
     int dim = d->dim, hd = d->head_dim;
     int qdim = d->n_heads * hd, kvdim = d->n_kv * hd;
     double used = 0.0, total = 0.0;
-    for (int i = 0; i < dim; i++) m->x[i] = f16_to_f32(m->embed[(size_t)token * dim + i]);
+    if (m->embed_from_head) ecpu_q8_row(m->head_qs, m->head_scales, token, dim, m->x);
+    else for (int i = 0; i < dim; i++) m->x[i] = f16_to_f32(m->embed[(size_t)token * dim + i]);
     for (int li = 0; li < d->n_layers; li++) {
         const ee_layer *l = &m->layers[li];
         const float *e = effort ? effort + li * N_PROJ : NULL;
@@ -386,6 +392,7 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
         total += 2.0 * qdim * dim + 2.0 * kvdim * dim + 3.0 * dim * d->ffn;
     }
     rmsnorm(m->xn, m->x, m->final_norm, dim, d->eps);
-    ecpu_dense_f16(m->head, m->xn, logits, d->vocab, dim);
+    if (m->head_qs) ecpu_head_q8(m->head_qs, m->head_scales, m->xn, logits, d->vocab, dim);
+    else ecpu_dense_f16(m->head, m->xn, logits, d->vocab, dim);
     return used / total;
 }

@@ -25,6 +25,13 @@ void ecpu_head_q8(const int8_t *qs, const float *scales, const float *x, float *
 /* convert GGUF Q8_0 blocks (34 bytes: fp16 d, int8 q[32]; row-major [out][in/32]) to (qs, scales) */
 void ecpu_q8_from_gguf(const uint8_t *blocks, int out, int in, int8_t *qs, float *scales);
 
+/* decode attention for one head: out[hd] = softmax(scale * K q) V over n positions (K, V: n rows of hd
+   floats), max-subtracted softmax; scores: scratch of n floats */
+void ecpu_attend(const float *q, const float *K, const float *V, int n, int hd, float scale, float *scores,
+                 float *out);
+/* one row of a Q8_0 matrix (see ecpu_head_q8), dequantized: x[j] = scales[row][j/32] * qs[row][j] */
+void ecpu_q8_row(const int8_t *qs, const float *scales, int row, int in, float *x);
+
 /* ---- effort (bucketMul) matvec ----
    Requirements: out % 64 == 0.  Sizes of the two buffers:  */
 size_t ecpu_effort_blk_bytes(int out, int in);    /* = out*in*5/2 + 64  (2.5 B / weight: fp16 + 4-bit rank; any alignment,
