@@ -76,7 +76,7 @@ class CPURuntime:
         keep = lambda a: (self._keep.append(a), _ptr(a))[1]  # noqa: E731
 
         self.kcache = np.zeros((c.num_layers, c.num_kv_heads, context_limit, c.head_dim), np.float32)
-        self.vcache = np.zeros_like(self.kcache)
+        self.vcache = np.zeros(self.kcache.shape, np.float32)  # np.zeros maps fresh pages lazily; zeros_like would write (and keep resident) all of them
         layers = (Layer * c.num_layers)()
         self._structs: dict[str, Bucket] = {}  # ctypes structs the layers point to, by weight name
         self._shapes: dict[str, tuple[int, int]] = {}

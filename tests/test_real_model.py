@@ -48,15 +48,22 @@ def test_prompt_ids_and_greedy_tokens_equal_transformers(loaded, messages, hf_sm
     assert result.text == hf_smollm2_tokenizer.decode(result.token_ids, skip_special_tokens=True)
 
 
-def test_logits_agree_with_transformers(smollm2_path, hf_smollm2_model):
+# MLX holds the file's weights in fp32, exactly as transformers does. The native CPU path holds the
+# Q4_1 projections as fp16 (a Q4_1 value d*q+m can need more than fp16's 11 bits) and the head in
+# its stored Q8_0 form (exact), so it gets a looser bound.
+@pytest.mark.parametrize("runtime,tolerance", [("mlx", 1e-4), ("cpu", 1e-3)])  # measured: 3e-6, 3.6e-4
+def test_logits_agree_with_transformers(smollm2_path, hf_smollm2_model, runtime, tolerance):
     import torch
 
-    loaded = session.load(str(smollm2_path), runtime="mlx")
+    loaded = session.load(str(smollm2_path), runtime=runtime)
+    if runtime == "cpu":
+        assert loaded.runtime.head_format == "q8_0"
     ids = loaded.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 3)
     with torch.no_grad():
         ref = hf_smollm2_model(torch.tensor([ids])).logits[0, -1].numpy()
     ours = loaded.runtime.prefill(ids)
-    assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
+    assert np.argmax(ours) == np.argmax(ref)
+    assert np.abs(ours - ref).max() < tolerance * np.abs(ref).max()
 
 
 def test_generate_json_cli(smollm2_path, capsys):
