@@ -209,6 +209,10 @@ class SafetensorsSource:
     def get(self, name: str) -> np.ndarray:
         return self._where[name].read(name)
 
+    def q8_0_blocks(self, name: str) -> None:
+        """Safetensors hold no GGUF Q8_0 blocks: the CPU path uses an fp16 head."""
+        return None
+
     def file_type(self) -> str:
         kinds = {self.dtype(n) for n in self._where if len(self.shape(n)) == 2} or {
             self.dtype(n) for n in self._where

@@ -39,6 +39,8 @@ class TensorSource(Protocol):
 
     def get(self, name: str) -> np.ndarray: ...  # float32, HF orientation ([out, in] for linears)
 
+    def q8_0_blocks(self, name: str) -> np.ndarray | None: ...  # stored GGUF Q8_0 rows, else None
+
 
 @dataclass
 class ModelFiles:

@@ -91,9 +91,12 @@ class CPURuntime:
             layer.attn_norm = keep(_numpy(model.w[f"model.layers.{i}.input_layernorm.weight"], np.float32))
             layer.ffn_norm = keep(_numpy(model.w[f"model.layers.{i}.post_attention_layernorm.weight"], np.float32))
         tied = "lm_head.weight" not in model.w
-        q8 = head_q8 is not None and c.hidden_size % 32 == 0
-        embed = None if q8 and tied else keep(_numpy(model.w["model.embed_tokens.weight"], np.float16))
-        head = None if q8 else keep(_numpy(model.w["lm_head.weight"], np.float16)) if not tied else embed
+        q8 = head_q8 is not None
+        embed = head = None  # read from the Q8_0 head instead
+        if not (q8 and tied):
+            embed = keep(_numpy(model.w["model.embed_tokens.weight"], np.float16))
+        if not q8:
+            head = embed if tied else keep(_numpy(model.w["lm_head.weight"], np.float16))
         final_norm = keep(_numpy(model.w["model.norm.weight"], np.float32))
         inv_freq = keep(rope_inverse_frequencies(c).astype(np.float32))
         dims = Dims(

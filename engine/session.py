@@ -137,11 +137,8 @@ def load(
 def stored_q8_head(files: ModelFiles) -> np.ndarray | None:
     """The output head's Q8_0 blocks as stored in a GGUF file (the tied embedding when there is no
     separate head), so the CPU path can multiply the file's exact values at about half the bytes."""
-    blocks = getattr(files.tensors, "q8_0_blocks", None)
-    if blocks is None:
-        return None
     names = files.tensors.names()
-    return blocks("lm_head.weight" if "lm_head.weight" in names else "model.embed_tokens.weight")
+    return files.tensors.q8_0_blocks("lm_head.weight" if "lm_head.weight" in names else "model.embed_tokens.weight")
 
 
 def resident_bytes(model: Model, converted: Converted | None, run: Runtime) -> int:

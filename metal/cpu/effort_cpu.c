@@ -168,6 +168,11 @@ static void dense_rows_scalar(const uint16_t *W, const float *x, float *y, int r
 #ifndef ECPU_ROWS_AHEAD
 #define ECPU_ROWS_AHEAD 8  /* row-major matvecs prefetch this many rows ahead (prefetching past the end is harmless) */
 #endif
+/* the same offset in four consecutive rows, `ECPU_ROWS_AHEAD` rows on: short rows end before the
+   hardware prefetcher ramps up, so the row-major matvecs ask for them */
+static inline void prefetch_4_rows(const char *ahead, size_t row_bytes) {
+    for (int r = 0; r < 4; r++) _mm_prefetch(ahead + r * row_bytes, _MM_HINT_T0);
+}
 TGT static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s)); s = _mm_add_ss(s, _mm_movehdup_ps(s)); return _mm_cvtss_f32(s);
@@ -177,14 +182,9 @@ TGT static void dense_rows_avx2(const uint16_t *W, const float *x, float *y, int
     for (; o + 4 <= r1; o += 4) {
         const uint16_t *w0 = W + (size_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        const char *ahead = (const char *)(w0 + ECPU_ROWS_AHEAD * (size_t)in);  /* same place, later rows */
+        const char *ahead = (const char *)(w0 + ECPU_ROWS_AHEAD * (size_t)in);
         for (int j = 0; j < in16; j += 16) {
-            if (!(j & 31)) {  /* short rows end before the hardware prefetcher ramps up: ask for them */
-                _mm_prefetch(ahead + 2 * j, _MM_HINT_T0);
-                _mm_prefetch(ahead + 2 * j + 2 * (size_t)in, _MM_HINT_T0);
-                _mm_prefetch(ahead + 2 * j + 4 * (size_t)in, _MM_HINT_T0);
-                _mm_prefetch(ahead + 2 * j + 6 * (size_t)in, _MM_HINT_T0);
-            }
+            if (!(j & 31)) prefetch_4_rows(ahead + 2 * j, 2 * (size_t)in);  /* one 64-byte line per row */
             __m256 x0 = _mm256_loadu_ps(x + j), x1 = _mm256_loadu_ps(x + j + 8);
             a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w0 + j))), x0, a0);
             a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w1 + j))), x0, a1);
@@ -254,10 +254,7 @@ TGT static void q8_rows_avx2(const int8_t *Q, const float *S, const float *x, fl
         const char *ahead = (const char *)(q0 + ECPU_ROWS_AHEAD * (size_t)in);
         for (int b = 0; b < nbk; b++) {
             const float *xb = x + 32 * b; int j = 32 * b;
-            if (!(b & 1)) {
-                _mm_prefetch(ahead + j, _MM_HINT_T0); _mm_prefetch(ahead + j + (size_t)in, _MM_HINT_T0);
-                _mm_prefetch(ahead + j + 2 * (size_t)in, _MM_HINT_T0); _mm_prefetch(ahead + j + 3 * (size_t)in, _MM_HINT_T0);
-            }
+            if (!(b & 1)) prefetch_4_rows(ahead + j, (size_t)in);
             __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
 #define Q8ROW(R) { __m256 t = _mm256_mul_ps(Q8LD(q##R + j), x0); t = _mm256_fmadd_ps(Q8LD(q##R + j + 8), x1, t); \
                    __m256 u = _mm256_mul_ps(Q8LD(q##R + j + 16), x2); u = _mm256_fmadd_ps(Q8LD(q##R + j + 24), x3, u); \
@@ -298,6 +295,12 @@ void ecpu_q8_from_gguf(const uint8_t *blocks, int out, int in, int8_t *qs, float
 /* ------------------------------------------------------------------ decode attention (one head) */
 /* out[hd] = softmax(scale * K q) V over n cached positions (rows of hd floats): the max is subtracted
    before exp, so long contexts cannot overflow.  scores: scratch of n floats. */
+/* scores[t] = exp(scores[t] - top); returns 1 / their sum (summed in double) */
+static float exp_shifted(float *scores, int n, float top) {
+    double total = 0.0;
+    for (int t = 0; t < n; t++) { scores[t] = expf(scores[t] - top); total += scores[t]; }
+    return (float)(1.0 / total);
+}
 static void attend_scalar(const float *q, const float *K, const float *V, int n, int hd, float scale,
                           float *scores, float *out) {
     float top = -INFINITY;
@@ -306,9 +309,7 @@ static void attend_scalar(const float *q, const float *K, const float *V, int n,
         for (int j = 0; j < hd; j++) s += q[j] * k[j];
         scores[t] = s * scale; if (scores[t] > top) top = scores[t];
     }
-    double total = 0.0;
-    for (int t = 0; t < n; t++) { scores[t] = expf(scores[t] - top); total += scores[t]; }
-    float inv = (float)(1.0 / total);
+    float inv = exp_shifted(scores, n, top);
     for (int j = 0; j < hd; j++) out[j] = 0.0f;
     for (int t = 0; t < n; t++) {
         const float *v = V + (size_t)t * hd; float p = scores[t] * inv;
@@ -330,9 +331,7 @@ TGT static void attend_avx2(const float *q, const float *K, const float *V, int 
         float s = hsum256(_mm256_add_ps(a, b)) * scale;
         scores[t] = s; if (s > top) top = s;
     }
-    double total = 0.0;
-    for (int t = 0; t < n; t++) { scores[t] = expf(scores[t] - top); total += scores[t]; }
-    float inv = (float)(1.0 / total);
+    float inv = exp_shifted(scores, n, top);
     __m256 acc[32];  /* hd <= 256 */
     int nv = hd / 8;
     for (int r = 0; r < nv; r++) acc[r] = _mm256_setzero_ps();
