@@ -210,6 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runtime, model, info = loaded.runtime, loaded.model, loaded.info
         ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
+    runtime.set_strategy(args.strategy)
     inputs = None
     if hasattr(runtime, "project"):
         captured = projection_inputs(model, ids)
@@ -217,7 +218,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
     dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
-    print(bench.format_table(dense, results, info, peak))
+    print(bench.format_table(dense, results, info, peak, args.strategy))
     if args.json:
         def speed(r) -> dict:
             return {
@@ -233,6 +234,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "device": info.device,
             "model": info.name,
             "runtime": type(runtime).__name__,
+            "strategy": args.strategy,
             "dense": speed(dense),
             "results": [speed(r) for r in results],
             "peak_memory_bytes": peak,
@@ -404,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--efforts", default="1,0.75,0.5,0.25", help="comma-separated efforts")
     be.add_argument("--tokens", type=positive_int, default=48, help="decode steps timed per effort")
     be.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
+    be.add_argument("--strategy", choices=("bucket", "activation"), default="bucket",
+                    help="what effort skips: bucketMul's weights (default) or, for comparison, whole "
+                    "input columns by |x| (the TEAL-like baseline of `effort eval`)")
     be.add_argument("--synthetic", metavar="SHAPE", help="time a random model of this shape instead "
                     "(mistral-7b, llama-3-8b, smollm2-135m): speed only, no quality")
     be.add_argument("--layers", type=positive_int, help="layers of the --synthetic model (default: all)")

@@ -103,12 +103,13 @@ def run(
     return results[0], results[1:]
 
 
-def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_bytes: int) -> str:
+def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_bytes: int, strategy: str = "bucket") -> str:
     kinds = list(dense.kernel_ms) or []
     head = f"{'effort':>7}{'effective':>10}{'tok/s':>8}{'ms/tok':>8}{'vs dense':>9}{'GB/s':>7}"
     if kinds:
         head += "  kernel ms (" + " ".join(k.replace("_proj", "") for k in kinds) + ")"
-    lines = [f"decode speed — {info.name} on {info.backend} ({info.device}); peak memory {peak_bytes / 2**20:.0f} MiB", head]
+    skipping = "" if strategy == "bucket" else "; effort skips whole input columns (activation baseline)"
+    lines = [f"decode speed — {info.name} on {info.backend} ({info.device}); peak memory {peak_bytes / 2**20:.0f} MiB{skipping}", head]
     for r in [dense, *results]:
         label = "dense" if r is dense else f"{r.effort:.2f}"
         row = (

@@ -145,6 +145,19 @@ def test_bench_synthetic_model(runtime, capsys):
     assert abs(row["effective_effort"] - 0.5) < 0.05 and row["kernel_ms"]["down_proj"] > 0
 
 
+@pytest.mark.parametrize("runtime", ["cpu", "mlx"])
+def test_bench_activation_baseline(runtime, capsys):
+    """`--strategy activation` times the TEAL-like baseline (whole input columns) on the same kernels."""
+    code = main(["bench", "--synthetic", "smollm2-135m", "--layers", "1", "--runtime", runtime,
+                 "--strategy", "activation", "--efforts", "0.25", "--tokens", "2", "--json"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    record = json.loads(out[-1])
+    assert record["strategy"] == "activation" and "whole input columns" in out[0]
+    (row,) = record["results"]
+    assert abs(row["effective_effort"] - 0.25) < 0.01
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -400,17 +400,30 @@ long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uin
 }
 
 /* per-matrix work list: the inputs with k > 0 in increasing order, with x and k (clamped to 16);
-   all16: every listed k is 16 (unmasked rows).  Padded by ECPU_PD entries for the prefetch. */
+   all16: every listed k is 16 (unmasked rows).  Padded by ECPU_PD entries for the prefetch.
+   When every input has k = 16 (the dense product) the list is the identity and x and k themselves:
+   nothing is copied. */
 #ifndef ECPU_PD
 #define ECPU_PD 12
 #endif
-typedef struct { int n, all16; int32_t *idx; float *xs; uint8_t *ks; } worklist;
+typedef struct {
+    int n, all16; const int32_t *idx; const float *xs; const uint8_t *ks;   /* what the kernels read */
+    int32_t *idx_buf; float *xs_buf; uint8_t *ks_buf;                      /* owned storage */
+} worklist;
+static int32_t *g_identity;   /* 0, 1, 2, ... (in + ECPU_PD entries, see ensure_wl) */
 static void make_work(int in, const float *x, const uint8_t *k, worklist *w) {
+    uint8_t low = 16;
+    for (int i = 0; i < in; i++) low = k[i] < low ? k[i] : low;   /* vectorises */
+    if (low == 16) { w->n = in; w->all16 = 1; w->idx = g_identity; w->xs = x; w->ks = k; return; }
     int n = 0, a16 = 1;
-    for (int i = 0; i < in; i++)
-        if (k[i]) { int kk = k[i] > 16 ? 16 : k[i]; w->idx[n] = i; w->xs[n] = x[i]; w->ks[n++] = (uint8_t)kk; a16 &= kk == 16; }
-    w->n = n; w->all16 = a16;
-    for (int q = 0; q < ECPU_PD; q++) w->idx[n + q] = n ? w->idx[n - 1] : 0;
+    for (int i = 0; i < in; i++) {   /* branch-free: k = 0 vs k > 0 is a coin flip at low effort */
+        int kk = k[i] > 16 ? 16 : k[i];
+        w->idx_buf[n] = i; w->xs_buf[n] = x[i]; w->ks_buf[n] = (uint8_t)kk;
+        a16 &= kk == 16 || kk == 0;
+        n += kk > 0;
+    }
+    for (int q = 0; q < ECPU_PD; q++) w->idx_buf[n + q] = n ? w->idx_buf[n - 1] : 0;
+    w->n = n; w->all16 = a16; w->idx = w->idx_buf; w->xs = w->xs_buf; w->ks = w->ks_buf;
 }
 static void eff_tile_scalar(const uint16_t *blk, int in, const worklist *w, float *y, int t) {
     float acc[64]; memset(acc, 0, sizeof acc);
@@ -467,15 +480,17 @@ static void eff_tile_avx2(const uint16_t *blk, int in, const worklist *w, float 
 static worklist *g_wl; static int g_wl_n, g_wl_in;
 static void ensure_wl(int n, int in) {
     if (n <= g_wl_n && in <= g_wl_in) return;
-    for (int q = 0; q < g_wl_n; q++) { free(g_wl[q].idx); free(g_wl[q].xs); free(g_wl[q].ks); }
-    free(g_wl);
+    for (int q = 0; q < g_wl_n; q++) { free(g_wl[q].idx_buf); free(g_wl[q].xs_buf); free(g_wl[q].ks_buf); }
+    free(g_wl); free(g_identity);
     if (n < g_wl_n) n = g_wl_n;
     if (in < g_wl_in) in = g_wl_in;
     g_wl = (worklist *)calloc(n, sizeof(worklist));
     for (int q = 0; q < n; q++) {
-        g_wl[q].idx = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
-        g_wl[q].xs = (float *)malloc(sizeof(float) * in); g_wl[q].ks = (uint8_t *)malloc(in);
+        g_wl[q].idx_buf = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
+        g_wl[q].xs_buf = (float *)malloc(sizeof(float) * (in + 1)); g_wl[q].ks_buf = (uint8_t *)malloc(in + 1);
     }
+    g_identity = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
+    for (int i = 0; i < in + ECPU_PD; i++) g_identity[i] = i < in ? i : in - 1;
     g_wl_n = n; g_wl_in = in;
 }
 typedef struct { int n, in; const ecpu_eff_mat *mats; int tstart[65]; atomic_int next; } eff_job;
