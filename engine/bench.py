@@ -54,26 +54,31 @@ def decode_speed(runtime, prompt_ids: Sequence[int], effort: float, tokens: int,
 
 
 def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats: int = 5) -> dict[str, tuple[float, float]]:
-    """Per projection kind: (ms for all layers' matrices at `effort`, weight bytes they read)."""
+    """Per projection kind: (ms for all layers' matrices at `effort`, weight bytes they read).
+
+    Host-timed calls sweep every matrix once per repeat, so each call finds its weights cold, as a
+    decode step does (repeating one matrix back to back would time it from the cache)."""
     local = runtime.local_efforts(effort)
-    layers = runtime.model.config.num_layers
-    totals = {p: (0.0, 0.0) for p in PROJECTIONS}
-    for i in range(layers):
+    calls = []  # (kind, weight name, local effort)
+    for i in range(runtime.model.config.num_layers):
         for j, proj in enumerate(PROJECTIONS):
-            name = weight_name(i, proj)
-            e = 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])
-            if hasattr(runtime, "time_projection"):
-                runtime.project(name, inputs[name], e)  # bytes_read reports the last project call
-                seconds = runtime.time_projection(name, inputs[name], e)
-            else:
-                samples = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    runtime.project(name, inputs[name], e)
-                    samples.append(time.perf_counter() - start)
-                seconds = float(np.median(samples))
-            ms, nbytes = totals[proj]
-            totals[proj] = (ms + seconds * 1e3, nbytes + runtime.bytes_read(name))
+            calls.append((proj, weight_name(i, proj), 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])))
+    nbytes, seconds = {}, {name: [] for _, name, _ in calls}
+    for _, name, e in calls:
+        runtime.project(name, inputs[name], e)  # bytes_read reports the last project call
+        nbytes[name] = runtime.bytes_read(name)
+        if hasattr(runtime, "time_projection"):
+            seconds[name].append(runtime.time_projection(name, inputs[name], e))
+    if not hasattr(runtime, "time_projection"):
+        for _ in range(repeats):
+            for _, name, e in calls:
+                start = time.perf_counter()
+                runtime.project(name, inputs[name], e)
+                seconds[name].append(time.perf_counter() - start)
+    totals = {p: (0.0, 0.0) for p in PROJECTIONS}
+    for proj, name, _ in calls:
+        ms, total_bytes = totals[proj]
+        totals[proj] = (ms + float(np.median(seconds[name])) * 1e3, total_bytes + nbytes[name])
     return totals
 
 
