@@ -487,7 +487,7 @@ static void ensure_wl(int n, int in) {
     g_wl = (worklist *)calloc(n, sizeof(worklist));
     for (int q = 0; q < n; q++) {
         g_wl[q].idx_buf = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
-        g_wl[q].xs_buf = (float *)malloc(sizeof(float) * (in + 1)); g_wl[q].ks_buf = (uint8_t *)malloc(in + 1);
+        g_wl[q].xs_buf = (float *)malloc(sizeof(float) * in); g_wl[q].ks_buf = (uint8_t *)malloc(in);
     }
     g_identity = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
     for (int i = 0; i < in + ECPU_PD; i++) g_identity[i] = i < in ? i : in - 1;
