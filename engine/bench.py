@@ -63,18 +63,18 @@ def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats:
     for i in range(runtime.model.config.num_layers):
         for j, proj in enumerate(PROJECTIONS):
             calls.append((proj, weight_name(i, proj), 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])))
+    on_device = hasattr(runtime, "time_projection")  # GPU: the runtime times its own queued calls
     nbytes, seconds = {}, {name: [] for _, name, _ in calls}
     for _, name, e in calls:
         runtime.project(name, inputs[name], e)  # bytes_read reports the last project call
         nbytes[name] = runtime.bytes_read(name)
-        if hasattr(runtime, "time_projection"):
+        if on_device:
             seconds[name].append(runtime.time_projection(name, inputs[name], e))
-    if not hasattr(runtime, "time_projection"):
-        for _ in range(repeats):
-            for _, name, e in calls:
-                start = time.perf_counter()
-                runtime.project(name, inputs[name], e)
-                seconds[name].append(time.perf_counter() - start)
+    for _ in range(0 if on_device else repeats):
+        for _, name, e in calls:
+            start = time.perf_counter()
+            runtime.project(name, inputs[name], e)
+            seconds[name].append(time.perf_counter() - start)
     totals = {p: (0.0, 0.0) for p in PROJECTIONS}
     for proj, name, _ in calls:
         ms, total_bytes = totals[proj]
@@ -115,10 +115,13 @@ def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_byte
         head += "  kernel ms (" + " ".join(k.replace("_proj", "") for k in kinds) + ")"
     skipping = "" if strategy == "bucket" else "; effort skips whole input columns (activation baseline)"
     lines = [f"decode speed — {info.name} on {info.backend} ({info.device}); peak memory {peak_bytes / 2**20:.0f} MiB{skipping}", head]
+
+    def label(r: SpeedResult) -> str:
+        return "dense" if r is dense else f"{r.effort:.2f}"
+
     for r in [dense, *results]:
-        label = "dense" if r is dense else f"{r.effort:.2f}"
         row = (
-            f"{label:>7}{r.effective_effort:>10.3f}{r.decode_tps:>8.1f}{r.ms_per_token:>8.2f}"
+            f"{label(r):>7}{r.effective_effort:>10.3f}{r.decode_tps:>8.1f}{r.ms_per_token:>8.2f}"
             f"{r.decode_tps / dense.decode_tps:>8.2f}x{r.gbps:>7.1f}"
         )
         if kinds:
@@ -127,6 +130,5 @@ def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_byte
     if kinds:
         lines.append(f"{'':>7}{'kernel GB/s':>33}  (" + " ".join(k.replace("_proj", "") for k in kinds) + ")")
         for r in [dense, *results]:
-            label = "dense" if r is dense else f"{r.effort:.2f}"
-            lines.append(f"{label:>7}{'':>33}  " + " ".join(f"{r.kernel_gbps[k]:.0f}" for k in kinds))
+            lines.append(f"{label(r):>7}{'':>33}  " + " ".join(f"{r.kernel_gbps[k]:.0f}" for k in kinds))
     return "\n".join(lines)

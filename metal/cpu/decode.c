@@ -264,6 +264,9 @@ static void select_worker(void *arg, int tid) {
     }
 }
 
+/* A projection runs its selection only under effort and when it has the stats to select with. */
+static int under_effort(const ee_bucket *b, float effort) { return effort < 1.0f && b->stats; }
+
 /* Up to MAX_GROUP projections of the same input x, dense (effort >= 1 or no stats: every rank)
  * or under effort: the selections run in parallel on the pool, then ONE multiply over all their
  * tiles (one pool job instead of one per matrix). Returns the weights multiplied. */
@@ -273,7 +276,7 @@ static double project_group(ee_model *m, const ee_bucket *const *bs, float *cons
     J.m = m; J.bs = bs; J.x = x; J.effort = effort; J.n_todo = 0;
     atomic_init(&J.next, 0);
     for (int j = 0; j < count; j++)
-        if (effort[j] < 1.0f && bs[j]->stats) J.todo[J.n_todo++] = j;
+        if (under_effort(bs[j], effort[j])) J.todo[J.n_todo++] = j;
     if (J.n_todo == 1) select_worker(&J, 0);
     else if (J.n_todo > 1) ecpu_parallel(select_worker, &J);
     ecpu_eff_mat mats[MAX_GROUP];
@@ -294,8 +297,7 @@ static double project_group(ee_model *m, const ee_bucket *const *bs, float *cons
  * number of weights multiplied. Effort 1.0 is the same kernel with k = 16 everywhere. */
 double ee_project(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
     double used = project_group(m, &b, &y, 1, x, &effort);
-    int selected = effort < 1.0f && b->stats;
-    memcpy(m->ranks, selected ? m->group_ranks[0] : m->all_ranks, (size_t)b->in);
+    memcpy(m->ranks, under_effort(b, effort) ? m->group_ranks[0] : m->all_ranks, (size_t)b->in);
     return used;
 }
 
