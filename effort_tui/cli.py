@@ -142,7 +142,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     loaded = session.load(args.model, progress, effort=False)
     session.prepare_effort(loaded.files, loaded.model, progress, load_ranks=16, values=False, force=args.force)
     progress.close()
-    from engine.convert import converted_path
+    from engine.effort.convert import converted_path
 
     path = converted_path(loaded.files)
     print(f"{path}  ({human_bytes(path.stat().st_size)})")
@@ -159,8 +159,9 @@ def parse_efforts(text: str) -> list[float]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from engine import evaluate, session
-    from engine.model import projection_inputs
+    from engine import session
+    from engine.tools import evaluate
+    from engine.model.decoder import projection_inputs
 
     efforts = parse_efforts(args.efforts)
     text_path = Path(args.text_file) if args.text_file else evaluate.DEFAULT_TEXT
@@ -196,8 +197,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine import bench
-    from engine.model import projection_inputs
+    from engine.tools import bench
+    from engine.model.decoder import projection_inputs
 
     efforts = parse_efforts(args.efforts)
     progress = ProgressLine()
@@ -244,10 +245,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _synthetic_bench_model(args: argparse.Namespace, progress: "ProgressLine"):
-    """A random model of a named shape (engine.synthetic) and token ids to decode from."""
+    """A random model of a named shape (engine.tools.synthetic) and token ids to decode from."""
     from types import SimpleNamespace
 
-    from engine import synthetic
+    from engine.tools import synthetic
     from engine.events import LoadProgress
 
     def note(text: str) -> None:
@@ -261,7 +262,7 @@ def _synthetic_bench_model(args: argparse.Namespace, progress: "ProgressLine"):
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from engine import registry
+    from engine.io import registry
 
     progress = ProgressLine()
     path = registry.pull(args.name, progress, force=args.force)
@@ -271,7 +272,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from engine import registry
+    from engine.io import registry
 
     cached = {alias: (path, size) for alias, path, size in registry.cached_models()}
     for alias, known in sorted(registry.KNOWN_MODELS.items()):

@@ -8,19 +8,20 @@ from typing import Callable
 
 import numpy as np
 
-from engine import backend as backends
-from engine import convert, registry
-from engine.bucket import B
-from engine.convert import Converted
+from engine.runtime import backend as backends
+from engine.effort import convert
+from engine.io import registry
+from engine.effort.bucket import B
+from engine.effort.convert import Converted
 from engine.api import ModelInfo
 from engine.errors import EngineError
 from engine.events import LoadProgress
 from engine.generate import Generator, Runtime
-from engine.loader import ModelFiles, open_model
-from engine.model_config import ModelConfig
-from engine.model import Model, to_mlx
-from engine.runtime_mlx import MLXRuntime
-from engine.tokenizer import Tokenizer
+from engine.io.loader import ModelFiles, open_model
+from engine.model.config import ModelConfig
+from engine.model.decoder import Model, to_mlx
+from engine.runtime.mlx_runtime import MLXRuntime
+from engine.io.tokenizer import Tokenizer
 
 ProgressFn = Callable[[LoadProgress], None]
 
@@ -54,7 +55,7 @@ def runtime_kind(requested: str, backend: str, config: ModelConfig) -> str:
         raise EngineError(f"the native CPU path needs projection sizes that are multiples of {NATIVE_OUT_MULTIPLE}")
     if requested == "mlx" or (requested == "auto" and (backend != "cpu" or not fits)):
         return "mlx"
-    from engine import native
+    from engine.runtime import native
 
     if native.library() is not None:
         return "cpu"
@@ -67,11 +68,11 @@ def make_runtime(
     model: Model, context_limit: int, kind: str, converted: Converted | None = None, head_q8: np.ndarray | None = None
 ) -> Runtime:
     if kind == "cpu":
-        from engine import native
-        from engine.runtime_cpu import CPURuntime
+        from engine.runtime import native
+        from engine.runtime.cpu_runtime import CPURuntime
 
         return CPURuntime(model, context_limit, native.library(), converted, head_q8)
-    from engine.effort_mlx import MLXEffortPath
+    from engine.runtime.effort_mlx import MLXEffortPath
 
     path = MLXEffortPath(converted, model.config.num_layers, model.dense) if converted else None
     return MLXRuntime(model, context_limit, path)
@@ -81,7 +82,7 @@ def prepare_effort(
     files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int, values: bool, force: bool = False
 ) -> Converted:
     """Convert the model on first use (cached), then load its bucketMul side."""
-    from engine import calibrate
+    from engine.effort import calibrate
 
     tokens = calibrate.calibration_tokens(files.tokenizer)
     convert.convert(files, lambda bms, p: calibrate.calibrate(model, bms, tokens, p), progress, force=force)

@@ -15,7 +15,7 @@ def smollm2_path() -> Path:
     The one place that knows where the real model comes from. No network and no cached
     copy is a failure, not a skip: these tests are part of CI.
     """
-    from engine import registry
+    from engine.io import registry
     from engine.errors import EngineError
 
     try:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from engine.bucket import B, PACKINGS, convert_matrix, cutoff_for_effort, k_from_cutoff
+from engine.effort.bucket import B, PACKINGS, convert_matrix, cutoff_for_effort, k_from_cutoff
 
 
 def _w(out=64, inn=48, seed=0):

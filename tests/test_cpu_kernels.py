@@ -7,9 +7,10 @@ import ctypes
 import numpy as np
 import pytest
 
-from engine import native, reference
-from engine.bucket import B, convert_matrix, cutoff_for_effort, k_from_cutoff
-from engine.runtime_cpu import Bucket, Dims, _ptr
+from engine.runtime import native
+from engine.effort import reference
+from engine.effort.bucket import B, convert_matrix, cutoff_for_effort, k_from_cutoff
+from engine.runtime.cpu_runtime import Bucket, Dims, _ptr
 
 SHAPES = [(64, 80), (192, 576), (576, 576), (1536, 576), (576, 1536)]
 EFFORTS = [1.0, 0.75, 0.5, 0.25, 0.05]

@@ -9,10 +9,12 @@ import pytest
 from safetensors.numpy import load_file
 
 from effort_tui.cli import main
-from engine import convert, reference, session
+from engine import session
+from engine.effort import convert
+from engine.effort import reference
 from engine.api import EffortSetting, SamplingSettings
-from engine.bucket import B
-from engine.model import projection_inputs
+from engine.effort.bucket import B
+from engine.model.decoder import projection_inputs
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The MLX runtime's GPU effort path.
 
-Everywhere: the decode-step logic of `engine.effort_mlx` on the GPU branch (grouped selects for
+Everywhere: the decode-step logic of `engine.runtime.effort_mlx` on the GPU branch (grouped selects for
 q/k/v and gate/up, per-matrix efforts, products summed lazily, one sync per step) runs with the
 kernels' host instantiation standing in for the GPU, against the numpy path.
 
@@ -15,12 +15,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from engine import effort_gpu as eg
-from engine import kernel_source as ks
-from engine import reference as ref
+from engine.runtime import effort_gpu as eg
+from engine.runtime import kernel_source as ks
+from engine.effort import reference as ref
 from engine import session
-from engine.bucket import convert_matrix, k_for_effort
-from engine.effort_mlx import MLXEffortPath
+from engine.effort.bucket import convert_matrix, k_for_effort
+from engine.runtime.effort_mlx import MLXEffortPath
 
 GPU = eg.available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs MLX's Metal or CUDA backend")

@@ -13,8 +13,8 @@ import pytest
 
 import tiny_models as tm
 from engine.errors import ModelFileError
-from engine.gguf_file import llama3_rope_from_factors, unpermute_rows
-from engine.loader import open_model
+from engine.io.gguf_file import llama3_rope_from_factors, unpermute_rows
+from engine.io.loader import open_model
 
 GGUF_CASES = {
     "F16": dict(qtype="F16"),

@@ -3,7 +3,7 @@
 What runs where (no Mac / GPU on CI):
 * the kernel bodies that ship for Metal and CUDA are compiled with g++ for the host
   (metal/preludes/c.h) and run through the same launch sequence as the GPU path
-  (engine.effort_gpu with HostExec), against engine.reference / numpy;
+  (engine.runtime.effort_gpu with HostExec), against engine.effort.reference / numpy;
 * a checked build of the same bodies looks for barrier races and out-of-bounds accesses;
 * the Metal text MLX generates is captured with mx.export_function (works without a GPU),
   compared with our emulation and parsed / type-checked by g++ against a mock of MSL;
@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 import metal
-from engine import effort_gpu as eg
-from engine import kernel_source as ks
-from engine import reference as ref
-from engine.bucket import B, convert_matrix, cutoff_for_effort, k_from_cutoff
+from engine.runtime import effort_gpu as eg
+from engine.runtime import kernel_source as ks
+from engine.effort import reference as ref
+from engine.effort.bucket import B, convert_matrix, cutoff_for_effort, k_from_cutoff
 
 pytestmark = pytest.mark.skipif(ks.host_compiler() is None, reason="needs a C++ compiler (g++/clang++)")
 

@@ -89,8 +89,9 @@ def native(smollm2_path):
 
 def test_native_effort_path_agrees_with_the_numpy_reference(native):
     """The C effort path on the real weights, projection by projection, against reference.bucket_matvec."""
-    from engine import convert, reference
-    from engine.model import projection_inputs
+    from engine.effort import convert
+    from engine.effort import reference
+    from engine.model.decoder import projection_inputs
 
     full = convert.load(native.files, values=True)
     ids = native.tokenizer.encode("Effort decides how many weights each token multiplies.")
@@ -108,7 +109,7 @@ def test_native_effort_path_agrees_with_the_numpy_reference(native):
 
 
 def test_bucket_beats_activation_and_effort_is_honest(native):
-    from engine import evaluate
+    from engine.tools import evaluate
 
     text = evaluate.DEFAULT_TEXT.read_text(encoding="utf-8")
     ids = native.tokenizer.encode(text)[:97]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from engine.bucket import B, convert_matrix, cutoff_for_effort, k_for_effort
-from engine.reference import (bucket_matvec, dispatch_rows, effective_effort, matvec_k,
+from engine.effort.bucket import B, convert_matrix, cutoff_for_effort, k_for_effort
+from engine.effort.reference import (bucket_matvec, dispatch_rows, effective_effort, matvec_k,
                               rows_from_k)
 
 
@@ -79,7 +79,7 @@ def test_error_decreases_with_effort():
 
 
 def test_allocation_is_honest_and_monotone():
-    from engine.allocation import Allocation, lagrangian_table
+    from engine.effort.allocation import Allocation, lagrangian_table
     rng = np.random.default_rng(8)
     M, levels = 12, np.linspace(0.05, 1.0, 20)
     sizes = rng.integers(1, 10, M).astype(float)
@@ -100,7 +100,7 @@ def test_allocation_is_honest_and_monotone():
 
 
 def test_error_curves_match_exact_on_random_matrix():
-    from engine.allocation import error_curves
+    from engine.effort.allocation import error_curves
     rng = np.random.default_rng(9)
     w = rng.standard_normal((128, 64)).astype(np.float32)
     X = rng.standard_normal((16, 64)).astype(np.float32)

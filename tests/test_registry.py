@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import registry
+from engine.io import registry
 from engine.errors import EngineError
 
 PAYLOAD = b"GGUF" + bytes(range(256)) * 64

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.chat_template import CHATML_TEMPLATE, PLAIN_TEMPLATE, ChatTemplate, ChatTemplateError, fold_system
+from engine.io.chat_template import CHATML_TEMPLATE, PLAIN_TEMPLATE, ChatTemplate, ChatTemplateError, fold_system
 from engine.errors import EngineError
-from engine.loader import open_model
+from engine.io.loader import open_model
 
 TEXTS = [
     "Hello world!",

@@ -91,7 +91,7 @@ QWEN2_SPLIT = (
 
 
 def _byte_map() -> dict[int, str]:
-    from engine.tokenizer import bytes_to_unicode  # GPT-2's fixed byte alphabet, not logic under test
+    from engine.io.tokenizer import bytes_to_unicode  # GPT-2's fixed byte alphabet, not logic under test
 
     return bytes_to_unicode()
 

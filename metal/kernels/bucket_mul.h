@@ -1,8 +1,8 @@
 // effort_bucket_mul: dispatch (k) + bucket multiply of one matrix, partial sums per input group.
 // -----------------------------------------------------------------------------------------
-// Spec (engine.reference.matvec_k): for every input i, rank r < k[i] and bucket c,
+// Spec (engine.effort.reference.matvec_k): for every input i, rank r < k[i] and bucket c,
 //   y[16c + pos(r*in+i, c)] += x[i] * value(r*in+i, c)
-// with the bucket list w [in*16, nb] (fp16 bits, nb = out/16) of engine.bucket.
+// with the bucket list w [in*16, nb] (fp16 bits, nb = out/16) of engine.effort.bucket.
 //
 // Work split: grid (n_bx*EF_TGS, G), threadgroup (EF_TGS, 1).
 //   * threadgroup (bx, g) owns buckets bx*EF_TGS .. +EF_TGS-1 (one bucket = 16 outputs per

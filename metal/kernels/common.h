@@ -15,7 +15,7 @@ EF_FN unsigned int ef_key_of_bits(unsigned int u) { return (u & 0x80000000u) ? ~
 EF_FN unsigned int ef_bits_of_key(unsigned int k) { return (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k; }
 
 // k of one input: the number of ranks r (0..15) with stats[r*in + i] * |x_i| > cutoff.
-// Exactly engine.bucket.k_from_cutoff: the same fp32 product, the same strict comparison.
+// Exactly engine.effort.bucket.k_from_cutoff: the same fp32 product, the same strict comparison.
 // Loads are coalesced when consecutive threads take consecutive i.
 #define EF_COUNT_RANKS(kk, stats, in_dim, i, ax, cut)                               \
     {                                                                             \

@@ -1,6 +1,6 @@
 // effort_select: the probe cutoff of one or more matrices that share the input x.
 // -----------------------------------------------------------------------------------------
-// Spec (engine.bucket.cutoff_for_effort): with products p = probes[j, i] * |x[i]| (n = P*in
+// Spec (engine.effort.bucket.cutoff_for_effort): with products p = probes[j, i] * |x[i]| (n = P*in
 // of them, fp32), the cutoff is the value of rank `rank` in ascending order, rank =
 // n - round(effort*n) - 1, so that round(effort*n) products lie strictly above it (fewer on
 // ties).  rank < 0 means cutoff -inf (effort 1: everything dispatched), rank >= n means

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from engine.errors import ModelFileError
-from engine.model_config import ModelConfig
+from engine.model.config import ModelConfig
 
 if TYPE_CHECKING:
-    from engine.tokenizer import Tokenizer
+    from engine.io.tokenizer import Tokenizer
 
 
 class TensorSource(Protocol):
@@ -131,8 +131,8 @@ def _check_tensors(path: Path, config: ModelConfig, tensors: TensorSource) -> No
 
 
 def _open_gguf(path: Path) -> ModelFiles:
-    from engine.gguf_file import GGUFFile, GGUFFormatError, GGUFTensorSource, file_type_name, gguf_model_config
-    from engine.tokenizer import tokenizer_from_gguf_metadata
+    from engine.io.gguf_file import GGUFFile, GGUFFormatError, GGUFTensorSource, file_type_name, gguf_model_config
+    from engine.io.tokenizer import tokenizer_from_gguf_metadata
 
     try:
         g = GGUFFile(path)
@@ -164,8 +164,8 @@ def _open_gguf(path: Path) -> ModelFiles:
 
 
 def _open_hf(folder: Path) -> ModelFiles:
-    from engine.hf_folder import SafetensorsSource, hf_model_config, read_config, weight_files
-    from engine.tokenizer import tokenizer_from_hf_folder
+    from engine.io.hf_folder import SafetensorsSource, hf_model_config, read_config, weight_files
+    from engine.io.tokenizer import tokenizer_from_hf_folder
 
     cfg = read_config(folder)
     config = hf_model_config(cfg, folder)

@@ -14,9 +14,9 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from engine.bucket import B
-from engine.convert import Converted, projection_names
-from engine.model import PROJECTIONS, Model, rope_inverse_frequencies, weight_name
+from engine.effort.bucket import B
+from engine.effort.convert import Converted, projection_names
+from engine.model.decoder import PROJECTIONS, Model, rope_inverse_frequencies, weight_name
 
 c_ptr = ctypes.c_void_p
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.allocation import Allocation
-from engine.bucket import B, BucketMatrix, convert_matrix
-from engine.convert import N_PROBES, PACKING, Converted, projection_names
+from engine.effort.allocation import Allocation
+from engine.effort.bucket import B, BucketMatrix, convert_matrix
+from engine.effort.convert import N_PROBES, PACKING, Converted, projection_names
 from engine.errors import EngineError
-from engine.model import PROJECTIONS, weight_name
-from engine.model_config import ModelConfig
+from engine.model.decoder import PROJECTIONS, weight_name
+from engine.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,8 @@ def build(name: str, layers: int | None = None, seed: int = 0, progress=None) ->
 
 def load(name: str, layers: int | None, runtime: str = "auto", progress=None):
     """(runtime, model, backend) for a synthetic model, on the detected backend."""
-    from engine import backend as backends
-    from engine.model import Model, to_mlx
+    from engine.runtime import backend as backends
+    from engine.model.decoder import Model, to_mlx
     from engine.session import make_runtime, runtime_kind
 
     config, weights, converted = build(name, layers, progress=progress)

@@ -26,12 +26,12 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
-from engine.allocation import Allocation, error_curves, lagrangian_table
-from engine.bucket import BucketMatrix
+from engine.effort.allocation import Allocation, error_curves, lagrangian_table
+from engine.effort.bucket import BucketMatrix
 from engine.events import LoadProgress
-from engine.model import PROJECTIONS, Cache, Model, weight_name
+from engine.model.decoder import PROJECTIONS, Cache, Model, weight_name
 
-CALIBRATION_TEXT = Path(__file__).parent / "data" / "calibration.txt"
+CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.txt"
 CALIBRATION_TOKENS = 128
 LEVELS = np.array([0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 GRID = np.round(np.arange(0.05, 1.0001, 0.05), 4)

@@ -20,14 +20,14 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from engine.allocation import Allocation
-from engine.atomic import atomic_path
-from engine.bucket import B, BucketMatrix, convert_matrix
+from engine.effort.allocation import Allocation
+from engine.io.atomic import atomic_path
+from engine.effort.bucket import B, BucketMatrix, convert_matrix
 from engine.errors import EngineError
 from engine.events import LoadProgress
-from engine.loader import ModelFiles
-from engine.model import PROJECTIONS, weight_name
-from engine.paths import converted_dir
+from engine.io.loader import ModelFiles
+from engine.model.decoder import PROJECTIONS, weight_name
+from engine.io.paths import converted_dir
 
 FORMAT_VERSION = 1
 PACKING = "nibble"  # exact fp16 values + a separate 4-bit position (see engine/bucket.py)

@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 
 import metal
-from engine.atomic import atomic_path
-from engine.paths import cache_dir
+from engine.io.atomic import atomic_path
+from engine.io.paths import cache_dir
 
 SOURCES = ("cpu/effort_cpu.c", "cpu/decode.c")
 HEADERS = ("cpu/effort_cpu.h",)

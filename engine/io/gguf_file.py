@@ -426,7 +426,7 @@ def _model_error(source: str, problem: str) -> Exception:
 
 def gguf_model_config(g: GGUFFile, source: str):
     """ModelConfig from the metadata (llama.* / qwen2.* keys) and the tensor list."""
-    from engine.model_config import ModelConfig
+    from engine.model.config import ModelConfig
 
     arch = g.get("general.architecture")
     if not isinstance(arch, str):

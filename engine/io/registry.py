@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.atomic import atomic_path
+from engine.io.atomic import atomic_path
 from engine.errors import EngineError, ModelFileError
 from engine.events import LoadProgress
-from engine.paths import models_dir
+from engine.io.paths import models_dir
 
 ProgressFn = Callable[[LoadProgress], None]
 

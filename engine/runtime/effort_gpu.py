@@ -4,7 +4,7 @@ Backends: ``mx.fast.metal_kernel`` when ``mx.metal.is_available()`` (Apple Silic
 target), ``mx.fast.cuda_kernel`` when ``mx.cuda.is_available()`` (MLX's CUDA backend), else
 none: importing this module on a CPU-only machine does nothing and ``available()`` is False.
 
-The kernels are the portable bodies of ``metal/kernels`` (see ``engine.kernel_source`` and
+The kernels are the portable bodies of ``metal/kernels`` (see ``engine.runtime.kernel_source`` and
 ``metal/README.md``).  The launch sequence lives here once and runs on an *executor*: the MLX
 one (GPU) or ``HostExec`` (the host instantiation of the same bodies, used by the tests), so the
 tests cover the parameter packing, grid shapes and group planning as well as the kernels.
@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import mlx.core as mx
 import numpy as np
 
-from engine import kernel_source as ks
-from engine.bucket import B, BucketMatrix
+from engine.runtime import kernel_source as ks
+from engine.effort.bucket import B, BucketMatrix
 
 SELECT_TGS = 1024
 BMUL_TGS = 128
@@ -142,7 +142,7 @@ def layout_group_of(layouts: Sequence[GpuLayout]) -> GpuLayoutGroup:
 def probe_rank(n: int, effort: float) -> int:
     """Rank (ascending) of the cutoff among the n probe products; -1 = -inf, n = +inf.
 
-    The same arithmetic as engine.bucket.cutoff_for_effort (Python's round)."""
+    The same arithmetic as engine.effort.bucket.cutoff_for_effort (Python's round)."""
     keep = int(round(float(effort) * n))
     if float(effort) >= 1.0 or keep >= n:
         return -1
@@ -480,7 +480,7 @@ def gpu_layout_group(bms: Sequence[BucketMatrix]) -> GpuLayoutGroup:
 def bucket_matvec_gpu(layout: GpuLayout | BucketMatrix, x: mx.array, effort: float, cutoff=None,
                       *, backend: str | None = None) -> tuple[mx.array, mx.array]:
     """y = the effort-``effort`` bucketMul of x, and used = k [in] (int32: ranks dispatched per
-    input; ``engine.reference.effective_effort(k)`` is the share of weights multiplied).
+    input; ``engine.effort.reference.effective_effort(k)`` is the share of weights multiplied).
 
     Lazy MLX arrays; nothing is read back.  ``layout`` should come from ``gpu_layout`` (a
     BucketMatrix is uploaded on every call).  Raises GpuUnavailable without Metal/CUDA."""

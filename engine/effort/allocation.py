@@ -78,12 +78,12 @@ class Allocation:
 def error_curves(bm, X: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relative output-error energy and achieved share of one matrix at each requested level.
 
-    bm: ``engine.bucket.BucketMatrix``; X [N, in]: its inputs on the calibration text.
+    bm: ``engine.effort.bucket.BucketMatrix``; X [N, in]: its inputs on the calibration text.
     relerr[j] = sum_t sum_i x_ti^2 * tail[k_ti, i] / sum_t |W x_t|^2, where tail[k, i] is the
     energy of the weights of input i at ranks >= k (cross terms between inputs are ignored:
     the skipped weights of different inputs are nearly uncorrelated).  achieved[j] = mean
     share of rows the probe cutoff dispatches."""
-    from engine.bucket import B
+    from engine.effort.bucket import B
     X = np.asarray(X, np.float32)
     vals = bm.values()
     energy = (vals.astype(np.float64) ** 2).sum(1).reshape(B, bm.in_dim)       # [rank, in]

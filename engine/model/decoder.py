@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import mlx.core as mx
 import numpy as np
 
-from engine.model_config import ModelConfig
+from engine.model.config import ModelConfig
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -1,6 +1,6 @@
 """The shape of a decoder-only transformer, independent of the file it came from.
 
-`engine.loader.open_model` fills a `ModelConfig` from GGUF metadata or from a
+`engine.io.loader.open_model` fills a `ModelConfig` from GGUF metadata or from a
 Hugging Face ``config.json``; the model code builds itself from it alone.
 """
 

@@ -1,6 +1,6 @@
 """The effort path for the MLX runtime: GPU kernels on Metal/CUDA, the numpy reference elsewhere.
 
-On a GPU every projection of a decode step goes through `engine.effort_gpu`: cutoff, k and the
+On a GPU every projection of a decode step goes through `engine.runtime.effort_gpu`: cutoff, k and the
 bucket multiply stay on the device, and the matrices that share an input (q/k/v, gate/up) get
 their cutoffs from one select launch. The products actually done are summed on the device too
 and read back with the logits, so a decode step still synchronises once.
@@ -16,10 +16,11 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
-from engine import effort_gpu, reference
-from engine.bucket import B, k_for_effort
-from engine.convert import Converted, projection_names
-from engine.model import PROJECTIONS, Projector, weight_name
+from engine.runtime import effort_gpu
+from engine.effort import reference
+from engine.effort.bucket import B, k_for_effort
+from engine.effort.convert import Converted, projection_names
+from engine.model.decoder import PROJECTIONS, Projector, weight_name
 
 # projections that read the same input vector: one select launch computes all their cutoffs
 SHARED_INPUT = {"q_proj": ("q_proj", "k_proj", "v_proj"), "gate_proj": ("gate_proj", "up_proj")}

@@ -8,7 +8,7 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from engine.model import Cache, Model, split_weight_name
+from engine.model.decoder import Cache, Model, split_weight_name
 
 PREFILL_CHUNK = 512
 
@@ -16,7 +16,7 @@ class MLXRuntime:
     """Dense prefill in chunks; decode through the effort path when one is plugged in."""
 
     def __init__(self, model: Model, context_limit: int, effort_path=None) -> None:
-        """`effort_path`: an `engine.effort_mlx.MLXEffortPath`, or None for the dense model only."""
+        """`effort_path`: an `engine.runtime.effort_mlx.MLXEffortPath`, or None for the dense model only."""
         self.model = model
         self.context_limit = context_limit
         self.effort_path = effort_path

@@ -34,7 +34,7 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
-from engine.chat_template import ChatTemplate, ChatTemplateError, fallback_template
+from engine.io.chat_template import ChatTemplate, ChatTemplateError, fallback_template
 from engine.errors import ModelFileError
 
 # -- pre-tokenizer regexes by `tokenizer.ggml.pre` ---------------------------------------------------

@@ -90,7 +90,7 @@ def evaluate(
     return results, ppl_dense
 
 
-DEFAULT_TEXT = Path(__file__).parent / "data" / "eval.txt"
+DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "data" / "eval.txt"
 
 
 def matrix_cosines(
@@ -100,7 +100,7 @@ def matrix_cosines(
     per projection kind, over the captured inputs (same input for both). `dense` caches the
     dense outputs across calls (they do not depend on the effort)."""
     dense = {} if dense is None else dense
-    from engine.model import PROJECTIONS, weight_name
+    from engine.model.decoder import PROJECTIONS, weight_name
 
     runtime.set_strategy(strategy)
     local = runtime.local_efforts(effort)
@@ -161,7 +161,7 @@ def plot(results: list[EffortQuality], path: str, model: str) -> None:
         ax.legend()
     fig.suptitle(f"Quality vs effort — {model}")
     fig.tight_layout()
-    from engine.atomic import atomic_path
+    from engine.io.atomic import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.model import PROJECTIONS, weight_name
+from engine.model.decoder import PROJECTIONS, weight_name
 
 BENCH_PROMPT = "Explain, step by step, how a bicycle stays upright while it is moving."
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFileError
-from engine.model_config import SUPPORTED_ROPE_SCALING, ModelConfig, normalize_rope_scaling
+from engine.model.config import SUPPORTED_ROPE_SCALING, ModelConfig, normalize_rope_scaling
 
 HF_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",

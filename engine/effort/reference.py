@@ -7,14 +7,14 @@
       -> y[c*16 + pos[r, c]] += x[i] * value[r, c]   for every dispatched row r, every bucket c
 
 Every faster path (CPU / GPU kernels taking ``x`` and ``k``) must match ``matvec_k`` element by
-element.  The layout is defined in ``engine.bucket``.
+element.  The layout is defined in ``engine.effort.bucket``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine.bucket import B, BucketMatrix, cutoff_for_effort, k_from_cutoff
+from engine.effort.bucket import B, BucketMatrix, cutoff_for_effort, k_from_cutoff
 
 
 def dispatch_rows(bm: BucketMatrix, x: np.ndarray, cutoff: float) -> np.ndarray:

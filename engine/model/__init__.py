@@ -1,0 +1,1 @@
+"""The decoder itself: its configuration (`config`) and the dense MLX forward pass (`decoder`)."""

@@ -1,0 +1,1 @@
+"""Measuring tools behind `effort bench` and `effort eval`, and random models of real shapes."""
