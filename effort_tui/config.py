@@ -2,16 +2,14 @@
 
 Reading never fails: a file that cannot be parsed gives the defaults plus a
 one-line problem the app shows as a notification; a bad value gives the
-default for that key plus a problem. Writing goes through a temp file and
-`os.replace`, so a crash never leaves half a file. See the README (Configuration).
+default for that key plus a problem. Writing goes through `engine.io.atomic`
+(a temp file, fsync, `os.replace`), so a crash never leaves half a file. See the README (Configuration).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,19 +20,11 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from effort_tui.keymap import validate_keymap
+from engine.api import MIN_EFFORT, SamplingSettings
+from engine.io.atomic import write_text
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_THEME = "effort-dark"
-MIN_EFFORT = 0.05  # mirrors engine.api.MIN_EFFORT (the UI does not need the engine to read its config)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 512
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +34,7 @@ class Config:
     theme: str = DEFAULT_THEME
     system_prompt: str = ""
     export_dir: str = ""  # "" = <data dir>/exports
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     keymap: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back untouched
 
@@ -173,7 +163,7 @@ def config_from_dict(data: dict[str, Any]) -> tuple[Config, list[str]]:
         else:
             problems.append(f"unknown setting {key!r} (ignored)")
             extra[key] = value
-    config = Config(sampling=SamplingConfig(**sampling_values), keymap=keymap, extra=extra, **values)
+    config = Config(sampling=SamplingSettings(**sampling_values), keymap=keymap, extra=extra, **values)
     return config, problems
 
 
@@ -266,26 +256,8 @@ def dumps(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-
-
 def save_config(path: Path, config: Config) -> None:
-    atomic_write_text(path, dumps(config))
+    write_text(path, dumps(config))
 
 
 def with_theme(config: Config, theme: str) -> Config:

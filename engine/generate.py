@@ -9,31 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from engine.api import EffortSetting, SamplingSettings
 from engine.errors import ContextLimitError
 from engine.events import GenerationResult, TokenEvent
+from engine.runtime.base import Runtime
 from engine.sampler import Sampler
-
-
-class Runtime(Protocol):
-    """A model ready to run: the MLX one, or a native CPU one."""
-
-    context_limit: int
-
-    def reset(self, keep: int) -> None:
-        """Keep the first `keep` cached positions, drop the rest."""
-
-    def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        """Append `ids` to the cache (dense, batched); return the last position's logits."""
-
-    def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
-        """Append one token at `effort`; return (logits, effective effort)."""
-
-    def peak_memory(self) -> int: ...
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -16,7 +16,8 @@ from engine.effort.convert import Converted
 from engine.api import ModelInfo
 from engine.errors import EngineError
 from engine.events import LoadProgress
-from engine.generate import Generator, Runtime
+from engine.generate import Generator
+from engine.runtime.base import Runtime
 from engine.io.loader import ModelFiles, open_model
 from engine.model.config import ModelConfig
 from engine.model.decoder import Model, to_mlx
@@ -147,4 +148,4 @@ def resident_bytes(model: Model, converted: Converted | None, run: Runtime) -> i
     native runtime's own kernel layouts."""
     total = sum(int(w.nbytes) for w in model.w.values())
     total += converted.nbytes() if converted else 0
-    return total + int(getattr(run, "layout_bytes", lambda: 0)())
+    return total + run.layout_bytes()

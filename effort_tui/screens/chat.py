@@ -17,8 +17,9 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer
 
-from engine.api import ChatRequest, GenerationHandle, ModelInfo, SamplingSettings
+from engine.api import ChatRequest, GenerationHandle, ModelInfo
 from engine.events import GenerationResult, LoadProgress, TokenEvent
+from engine.io.atomic import write_text
 from effort_tui.bridge import Inbox
 from effort_tui.exporting import conversation_markdown, export_path
 from effort_tui.history import StoredMessage, title_from
@@ -229,11 +230,7 @@ class ChatScreen(Screen):
         system = app.store.system_prompt(self.conversation_id) if self.conversation_id is not None else ""
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": t.role, "content": t.content} for t in self.turns]
-        s = app.config.sampling
-        sampling = SamplingSettings(
-            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed, max_tokens=s.max_tokens
-        )
-        return ChatRequest(messages=messages, sampling=sampling)
+        return ChatRequest(messages=messages, sampling=app.config.sampling)
 
     async def start_generation(self) -> None:
         app = self.effort_app
@@ -416,9 +413,7 @@ class ChatScreen(Screen):
         )
         path = export_path(app.exports_dir, self.conversation_id, app.clock.local(now))
         try:
-            from effort_tui.config import atomic_write_text
-
-            atomic_write_text(path, text)
+            write_text(path, text)
         except OSError as exc:
             self.notify(f"Could not write {path}: {exc.strerror or exc}", severity="error")
             return

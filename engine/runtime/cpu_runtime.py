@@ -9,6 +9,7 @@ token runs the whole network in C (metal/cpu/decode.c) with the KV cache in nump
 from __future__ import annotations
 
 import ctypes
+import time
 from typing import Sequence
 
 import mlx.core as mx
@@ -54,7 +55,9 @@ def _numpy(w: mx.array, dtype) -> np.ndarray:
 
 
 class CPURuntime:
-    """Runtime protocol (see engine.generate) backed by the C decode step."""
+    """`engine.runtime.base.Runtime` backed by the C decode step."""
+
+    times_own_calls = False  # each call is synchronous: callers time `project` on the host
 
     def __init__(
         self,
@@ -153,6 +156,13 @@ class CPURuntime:
         e = float(effort) if self.converted is not None else 1.0
         used = self.lib.ee_project(self._handle, ctypes.addressof(self._structs[name]), _ptr(x), _ptr(y), e)
         return y, used / (out_dim * in_dim)
+
+    def time_projection(self, name: str, x: np.ndarray, effort: float, repeats: int = 20) -> float:
+        """Seconds per call of one projection, timed on the host (the call is synchronous)."""
+        start = time.perf_counter()
+        for _ in range(repeats):
+            self.project(name, x, effort)
+        return (time.perf_counter() - start) / repeats
 
     def bytes_read(self, name: str) -> float:
         """Weight bytes the last `project` of this matrix read: the kernel reads the whole

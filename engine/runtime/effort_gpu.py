@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import mlx.core as mx
 import numpy as np
 
+from engine.runtime import backend as backends
 from engine.runtime import kernel_source as ks
 from engine.effort.bucket import B, BucketMatrix
 
@@ -48,21 +49,14 @@ class GpuUnavailable(RuntimeError):
     """No Metal or CUDA backend in this MLX build / on this machine."""
 
 
-def detect_backend() -> str | None:
-    try:
-        if mx.metal.is_available():
-            return "metal"
-    except Exception:  # pragma: no cover - defensive: very old MLX
-        pass
-    try:
-        if mx.cuda.is_available():
-            return "cuda"
-    except Exception:  # pragma: no cover
-        pass
-    return None
+def gpu_backend() -> str | None:
+    """"metal" or "cuda" when `engine.runtime.backend.detect` (which honours EFFORT_BACKEND) chose a
+    GPU, else None."""
+    name = backends.detect().name
+    return name if name in ("metal", "cuda") else None
 
 
-BACKEND: str | None = detect_backend()
+BACKEND: str | None = gpu_backend()
 
 
 def available() -> bool:

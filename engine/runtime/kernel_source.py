@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import metal
+from engine.io.atomic import atomic_path
 
 BACKENDS = ("metal", "cuda", "host")
 PRELUDES = {"metal": "preludes/metal.h", "cuda": "preludes/cuda.h", "host": "preludes/c.h"}
@@ -398,12 +399,11 @@ def build_host(specs: list[KernelSpec], checked: bool = False, cache: Path | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     src = out_dir / "kernels.cpp"
     src.write_text(tu)
-    tmp = out_dir / f"kernels.{os.getpid()}.so"
-    proc = subprocess.run([cxx, *flags, "-I", str(metal.ROOT), str(src), "-o", str(tmp), "-lm"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"host kernel build failed:\n{proc.stderr[-6000:]}")
-    os.replace(tmp, lib)
+    with atomic_path(lib) as tmp:
+        proc = subprocess.run([cxx, *flags, "-I", str(metal.ROOT), str(src), "-o", str(tmp), "-lm"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"host kernel build failed:\n{proc.stderr[-6000:]}")
     return lib
 
 

@@ -12,8 +12,12 @@ from engine.model.decoder import Cache, Model, split_weight_name
 
 PREFILL_CHUNK = 512
 
+
 class MLXRuntime:
-    """Dense prefill in chunks; decode through the effort path when one is plugged in."""
+    """`engine.runtime.base.Runtime` on MLX: dense prefill in chunks; decode through the effort path
+    when one is plugged in."""
+
+    times_own_calls = True  # time_projection queues the calls and waits once (the kernels' time on a GPU)
 
     def __init__(self, model: Model, context_limit: int, effort_path=None) -> None:
         """`effort_path`: an `engine.runtime.effort_mlx.MLXEffortPath`, or None for the dense model only."""
@@ -96,6 +100,10 @@ class MLXRuntime:
 
     def local_efforts(self, effort: float):
         return None if self.effort_path is None else self.effort_path.local_efforts(effort)
+
+    def layout_bytes(self) -> int:
+        """MLX runs from the model's own weights (and the converted arrays): nothing of its own."""
+        return 0
 
     def peak_memory(self) -> int:
         return int(mx.get_peak_memory())

@@ -63,7 +63,7 @@ def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats:
     for i in range(runtime.model.config.num_layers):
         for j, proj in enumerate(PROJECTIONS):
             calls.append((proj, weight_name(i, proj), 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])))
-    on_device = hasattr(runtime, "time_projection")  # GPU: the runtime times its own queued calls
+    on_device = runtime.times_own_calls  # GPU: the runtime times its own queued calls
     nbytes, seconds = {}, {name: [] for _, name, _ in calls}
     for _, name, e in calls:
         runtime.project(name, inputs[name], e)  # bytes_read reports the last project call

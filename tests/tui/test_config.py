@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.api import SamplingSettings
 from effort_tui.config import (
     Config,
     ConfigError,
-    SamplingConfig,
     dumps,
     load_config,
     parse_effort,
@@ -33,7 +33,7 @@ def test_round_trip_through_the_serializer(tmp_path: Path) -> None:
         theme="effort-light",
         system_prompt='Be "brief".\nUse\ttabs\\backslashes \x01 and ünïcode ✓',
         export_dir="/tmp/exports",
-        sampling=SamplingConfig(temperature=0.7, top_p=0.9, top_k=40, max_tokens=256, seed=7),
+        sampling=SamplingSettings(temperature=0.7, top_p=0.9, top_k=40, max_tokens=256, seed=7),
         keymap={"effort.up": "ctrl+k,f8", "prompt.submit": "ctrl+s"},
     )
     path = tmp_path / "cfg" / "config.toml"

@@ -1,0 +1,59 @@
+"""The one interface every runtime implements, and all that its callers (the token loop, the
+session, `effort bench`, `effort eval`, the CLI) may use of one: no caller probes a runtime with
+`hasattr`/`getattr`.
+
+Implementations: `engine.runtime.cpu_runtime.CPURuntime` (the native C decode step) and
+`engine.runtime.mlx_runtime.MLXRuntime` (MLX, with the effort path of `engine.runtime.effort_mlx`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from engine.model.decoder import Model
+
+
+class Runtime(Protocol):
+    """A model ready to run: a KV cache, dense prefill, one decode step per token at an effort, and
+    single projections outside a decode step for measurement."""
+
+    context_limit: int
+    model: Model  # the loaded decoder (its config; its weights unless the runtime released them)
+    times_own_calls: bool  # True: `time_projection` times queued device calls (a GPU); False: time `project` on the host
+
+    # -- the token loop (engine.generate) ---------------------------------------------------------
+    def reset(self, keep: int) -> None:
+        """Keep the first `keep` cached positions, drop the rest."""
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids` to the cache (dense); return the last position's logits."""
+
+    def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
+        """Append one token at `effort`; return (logits, effective effort)."""
+
+    # -- effort ------------------------------------------------------------------------------------
+    def set_strategy(self, strategy: str) -> None:
+        """"bucket" (bucketMul) or "activation" (whole input columns by |x|, the TEAL-like baseline)."""
+
+    def local_efforts(self, effort: float) -> np.ndarray | None:
+        """Per-(layer, projection) effort handed to the kernels, or None for the dense model."""
+
+    # -- one projection, outside a decode step (bench, eval) ----------------------------------------
+    def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
+        """One projection (HF weight name) of `x` at a local effort: (output, share of its weights used)."""
+
+    def bytes_read(self, name: str) -> float:
+        """Weight bytes the last `project` of this matrix read."""
+
+    def time_projection(self, name: str, x: np.ndarray, effort: float, repeats: int = 20) -> float:
+        """Seconds per call of one projection."""
+
+    # -- memory ------------------------------------------------------------------------------------
+    def layout_bytes(self) -> int:
+        """Bytes of weights the runtime holds itself, beyond the model's MLX weights (0 if none)."""
+
+    def peak_memory(self) -> int:
+        """Peak bytes in use by this runtime's computation so far."""
