@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from effort_tui.cli import main
+from engine.cli import main
 from engine import session
 from engine.effort import convert
 from engine.effort import reference

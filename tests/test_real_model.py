@@ -67,7 +67,7 @@ def test_logits_agree_with_transformers(smollm2_path, hf_smollm2_model, runtime,
 
 
 def test_generate_json_cli(smollm2_path, capsys):
-    from effort_tui.cli import main
+    from engine.cli import main
 
     code = main(["generate", "--model", str(smollm2_path), "--prompt", "Say hello.", "--max-tokens", "8", "--json"])
     assert code == 0

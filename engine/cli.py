@@ -1,4 +1,6 @@
-"""The `effort` command: chat (the TUI), generate, pull, models, convert, eval, bench.
+"""The `effort` command: generate, pull, models, convert, eval, bench here in the engine; `chat`
+(the default) hands over to the Textual app in `effort_tui`, imported only when it runs, so the
+engine never imports Textual for its own commands.
 
 Bad input never shows a traceback: engine errors are printed as one line on
 stderr with exit code 2 (`--debug` shows the traceback as well).
@@ -175,7 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loaded = session.load(args.model, progress, runtime=args.runtime)
     ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
     strategies = ["bucket", "activation"] if args.strategy == "both" else [args.strategy]
-    inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)]) if hasattr(loaded.runtime, "project") else None
+    inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)])
     dense_outputs: dict = {}
     cosine = (lambda e, s: evaluate.matrix_cosines(loaded.runtime, inputs, e, s, dense_outputs)) if inputs else None
     results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
@@ -212,10 +214,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
     runtime.set_strategy(args.strategy)
-    inputs = None
-    if hasattr(runtime, "project"):
-        captured = projection_inputs(model, ids)
-        inputs = {name: x[-1] for name, x in captured.items()}
+    captured = projection_inputs(model, ids)
+    inputs = {name: x[-1] for name, x in captured.items()}
     note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
     dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
@@ -246,17 +246,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _synthetic_bench_model(args: argparse.Namespace, progress: "ProgressLine"):
     """A random model of a named shape (engine.tools.synthetic) and token ids to decode from."""
-    from types import SimpleNamespace
-
+    from engine.api import ModelInfo
     from engine.tools import synthetic
-    from engine.events import LoadProgress
 
     def note(text: str) -> None:
         progress(LoadProgress("convert", 0, 0, "", text))
 
     runtime, model, be = synthetic.load(args.synthetic, args.layers, args.runtime, note)
     name = f"random {args.synthetic} ({model.config.num_layers} layers)"
-    info = SimpleNamespace(name=name, backend=be.name, device=be.device)
+    c = model.config
+    info = ModelInfo(
+        name=name, path="", architecture=c.architecture, backend=be.name, device=be.device,
+        context_limit=c.context_length, parameters=sum(int(w.size) for w in model.w.values()),
+        resident_bytes=runtime.layout_bytes() + sum(int(w.nbytes) for w in model.w.values()),
+    )
     ids = [(17 * n + 5) % model.config.vocab_size for n in range(32)]
     return runtime, model, info, ids
 
