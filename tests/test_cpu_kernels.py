@@ -46,13 +46,12 @@ class Layout:
         out_dim, in_dim = w.shape
         self.w16 = np.ascontiguousarray(w.astype(np.float16))
         self.blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
-        self.codes = np.zeros(lib.ecpu_effort_codes_bytes(out_dim, in_dim), np.uint8)
         self.c_stats = np.zeros(B * in_dim, np.float32)
-        lib.ecpu_effort_build(_ptr(self.w16), out_dim, in_dim, _ptr(self.blk), _ptr(self.codes), _ptr(self.c_stats))
+        lib.ecpu_effort_build(_ptr(self.w16), out_dim, in_dim, _ptr(self.blk), _ptr(self.c_stats))
         self.stats = np.ascontiguousarray(self.bm.stats)
         self.probes = np.ascontiguousarray(self.bm.probes)
         self.struct = Bucket(
-            _ptr(self.blk), _ptr(self.codes), _ptr(self.stats), _ptr(self.probes), self.probes.shape[0],
+            _ptr(self.blk), _ptr(self.stats), _ptr(self.probes), self.probes.shape[0],
             out_dim, in_dim, B,
         )
 
@@ -84,7 +83,7 @@ def test_effort_kernel_matches_reference(lib, shape, effort):
     total = lib.ecpu_effort_k(_ptr(lay.stats), _ptr(x), shape[1], cutoff, _ptr(k))
     assert np.array_equal(k, k_ref) and total == k_ref.sum()
     y = np.zeros(shape[0], np.float32)
-    lib.ecpu_effort_matvec(_ptr(lay.blk), _ptr(lay.codes), shape[0], shape[1], _ptr(x), _ptr(k), _ptr(y))
+    lib.ecpu_effort_matvec(_ptr(lay.blk), shape[0], shape[1], _ptr(x), _ptr(k), _ptr(y))
     assert_matches(y, reference.matvec_k(lay.bm, x, k_ref), x, w)
     if effort == 1.0:
         assert_matches(y, w.astype(np.float64) @ x, x, w)

@@ -27,8 +27,9 @@ import pytest
 import metal
 from engine.runtime import effort_gpu as eg
 from engine.runtime import kernel_source as ks
+from support import mlx_codegen as codegen
 from engine.effort import reference as ref
-from engine.effort.bucket import B, convert_matrix, cutoff_for_effort, k_from_cutoff
+from engine.effort.bucket import B, convert_matrix, cutoff_for_effort
 
 pytestmark = pytest.mark.skipif(ks.host_compiler() is None, reason="needs a C++ compiler (g++/clang++)")
 
@@ -42,7 +43,7 @@ _NVCC_ARCH = "sm_90"
 # ----------------------------------------------------------------------------- fixtures
 
 def _nvcc_paths() -> tuple[Path, Path]:
-    text = ks.cuda_translation_unit(ks.all_specs())
+    text = codegen.cuda_translation_unit(ks.all_specs())
     import hashlib
     d = ks.build_cache_dir() / ("nvcc_" + hashlib.sha256((text + _NVCC_ARCH).encode()).hexdigest()[:16])
     d.mkdir(parents=True, exist_ok=True)
@@ -235,8 +236,6 @@ def test_half_input_and_cutoff_override(host):
     yr, kr = ref.bucket_matvec(bm, x32, 0.3, cutoff=float(cut))
     assert np.array_equal(k, kr)
     check_y(y, yr, abs_bound(bm, x32, kr))
-    kd = eg.dispatch_k(host, lay, x32, np.array([cut], np.float32))
-    assert np.array_equal(kd, k_from_cutoff(bm.stats2d, x32, float(cut)))
 
 
 def test_deterministic(host):
@@ -332,7 +331,6 @@ def test_checked_runs_have_no_races(host, checked):
     eg.bucket_matvec(checked, eg.make_layout(bmt, np.asarray), vector(64).astype(np.float16), 0.5)
     grp = eg.make_layout_group([matrix(64, 192, seed=4), matrix(96, 192, seed=5)], np.asarray)
     eg.bucket_matvec_group(checked, grp, vector(192), 0.4)
-    eg.dispatch_k(checked, eg.make_layout(bm, np.asarray), x, np.array([0.01], np.float32))
     rng = np.random.default_rng(0)
     for n_heads, n_kv, hd, length in ((4, 2, 64, 300), (32, 8, 64, 600), (64, 8, 64, 300)):
         q = rng.standard_normal((n_heads, hd)).astype(np.float32)
@@ -411,7 +409,7 @@ def test_sources_assemble_and_names_match():
                 for suffix in ("_shape", "_strides", "_ndim"):
                     assert n + suffix not in src
             assert set(kw["input_names"]) & set(kw["output_names"]) == set()
-        assert [a for a, _ in ks.metal_attributes(ks.source(spec, "metal"))] == [
+        assert [a for a, _ in codegen.metal_attributes(ks.source(spec, "metal"))] == [
             "thread_position_in_threadgroup", "threadgroup_position_in_grid"]
         # every array the body indexes is an input or output (of some variant of this body:
         # #if branches), a threadgroup array or a small fixed-size local (register) array
@@ -482,11 +480,10 @@ def test_metal_graph_export_and_mock_compile(tmp_path):
         assert y.shape == (192,) and y.dtype == mx.float32 and k.shape == (576,) and k.dtype == mx.int32
         y2, _ = eg.bucket_matvec(rec, layt, xs.astype(mx.float16), 0.5)
         ys = [yy for yy, _ in eg.bucket_matvec_group(rec, grp, xs, 0.2)]
-        kd = eg.dispatch_k(rec, lay, x, mx.array([0.01]))
         a1 = eg.decode_attention(rec, q, keys, values, 100, 0.125)           # one chunk
         a2 = eg.decode_attention(rec, q, keys.astype(mx.float16), values.astype(mx.float16), 900, 0.125)
         y3, _ = eg.bucket_matvec_gpu(lay, x, 0.7, backend="metal")            # public API
-        return [y, k, y2, *ys, kd, a1, a2, y3]
+        return [y, k, y2, *ys, a1, a2, y3]
 
     args = (mx.array(vector(576)), mx.array(vector(192)), mx.zeros((4, 64)), mx.zeros((2, 1000, 64)),
             mx.zeros((2, 1000, 64)))
@@ -494,11 +491,11 @@ def test_metal_graph_export_and_mock_compile(tmp_path):
     mx.export_function(str(path), fn, *args)
     sources = _exported_sources(path)
     bases = {spec.base for spec, _ in rec.calls}
-    assert bases == {"effort_select", "effort_bucket_mul", "effort_reduce", "effort_dispatch",
+    assert bases == {"effort_select", "effort_bucket_mul", "effort_reduce",
                      "effort_attention", "effort_attn_combine"}
     units = []
     for spec, sizes in rec.calls:
-        emulated = ks.metal_translation_unit(spec, sizes)
+        emulated = codegen.metal_translation_unit(spec, sizes)
         name = re.search(r"\[\[kernel\]\] void (\w+)\(", emulated).group(1)
         assert name in sources, name
         assert sources[name] == emulated
@@ -509,7 +506,7 @@ def test_metal_graph_export_and_mock_compile(tmp_path):
 def _mock_metal_compile(units: list[str], path: Path) -> None:
     path.write_text("\n".join(dict.fromkeys(units)))
     proc = subprocess.run([ks.host_compiler(), "-std=c++17", "-fsyntax-only", "-Wno-attributes", "-include",
-                           str(metal.path("preludes/msl_mock.h")), str(path)], capture_output=True, text=True)
+                           str(Path(__file__).parent / "support" / "msl_mock.h"), str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -517,7 +514,7 @@ def test_all_metal_variants_parse(tmp_path):
     """Every variant's Metal text (our emulation, checked equal to MLX's above), parsed by g++
     against the MSL mock; small inputs (params, cutoff, scale) in the `constant` space."""
     small = {"params": 4, "cutoff": 1, "scale": 1}
-    units = [ks.metal_translation_unit(spec, {n: small.get(n, 4096) for n in spec.input_names})
+    units = [codegen.metal_translation_unit(spec, {n: small.get(n, 4096) for n in spec.input_names})
              + ks.undefines_text(spec) for spec in ks.all_specs()]
     assert all("const constant int32_t* params" in u for u in units)
     _mock_metal_compile(units, tmp_path / "all_metal.cpp")

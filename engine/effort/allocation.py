@@ -6,8 +6,8 @@ budget is spread unevenly.  At conversion time a calibration text is run once an
 every projection matrix ``m`` (all layers x q,k,v,o,gate,up,down):
 
 * ``cost[m, j]``: the estimated KL added when ``m`` alone runs at local effort ``levels[j]``
-  (``cost_model``: a cheap output-error curve, scaled per matrix by a KL measured at a few
-  reference efforts);
+  (``engine.effort.calibrate``: the output-error curve of ``error_curves`` scaled by a
+  diagonal Fisher weight from one backward pass);
 * ``achieved[m, j]``: the share of weights the probe cutoff really dispatches on the
   calibration text when ``levels[j]`` is requested (probes are a stratified sample, so this is
   close to, but not exactly, ``levels[j]``).
@@ -110,24 +110,6 @@ def error_curves(bm, X: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.
     return relerr, achieved
 
 
-def cost_model(relerr: np.ndarray, levels: np.ndarray, kl_ref: np.ndarray,
-               ref_levels: np.ndarray) -> np.ndarray:
-    """cost[m, j] = c_m(levels[j]) * relerr[m, j], with c_m = measured KL / relerr at the reference
-    levels (linearly interpolated in effort between them, constant outside).
-
-    relerr [M, J]: relative output error energy of matrix m at level j (calibration text).
-    kl_ref [M, R]: KL measured with m alone at effort ref_levels[r], everything else dense."""
-    ref_levels = np.asarray(ref_levels, float)
-    idx = [int(np.argmin(np.abs(levels - r))) for r in ref_levels]
-    c = np.maximum(kl_ref, 0.0) / np.maximum(relerr[:, idx], 1e-12)     # [M, R]
-    order = np.argsort(ref_levels)
-    cm = np.stack([np.interp(levels, ref_levels[order], c[m, order]) for m in range(len(c))])
-    cost = cm * relerr
-    cost[:, levels >= 1.0] = 0.0
-    # enforce non-increasing cost in effort
-    return np.maximum.accumulate(cost[:, ::-1], axis=1)[:, ::-1]
-
-
 def _hull(levels: np.ndarray, cost: np.ndarray) -> np.ndarray:
     """Indices of the lower convex hull of (levels, cost) (levels non-decreasing)."""
     h = []
@@ -175,15 +157,3 @@ def lagrangian_table(cost: np.ndarray, share: np.ndarray, sizes: np.ndarray,
         a = 0.0 if s_hi == s_lo else (g - s_lo) / (s_hi - s_lo)
         table[gi] = a * e_hi + (1 - a) * e_lo
     return table
-
-
-def calibrate(names, sizes, relerr, kl_ref, ref_levels, levels, achieved,
-              grid=None) -> Allocation:
-    """Build the Allocation from calibration measurements (see module docstring)."""
-    grid = np.round(np.arange(0.05, 1.0001, 0.05), 4) if grid is None else np.asarray(grid)
-    cost = cost_model(relerr, levels, kl_ref, ref_levels)
-    achieved = np.maximum.accumulate(np.asarray(achieved, float), axis=1)
-    achieved[:, np.asarray(levels) >= 1.0] = 1.0
-    table = lagrangian_table(cost, achieved, sizes, grid)   # in achieved shares
-    return Allocation(list(names), np.asarray(sizes, float), grid, table, np.asarray(levels),
-                      achieved)

@@ -198,8 +198,3 @@ def k_from_cutoff(stats2d: np.ndarray, x: np.ndarray, cutoff: float) -> np.ndarr
 
 def k_for_effort(bm: BucketMatrix, x: np.ndarray, effort: float) -> np.ndarray:
     return k_from_cutoff(bm.stats2d, x, cutoff_for_effort(bm.probes, x, effort))
-
-
-def convert_model_matrices(mats: dict, packing: str = "nibble", n_probes: int = 4) -> dict:
-    """Convert a ``{name: [out, in] array}`` dict (e.g. all 210 projections)."""
-    return {name: convert_matrix(w, packing, n_probes) for name, w in mats.items()}

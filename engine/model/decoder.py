@@ -82,13 +82,6 @@ class Cache:
         for layer in self.layers:
             layer.trim(length)
 
-    def numpy_kv(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        """This layer's keys and values as float32 numpy [kv_heads, length, head_dim]."""
-        c = self.layers[layer]
-        k = c.keys[0, :, : c.offset].astype(mx.float32)
-        v = c.values[0, :, : c.offset].astype(mx.float32)
-        return np.array(k), np.array(v)
-
 
 def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
     """Angle per position of each rotated pair (float64 [head_dim/2]), rope scaling applied."""

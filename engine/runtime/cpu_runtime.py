@@ -31,7 +31,7 @@ class Dims(ctypes.Structure):
 
 class Bucket(ctypes.Structure):
     _fields_ = [
-        ("blk", c_ptr), ("codes", c_ptr), ("stats", c_ptr), ("probes", c_ptr),
+        ("blk", c_ptr), ("stats", c_ptr), ("probes", c_ptr),
         ("n_probes", ctypes.c_int), ("out", ctypes.c_int), ("in_", ctypes.c_int), ("max_rank", ctypes.c_int),
     ]
 
@@ -130,18 +130,17 @@ class CPURuntime:
         out_dim, in_dim = dense.shape
         lib = self.lib
         blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
-        codes = np.zeros(lib.ecpu_effort_codes_bytes(out_dim, in_dim), np.uint8)
         scratch_stats = np.zeros(B * in_dim, np.float32)
-        lib.ecpu_effort_build(_ptr(dense), out_dim, in_dim, _ptr(blk), _ptr(codes), _ptr(scratch_stats))
+        lib.ecpu_effort_build(_ptr(dense), out_dim, in_dim, _ptr(blk), _ptr(scratch_stats))
         self._shapes[name] = (out_dim, in_dim)
         if self.converted is None:
-            struct = Bucket(keep(blk), keep(codes), None, None, 0, out_dim, in_dim, B)
+            struct = Bucket(keep(blk), None, None, 0, out_dim, in_dim, B)
         else:
             bm = self.converted.buckets[name]
             stats = np.ascontiguousarray(bm.stats, np.float32)
             probes = np.ascontiguousarray(bm.probes, np.float32)
             struct = Bucket(
-                keep(blk), keep(codes), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
+                keep(blk), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
                 self.converted.load_ranks,
             )
         self._structs[name] = struct

@@ -17,7 +17,8 @@ Per matrix (``bucket_matvec_gpu``):
 Matrices sharing their input (q/k/v, gate/up): ``bucket_matvec_group_gpu`` computes all their
 cutoffs in ONE select launch (one threadgroup per matrix).
 Decode attention (``decode_attention_gpu``): 1 launch (``n_chunks == 1``) or 2 (split over
-the context + combine).
+the context + combine). Not yet launched by the decode step (only the tests run it); the GPU
+issue wires it in.
 """
 
 from __future__ import annotations
@@ -410,15 +411,6 @@ def bucket_matvec_group(ex: _Exec, group: GpuLayoutGroup, x, effort: float | Seq
                          lays[0].in_dim, x, effort)
     xin, xh = _x_input(ex, x, lays[0].in_dim)
     return [_bucket_mul(ex, lay, xin, xh, cut, m) for m, lay in enumerate(lays)]
-
-
-def dispatch_k(ex: _Exec, lay: GpuLayout, x, cutoff, cutoff_index: int = 0):
-    """k [in] alone (standalone dispatch kernel)."""
-    xin, xh = _x_input(ex, x, lay.in_dim)
-    params = ex.const(np.array([lay.in_dim, cutoff_index], np.int32))
-    spec = ks.dispatch_spec(xh)
-    (k,) = ex.launch(spec, (-(-lay.in_dim // spec.tgs), 1), [lay.stats, xin, cutoff, params], [lay.in_dim])
-    return k
 
 
 def decode_attention(ex: _Exec, q, keys, values, length: int, scale: float):

@@ -12,11 +12,8 @@ vocabulary:
   executes the very text that ships for the GPU (``build_host`` + ``HostKernels``), optionally
   with a race / bounds checker (``checked=True``).
 
-Two emulations of MLX's source generation are here for checks without a GPU:
-``metal_translation_unit`` (mlx/backend/common/metal_kernel.cpp ``write_signature``, verified in
-the tests against the text MLX itself records when a call is exported) and
-``cuda_translation_unit`` (mlx/backend/cuda/custom_kernel.cpp ``build_kernel``, compiled with
-``nvcc`` in the tests when it is installed).
+The emulations of MLX's source generation used to check these texts without a GPU are test
+support: ``tests/support/mlx_codegen.py``.
 
 A kernel's MLX name carries a hash of everything in its text (body, preludes, defines): MLX
 caches compiled libraries by name, so two variants must never share one.
@@ -60,37 +57,6 @@ PROLOGUES = {
 DTYPES = ("float32", "uint16", "uint8", "int32")
 C_TYPES = {"float32": "float", "uint16": "uint16_t", "uint8": "uint8_t", "int32": "int32_t"}
 NP_TYPES = {"float32": np.float32, "uint16": np.uint16, "uint8": np.uint8, "int32": np.int32}
-# get_type_string (mlx/backend/common/compiled.cpp) and dtype_to_cuda_type (cuda/utils.cpp)
-MLX_METAL_TYPES = C_TYPES
-MLX_CUDA_TYPES = C_TYPES
-
-# Metal thread attributes MLX adds to the signature when their name occurs in the source, in
-# MLX's order (mlx/backend/common/metal_kernel.cpp).
-METAL_ATTRIBUTES = (
-    ("dispatch_quadgroups_per_threadgroup", "uint"),
-    ("dispatch_simdgroups_per_threadgroup", "uint"),
-    ("dispatch_threads_per_threadgroup", "uint3"),
-    ("grid_origin", "uint3"),
-    ("grid_size", "uint3"),
-    ("quadgroup_index_in_threadgroup", "uint"),
-    ("quadgroups_per_threadgroup", "uint"),
-    ("simdgroup_index_in_threadgroup", "uint"),
-    ("simdgroups_per_threadgroup", "uint"),
-    ("thread_execution_width", "uint"),
-    ("thread_index_in_quadgroup", "uint"),
-    ("thread_index_in_simdgroup", "uint"),
-    ("thread_index_in_threadgroup", "uint"),
-    ("thread_position_in_grid", "uint3"),
-    ("thread_position_in_threadgroup", "uint3"),
-    ("threadgroup_position_in_grid", "uint3"),
-    ("threadgroups_per_grid", "uint3"),
-    ("threads_per_grid", "uint3"),
-    ("threads_per_simdgroup", "uint"),
-    ("threads_per_threadgroup", "uint3"),
-)
-MLX_MAX_CONSTANT_ARRAY_SIZE = 8  # Metal inputs with fewer elements go to `constant` memory
-
-
 @dataclass(frozen=True)
 class Arg:
     name: str
@@ -165,17 +131,6 @@ def select_spec(x_half: bool = False, tgs: int = 1024) -> KernelSpec:
 
 
 @functools.lru_cache(maxsize=None)
-def dispatch_spec(x_half: bool = False, tgs: int = 256) -> KernelSpec:
-    """k[in] from a cutoff (standalone dispatch)."""
-    return KernelSpec(
-        "effort_dispatch", "kernels/dispatch.h",
-        (Arg("stats", "float32"), Arg("x", "uint16" if x_half else "float32"),
-         Arg("cutoff", "float32"), Arg("params", "int32")),
-        (Arg("k", "int32"),),
-        tgs, (("EF_X_HALF", str(int(x_half))), _load_macro("EF_LOAD_X", x_half)))
-
-
-@functools.lru_cache(maxsize=None)
 def bucket_mul_spec(pos_nibble: bool = True, x_half: bool = False, tgs: int = 128,
                     ipg_max: int = 64) -> KernelSpec:
     """Dispatch + bucket multiply into partial sums [G, out]."""
@@ -230,7 +185,7 @@ def all_specs() -> list[KernelSpec]:
     """Every variant the engine can launch with its default sizes (for source checks)."""
     specs = []
     for xh in (False, True):
-        specs += [select_spec(xh), dispatch_spec(xh)]
+        specs.append(select_spec(xh))
         specs += [bucket_mul_spec(nib, xh, tgs) for nib in (True, False) for tgs in (32, 64, 128)]
     specs.append(reduce_spec())
     for hd in (64, 128):
@@ -274,62 +229,6 @@ def mlx_kernel_kwargs(spec: KernelSpec, backend: str) -> dict:
     """Keyword arguments for mx.fast.metal_kernel / mx.fast.cuda_kernel."""
     return dict(name=spec.name, input_names=spec.input_names, output_names=spec.output_names,
                 source=source(spec, backend), header=header(spec, backend))
-
-
-def metal_attributes(src: str) -> list[tuple[str, str]]:
-    """The thread attributes MLX will add for this source (substring rule)."""
-    return [(a, t) for a, t in METAL_ATTRIBUTES if a in src]
-
-
-def metal_translation_unit(spec: KernelSpec, input_sizes: dict[str, int]) -> str:
-    """What MLX compiles for Metal, minus its utils prefix (write_signature emulation).
-
-    ``input_sizes`` maps each input name to its element count (1-D inputs; an input of fewer
-    than 8 elements is passed in the ``constant`` address space)."""
-    src = source(spec, "metal")
-    sig_name = "custom_kernel_" + spec.name
-    for a in spec.inputs:
-        sig_name += "_" + MLX_METAL_TYPES[a.dtype] + ("c" if input_sizes[a.name] < MLX_MAX_CONSTANT_ARRAY_SIZE else "")
-    for a in spec.outputs:
-        sig_name += "_" + MLX_METAL_TYPES[a.dtype]
-    text = header(spec, "metal") + "[[kernel]] void " + sig_name + "(\n"
-    index = 0
-    for a in spec.inputs:
-        loc = "constant" if input_sizes[a.name] < MLX_MAX_CONSTANT_ARRAY_SIZE else "device"
-        text += f"  const {loc} {MLX_METAL_TYPES[a.dtype]}* {a.name} [[buffer({index})]],\n"
-        index += 1
-    attrs = metal_attributes(src)
-    for n, a in enumerate(spec.outputs):
-        text += f"  device {MLX_METAL_TYPES[a.dtype]}* {a.name} [[buffer({index})]]"
-        last = n == len(spec.outputs) - 1 and not attrs
-        text += ") {\n" if last else ",\n"
-        index += 1
-    for n, (attr, typ) in enumerate(attrs):
-        text += f"  {typ} {attr} [[{attr}]]" + (") {\n" if n == len(attrs) - 1 else ",\n")
-    return text + src + "\n}\n"
-
-
-CUDA_EMULATION_INCLUDES = (
-    "// stands in for #include \"mlx/backend/cuda/device/utils.cuh\" (MLX's default header)\n"
-    "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n#include <cstdint>\n\n#include <cooperative_groups.h>\n\n"
-)
-
-
-def cuda_translation_unit(specs: list[KernelSpec], includes: bool = True) -> str:
-    """MLX's generated CUDA source for each spec (build_kernel emulation), concatenated.
-
-    Between variants the #defines are undone so that one nvcc run checks them all."""
-    text = CUDA_EMULATION_INCLUDES if includes else ""
-    for spec in specs:
-        text += header(spec, "cuda")
-        text += "namespace mlx::core::cu {\n\nnamespace cg = cooperative_groups;\n\n"
-        text += f"__global__ void custom_kernel_{spec.name}(\n"
-        params = [f"    const {MLX_CUDA_TYPES[a.dtype]}* {a.name}" for a in spec.inputs]
-        params += [f"    {MLX_CUDA_TYPES[a.dtype]}* {a.name}" for a in spec.outputs]
-        text += ",\n".join(params) + ") {\n"
-        text += source(spec, "cuda") + "\n}\n\n} // namespace mlx::core::cu\n"
-        text += undefines_text(spec) + "\n"
-    return text
 
 
 def host_function_text(spec: KernelSpec) -> str:

@@ -84,10 +84,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ee_active_inputs": (i, [p, i]),
         "ecpu_dense_f16": (None, [p, p, p, i, i]),
         "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
-        "ecpu_effort_codes_bytes": (ctypes.c_size_t, [i, i]),
-        "ecpu_effort_build": (None, [p, i, i, p, p, p]),
+        "ecpu_effort_build": (None, [p, i, i, p, p]),
         "ecpu_effort_k": (ctypes.c_long, [p, p, i, f, p]),
-        "ecpu_effort_matvec": (None, [p, p, i, i, p, p, p]),
+        "ecpu_effort_matvec": (None, [p, i, i, p, p, p]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)

@@ -1,4 +1,5 @@
 /* One decode step of a Llama-family decoder on the CPU, in plain C.
+ * Run by: engine.runtime.cpu_runtime.CPURuntime (built by engine.runtime.native, called through ctypes).
  *
  * Python builds the weight pointers once (numpy owns the memory) and calls
  * ee_step() per token: embedding -> 30x (attention + SwiGLU MLP) -> norm -> head.
@@ -25,7 +26,6 @@ typedef struct {
 /* One projection in the bucketMul layout (see effort_cpu.h and engine/bucket.py). */
 typedef struct {
     const uint16_t *blk;  /* values, kernel layout */
-    const uint8_t *codes; /* positions, kernel layout */
     const float *stats;   /* [16][in]: mean |w| of each bucket-list row; NULL: dense only */
     const float *probes;  /* [n_probes][in]: sampled |w| per input, aligned with x */
     int n_probes, out, in;
@@ -287,7 +287,7 @@ static double project_group(ee_model *m, const ee_bucket *const *bs, float *cons
         const uint8_t *k = selected ? m->group_ranks[j] : m->all_ranks;
         used += selected ? (double)J.total[j] * (b->out / 16) : (double)b->out * b->in;
         t += selected;
-        mats[j] = (ecpu_eff_mat){b->blk, b->codes, b->out, k, ys[j]};
+        mats[j] = (ecpu_eff_mat){b->blk, b->out, k, ys[j]};
     }
     ecpu_effort_matvec_multi(count, mats, bs[0]->in, x);
     return used;

@@ -1,4 +1,5 @@
 /* effort_cpu.c - CPU kernels for the Effort Engine.
+ * Run by: metal/cpu/decode.c and engine.runtime.cpu_runtime (built by engine.runtime.native).
  *
  * Build (one shared library, any x86-64, runtime dispatch):
  *   gcc -O2 -fPIC -shared -pthread effort_cpu.c -o libeffort_cpu.so -lm
@@ -16,13 +17,12 @@
  *        [64*i + o]          fp16 w[64t+o][i], o = 0..63  (one 128-byte row per input, input-major)
  *        bytes of [64*in ..) rank nibbles, 32 B per input: byte 32*i + 16*(o/32) + o%16 holds the rank of
  *                            output 64t+o in its low nibble if o%32 < 16, else in its high nibble.
- *   codes: unused (64 bytes).  Memory: 2.5 B per weight, nothing else (also serves k = 16 everywhere).
+ *   Memory: 2.5 B per weight, nothing else (also serves k = 16 everywhere).
  * Kernel (AVX2): per tile, 8 ymm accumulators (64 outputs) stay in registers over the inputs with k > 0
  *   (in increasing order, rows software-prefetched ECPU_PD ahead).  k = 16 only: 8 x (vcvtph2ps + FMA) per
  *   row.  Otherwise (mixed list): 32 rank nibbles -> vpcmpgtb against k -> byte masks -> vpunpck to 16-bit
  *   masks -> vpand on the fp16 bits before the conversion, + FMA.  Inputs with k = 0 are skipped.
- *   (A hybrid with tile4/chunk4 blocks for 0 < k < T was measured slower than this at every T; see
- *   scratch/cpu3/README.md.)
+ *   (A hybrid with tile4/chunk4 blocks for 0 < k < T was measured slower than this at every T.)
  */
 #include "effort_cpu.h"
 #include <stdlib.h>
@@ -360,14 +360,12 @@ void ecpu_q8_row(const int8_t *qs, const float *scales, int row, int in, float *
 /* ------------------------------------------------------------------ effort layout */
 #define ECPU_TS(in) ((size_t)(in) * 80)     /* uint16 per tile: 64 fp16 + 16 uint16 of nibbles per input */
 size_t ecpu_effort_blk_bytes(int out, int in) { return (size_t)(out / 64) * ECPU_TS(in) * 2 + 64; }
-size_t ecpu_effort_codes_bytes(int out, int in) { (void)out; (void)in; return 64; }
 static inline const uint16_t *eff_data(const uint16_t *blk) { return blk + blk[0]; }
-void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, uint8_t *codes, float *stats) {
+void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, float *stats) {
     int nb = out / 16;
     double *st = (double *)calloc((size_t)16 * in, sizeof(double));
     blk[0] = (uint16_t)((64 - ((uintptr_t)blk & 63)) / 2);   /* data start: first 64-byte boundary after blk[0] */
     uint16_t *D = blk + blk[0];
-    if (codes) memset(codes, 0, 64);
     for (int i = 0; i < in; i++)
         for (int c = 0; c < nb; c++) {
             int ord[16], rank[16]; uint16_t a[16];
@@ -516,7 +514,7 @@ void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const flo
         pool_run(eff_worker, &J);
     }
 }
-void ecpu_effort_matvec(const uint16_t *blk, const uint8_t *codes, int out, int in, const float *x, const uint8_t *k, float *y) {
-    ecpu_eff_mat M = {blk, codes, out, k, y};
+void ecpu_effort_matvec(const uint16_t *blk, int out, int in, const float *x, const uint8_t *k, float *y) {
+    ecpu_eff_mat M = {blk, out, k, y};
     ecpu_effort_matvec_multi(1, &M, in, x);
 }

@@ -1,6 +1,7 @@
 /* effort_cpu: CPU kernels for the Effort Engine (dense fp16 matvec, Q8_0 head matvec,
    bucketMul "effort" matvec).  Plain C ABI (ctypes-friendly).  Not reentrant: call from one thread.
-   Layout of the effort matrices: see effort_cpu.c header comment / ecpu_effort_build. */
+   Layout of the effort matrices: see effort_cpu.c header comment / ecpu_effort_build.
+   Run by: metal/cpu/decode.c and engine.runtime.cpu_runtime (built by engine.runtime.native). */
 #ifndef EFFORT_CPU_H
 #define EFFORT_CPU_H
 #include <stddef.h>
@@ -36,17 +37,16 @@ void ecpu_q8_row(const int8_t *qs, const float *scales, int row, int in, float *
    Requirements: out % 64 == 0.  Sizes of the two buffers:  */
 size_t ecpu_effort_blk_bytes(int out, int in);    /* = out*in*5/2 + 64  (2.5 B / weight: fp16 + 4-bit rank; any alignment,
                                                      may be copied/moved after the build: blk[0] records the data offset) */
-size_t ecpu_effort_codes_bytes(int out, int in);  /* = 64 (unused by the current layout, kept for the API) */
 /* Build layout + stats from W fp16 [out][in] (HF).  stats: float [16*in], stats[r*in+i] = mean_c |w(rank r, input i, bucket c)|.
    k[i] = 16 for every input gives the dense product (W x) from this layout alone. */
-void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, uint8_t *codes, float *stats);
+void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, float *stats);
 /* k[i] = #{ r : stats[r*in+i]*|x[i]| > cutoff }  (0..16) ; returns sum(k) */
 long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uint8_t *k);
 /* y[out] = sum_i sum_{rank<k[i]} x[i]*w(rank,i,c) at output 16c+pos.  Exact fp16 weights, fp32 accumulation. */
-void ecpu_effort_matvec(const uint16_t *blk, const uint8_t *codes, int out, int in,
+void ecpu_effort_matvec(const uint16_t *blk, int out, int in,
                         const float *x, const uint8_t *k, float *y);
 /* several matrices sharing the same input x (e.g. q,k,v or gate,up) in one parallel region */
-typedef struct { const uint16_t *blk; const uint8_t *codes; int out; const uint8_t *k; float *y; } ecpu_eff_mat;
+typedef struct { const uint16_t *blk; int out; const uint8_t *k; float *y; } ecpu_eff_mat;
 void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const float *x);
 #ifdef __cplusplus
 }

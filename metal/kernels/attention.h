@@ -1,4 +1,6 @@
 // effort_attention: decode attention (one query token) over the KV cache, stable softmax.
+// Run by: nothing yet. Not launched by the engine: engine.runtime.effort_gpu.decode_attention and the
+// tests (host build, Metal export) exercise it; the GPU issue wires it into the decode step.
 // -----------------------------------------------------------------------------------------
 // out[h] = sum_t softmax_t(scale * q_h . K[kvh, t]) V[kvh, t],  t < length,
 // kvh = h / (n_heads / n_kv) (GQA: consecutive query heads share a KV head).

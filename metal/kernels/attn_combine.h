@@ -1,4 +1,5 @@
 // effort_attn_combine: merge the per-chunk softmax states of effort_attention (EF_ATTN_FINAL 0).
+// Run by: nothing yet (see attention.h): engine.runtime.effort_gpu.decode_attention and the tests.
 // -----------------------------------------------------------------------------------------
 // out[h, d] = sum_c o_c[d] * exp(m_c - M) / sum_c l_c * exp(m_c - M),  M = max_c m_c,
 // chunks in ascending order.  An empty chunk (m = EF_NEG_BIG, l = 0, o = 0) weighs 0.

@@ -1,4 +1,5 @@
 // effort_bucket_mul: dispatch (k) + bucket multiply of one matrix, partial sums per input group.
+// Run by: engine.runtime.effort_gpu (MLX custom kernel on Metal/CUDA; host build in the tests).
 // -----------------------------------------------------------------------------------------
 // Spec (engine.effort.reference.matvec_k): for every input i, rank r < k[i] and bucket c,
 //   y[16c + pos(r*in+i, c)] += x[i] * value(r*in+i, c)

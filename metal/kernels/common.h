@@ -1,4 +1,5 @@
 // effort-engine portable kernels: helpers shared by all bodies (after the backend prelude
+// Run by: every kernel body here (engine.runtime.kernel_source puts it before each one).
 // and the per-variant #defines, before the kernel signature).  Value-only helpers: no
 // pointers cross a function boundary (Metal address spaces stay out of the portable text).
 #ifndef EF_COMMON

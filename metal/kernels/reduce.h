@@ -1,4 +1,5 @@
 // effort_reduce: y[o] = the sum over g = 0..G-1 of partial[g*out + o], in a fixed order.
+// Run by: engine.runtime.effort_gpu after effort_bucket_mul (MLX custom kernel; host build in the tests).
 // -----------------------------------------------------------------------------------------
 // The fixed order makes the bucket matvec deterministic (no float atomics anywhere):
 // lane l (0..7) sums its contiguous run of partial rows g = l*run .. in ascending order,

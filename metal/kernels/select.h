@@ -1,4 +1,5 @@
 // effort_select: the probe cutoff of one or more matrices that share the input x.
+// Run by: engine.runtime.effort_gpu, first launch of every effort matvec (MLX custom kernel; host build in the tests).
 // -----------------------------------------------------------------------------------------
 // Spec (engine.effort.bucket.cutoff_for_effort): with products p = probes[j, i] * |x[i]| (n = P*in
 // of them, fp32), the cutoff is the value of rank `rank` in ascending order, rank =

@@ -1,4 +1,5 @@
 // effort-engine portable kernels: host prelude (C-like C++17, compiled with g++/clang++)
+// Run by: the tests only (engine.runtime.kernel_source.build_host, through engine.runtime.effort_gpu.HostExec).
 // -----------------------------------------------------------------------------------------
 // Runs the SAME kernel bodies that ship for Metal and CUDA on the CPU, one threadgroup at a
 // time, so that the test suite executes the exact indexing, phase structure and reduction

@@ -1,4 +1,5 @@
 // effort-engine portable kernels: CUDA prelude
+// Run by: engine.runtime.effort_gpu on MLX's CUDA backend (mx.fast.cuda_kernel header).
 // -----------------------------------------------------------------------------------------
 // Passed as `header=` to mx.fast.cuda_kernel.  MLX's generated translation unit is
 //   #include "mlx/backend/cuda/device/utils.cuh"   (cuda_fp16.h, cuda_bf16.h, cuda/std/...)

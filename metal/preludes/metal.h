@@ -1,4 +1,5 @@
 // effort-engine portable kernels: Metal prelude
+// Run by: engine.runtime.effort_gpu on Apple GPUs (mx.fast.metal_kernel header).
 // -----------------------------------------------------------------------------------------
 // Passed as `header=` to mx.fast.metal_kernel.  MLX puts its own utils (metal_stdlib,
 // `using namespace metal`) in front of it, then this text, then the generated signature,
