@@ -142,11 +142,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     progress = ProgressLine()
     loaded = session.load(args.model, progress, effort=False)
-    session.prepare_effort(loaded.files, loaded.model, progress, load_ranks=16, values=False, force=args.force)
-    progress.close()
+    from engine.effort.bucket import bucket_for_runtime
     from engine.effort.convert import converted_path
 
-    path = converted_path(loaded.files)
+    bucket = bucket_for_runtime(loaded.kind)
+    session.prepare_effort(loaded.files, loaded.model, progress, None, bucket, force=args.force)
+    progress.close()
+    path = converted_path(loaded.files, bucket)
     print(f"{path}  ({human_bytes(path.stat().st_size)})")
     return 0
 
@@ -217,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     captured = projection_inputs(model, ids)
     inputs = {name: x[-1] for name, x in captured.items()}
     note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
-    dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note)
+    dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
     print(bench.format_table(dense, results, info, peak, args.strategy))
     if args.json:
@@ -225,7 +227,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return {
                 "effort": r.effort, "effective_effort": round(r.effective_effort, 4),
                 "decode_tps": round(r.decode_tps, 3), "ms_per_token": round(r.ms_per_token, 3),
-                "gbps": round(r.gbps, 3), "speedup": round(r.decode_tps / dense.decode_tps, 3),
+                "gbps": round(r.gbps, 3), "speedup": round(r.speedup, 3), "spread": round(r.spread, 3),
                 "kernel_ms": {k: round(v, 4) for k, v in r.kernel_ms.items()},
                 "kernel_gbps": {k: round(v, 2) for k, v in r.kernel_gbps.items()},
             }
@@ -344,7 +346,7 @@ class Parser(argparse.ArgumentParser):
 def rank_count(text: str) -> int:
     value = positive_int(text)
     if value > 16:
-        raise argparse.ArgumentTypeError(f"--load-ranks takes 1..16, got {value}")
+        raise argparse.ArgumentTypeError(f"--load-ranks takes 1..16 (1..8 on the CPU), got {value}")
     return value
 
 
@@ -363,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--effort", type=effort_value, help="starting effort, 0-1 (or a percentage)")
     chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
     chat.add_argument("--theme", help="theme name")
-    chat.add_argument("--load-ranks", type=rank_count, default=16, help="load only the K most important ranks of 16")
+    chat.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of each bucket (8 on the CPU, 16 on a GPU)")
     chat.set_defaults(func=cmd_chat)
 
     gen = add("generate", help="answer one prompt, streaming to stdout")
@@ -378,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
-    gen.add_argument("--load-ranks", type=rank_count, default=16, help="load only the K most important ranks of 16")
+    gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of each bucket (8 on the CPU, 16 on a GPU)")
     gen.set_defaults(func=cmd_generate)
 
     pull = add("pull", help="fetch a known model into the cache")
@@ -408,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     be = add("bench", help="decode speed of the dense path and the effort path")
     be.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
     be.add_argument("--efforts", default="1,0.75,0.5,0.25", help="comma-separated efforts")
-    be.add_argument("--tokens", type=positive_int, default=48, help="decode steps timed per effort")
+    be.add_argument("--tokens", type=positive_int, default=48, help="decode steps timed per effort and round")
+    be.add_argument("--rounds", type=positive_int, default=3, help="rounds: every effort is timed once per round, in turn")
     be.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
     be.add_argument("--strategy", choices=("bucket", "activation"), default="bucket",
                     help="what effort skips: bucketMul's weights (default) or, for comparison, whole "

@@ -11,7 +11,7 @@ import numpy as np
 from engine.runtime import backend as backends
 from engine.effort import convert
 from engine.io import registry
-from engine.effort.bucket import B
+from engine.effort.bucket import bucket_for_runtime
 from engine.effort.convert import Converted
 from engine.api import ModelInfo
 from engine.errors import EngineError
@@ -36,6 +36,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     generator: Generator
     converted: Converted | None = None
+    kind: str = "mlx"  # the runtime: "cpu" (native C) or "mlx"
 
 
 def display_name(spec: str | None, path: Path) -> str:
@@ -80,14 +81,15 @@ def make_runtime(
 
 
 def prepare_effort(
-    files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int, values: bool, force: bool = False
+    files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int | None, bucket: int,
+    force: bool = False,
 ) -> Converted:
     """Convert the model on first use (cached), then load its bucketMul side."""
     from engine.effort import calibrate
 
     tokens = calibrate.calibration_tokens(files.tokenizer)
-    convert.convert(files, lambda bms, p: calibrate.calibrate(model, bms, tokens, p), progress, force=force)
-    return convert.load(files, load_ranks, values=values)
+    convert.convert(files, lambda bms, p: calibrate.calibrate(model, bms, tokens, p), progress, force=force, bucket=bucket)
+    return convert.load(files, load_ranks, bucket=bucket)
 
 
 def load(
@@ -95,7 +97,7 @@ def load(
     on_progress: ProgressFn | None = None,
     runtime: str = "auto",
     effort: bool = True,
-    load_ranks: int = B,
+    load_ranks: int | None = None,
     keep_mlx_weights: bool = True,
 ) -> LoadedModel:
     """Resolve, fetch if needed, read and load a model for the detected backend.
@@ -109,8 +111,6 @@ def load(
     progress(LoadProgress("read", 0, 0, "", f"reading {path.name}"))
     files = open_model(path)
     be = backends.detect()
-    if load_ranks < B and be.name != "cpu":
-        raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
     names = files.tensors.names()
     weights = {}
     for n, name in enumerate(names, 1):
@@ -118,8 +118,9 @@ def load(
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
     kind = runtime_kind(runtime, be.name, files.config)
-    # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
-    converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
+    if load_ranks is not None and kind != "cpu":
+        raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
+    converted = prepare_effort(files, model, progress, load_ranks, bucket_for_runtime(kind)) if effort else None
     run = make_runtime(model, files.config.context_length, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:
@@ -133,7 +134,7 @@ def load(
         resident_bytes=resident_bytes(model, converted, run),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
-    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
+    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted, kind)
 
 
 def stored_q8_head(files: ModelFiles) -> np.ndarray | None:

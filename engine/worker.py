@@ -45,7 +45,7 @@ def failed_result(request_ids: list[int], message: str) -> GenerationResult:
 class EngineWorker:
     """The real `ChatEngine`."""
 
-    def __init__(self, effort: float = 1.0, debug: bool = False, load_ranks: int = 16) -> None:
+    def __init__(self, effort: float = 1.0, debug: bool = False, load_ranks: int | None = None) -> None:
         self.effort = EffortSetting(effort)
         self.debug = debug
         self.load_ranks = load_ranks

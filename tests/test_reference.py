@@ -6,11 +6,15 @@ from engine.effort.reference import (bucket_matvec, dispatch_rows, effective_eff
                               rows_from_k)
 
 
-def _setup(out=96, inn=40, seed=0, packing="fp32"):
+def _setup(out=96, inn=40, seed=0, packing="fp32", bucket=B):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((out, inn)).astype(np.float32) * rng.uniform(0.2, 2, inn).astype(np.float32)
     x = rng.standard_normal(inn).astype(np.float32)
-    return w, x, convert_matrix(w, packing)
+    return w, x, convert_matrix(w, packing, bucket=bucket)
+
+
+# every bucket size the layout module defines, with the packing its kernels read (16: GPU, 4: CPU)
+BUCKETS = [(16, "fp32"), (16, "nibble"), (8, "nibble"), (4, "crumb")]
 
 
 def test_effort_one_is_dense_fp32():
@@ -27,32 +31,36 @@ def test_effort_one_is_packed_dense(packing):
     np.testing.assert_allclose(y, bm.dense() @ x, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bucket,packing", BUCKETS)
 @pytest.mark.parametrize("effort", [0.05, 0.25, 0.5, 0.8])
-def test_dispatch_matches_brute_force(effort):
-    w, x, bm = _setup(seed=1)
+def test_dispatch_matches_brute_force(effort, bucket, packing):
+    w, x, bm = _setup(seed=1, bucket=bucket, packing=packing)
+    w = bm.dense()  # the values the layout stores (fp16 for the packed kinds)
     c = cutoff_for_effort(bm.probes, x, effort)
     rows = dispatch_rows(bm, x, c)
     k = k_for_effort(bm, x, effort)
-    assert np.array_equal(rows, rows_from_k(k, bm.in_dim))
+    assert k.max() <= bucket
+    assert np.array_equal(rows, rows_from_k(k, bm.in_dim, bucket))
     # brute force: y = sum over dispatched (rank, i, bucket) of x_i * w
     vals, pos = bm.values(), bm.positions()
     y = np.zeros(bm.out_dim)
     for r in rows:
         i = r % bm.in_dim
         for cb in range(bm.n_buckets):
-            y[cb * B + pos[r, cb]] += x[i] * vals[r, cb]
+            y[cb * bucket + pos[r, cb]] += x[i] * vals[r, cb]
     np.testing.assert_allclose(matvec_k(bm, x, k), y, rtol=1e-5, atol=1e-5)
     # same as masking the dense matrix by rank
     R = bm.rank_matrix()
     np.testing.assert_allclose(matvec_k(bm, x, k), (w * (R < k[None, :])) @ x, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("bucket,packing", [(16, "nibble"), (4, "crumb")])
 @pytest.mark.parametrize("effort", [0.1, 0.25, 0.5, 0.75])
-def test_effective_effort_close(effort):
+def test_effective_effort_close(effort, bucket, packing):
     rng = np.random.default_rng(2)
     w = rng.standard_normal((256, 128)).astype(np.float32)
-    bm = convert_matrix(w, "nibble")
-    effs = [effective_effort(k_for_effort(bm, rng.standard_normal(128).astype(np.float32), effort))
+    bm = convert_matrix(w, packing, bucket=bucket)
+    effs = [effective_effort(k_for_effort(bm, rng.standard_normal(128).astype(np.float32), effort), bm)
             for _ in range(20)]
     assert abs(np.mean(effs) - effort) < 0.03
 
@@ -62,7 +70,9 @@ def test_effective_effort_weighted():
     _, _, b = _setup(32, 80, seed=3)
     ka, kb = np.full(40, B), np.zeros(80, int)
     assert effective_effort([ka, kb], [a, b]) == pytest.approx(96 * 40 / (96 * 40 + 32 * 80))
-    assert effective_effort(np.full(40, 8)) == 0.5
+    assert effective_effort(np.full(40, 8), a) == 0.5
+    _, _, c = _setup(96, 40, packing="crumb", bucket=4)
+    assert effective_effort(np.full(40, 1), c) == 0.25
 
 
 def test_deterministic():

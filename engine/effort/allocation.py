@@ -83,7 +83,7 @@ def error_curves(bm, X: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.
     energy of the weights of input i at ranks >= k (cross terms between inputs are ignored:
     the skipped weights of different inputs are nearly uncorrelated).  achieved[j] = mean
     share of rows the probe cutoff dispatches."""
-    from engine.effort.bucket import B
+    B = bm.bucket
     X = np.asarray(X, np.float32)
     vals = bm.values()
     energy = (vals.astype(np.float64) ** 2).sum(1).reshape(B, bm.in_dim)       # [rank, in]

@@ -3,7 +3,12 @@
 Layout (the single definition; everything else in the engine refers to this docstring)
 --------------------------------------------------------------------------------------
 A projection ``W`` is given as ``[out, in]`` (HF / GGUF row order, ``y = W @ x``).
-With bucket size ``B = 16``, ``nb = out // B`` buckets; bucket ``c`` holds outputs ``c*B .. c*B+B-1``.
+With bucket size ``B``, ``nb = out // B`` buckets; bucket ``c`` holds outputs ``c*B .. c*B+B-1``.
+The bucket size is a property of the matrix (``BucketMatrix.bucket``): the GPU kernels take
+``B = 16`` (``GPU_BUCKET``); the CPU kernels take ``B = 4`` (``CPU_BUCKET``): a 16-lane AVX-512
+register then holds four buckets, so one permute routes four kept weights into their lanes
+(metal/cpu/effort_cpu.c; with B = 8 a permute routes two, and the routing, not the memory,
+bounds the CPU kernel).  Everything below holds for any size.
 
 For every input ``i`` and bucket ``c`` the ``B`` weights ``W[c*B + p, i]`` (p = 0..B-1) are
 sorted by descending ``|w|`` (stable: ties keep ascending ``p``).  The rank-th of them goes to
@@ -11,7 +16,7 @@ sorted by descending ``|w|`` (stable: ties keep ascending ``p``).  The rank-th o
     row  r = rank * in + i            (rank-major: all rank-0 rows, then all rank-1 rows, ...)
     col  c
 
-of the *bucket list* ``[in * B, nb]``; its position ``p`` (0..15) is stored with it.  The least
+of the *bucket list* ``[in * B, nb]``; its position ``p`` (0..B-1) is stored with it.  The least
 important weights are therefore at the end of the buffer, so a prefix of ranks can be loaded
 alone, and every ``(i, c)`` holds a permutation of ``0..B-1`` across the ranks.
 
@@ -20,7 +25,10 @@ Packings (how value and 4-bit position are stored), ``BucketMatrix.packing``:
 * ``"nibble"``  (default) values fp16, round-to-nearest from fp32 (exact up to fp16 rounding);
   positions in a separate nibble array ``pos_packed [in*B, nb//2]`` uint8, low nibble = even
   column, high nibble = odd column.  Memory 1.25x fp16.
-* ``"nearest"`` one fp16 word per weight; the low 4 mantissa bits ARE the position.  The value
+* ``"crumb"``   (``B = 4``) values fp16 as in ``nibble``; positions 2 bits each in
+  ``pos_packed [in*B, nb//4]``: bucket ``4q + j`` of a row in bits ``2j, 2j+1`` of byte ``q``.
+  Memory 1.125x fp16.  The CPU kernels read exactly these two arrays.
+* ``"nearest"`` one fp16 word per weight; the low 4 mantissa bits ARE the position (``B = 16`` only).  The value
   is the fp16 number nearest to the fp32 weight among those whose low 4 bits equal the
   position (error <= 8 ulp of fp16, <= ~0.8% relative).  Memory 1.0x fp16.
 * ``"truncate"`` like ``nearest`` but the low 4 bits are simply overwritten (the original
@@ -52,8 +60,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-B = 16
-PACKINGS = ("nibble", "nearest", "truncate", "fp32")
+GPU_BUCKET = 16
+CPU_BUCKET = 4
+B = GPU_BUCKET   # the default bucket size (the GPU kernels' and the MLX reference path's)
+PACKINGS = ("nibble", "crumb", "nearest", "truncate", "fp32")
+
+
+def bucket_for_runtime(kind: str) -> int:
+    """The bucket size the kernels of a runtime kind ("cpu" or "mlx") read."""
+    return CPU_BUCKET if kind == "cpu" else GPU_BUCKET
+
+
+def packing_for(bucket: int) -> str:
+    """The packing the kernels of that bucket size read: 2-bit positions for 4, nibbles otherwise."""
+    return "crumb" if bucket == 4 else "nibble"
 
 
 @dataclass
@@ -61,25 +81,30 @@ class BucketMatrix:
     out_dim: int
     in_dim: int
     packing: str
-    data: np.ndarray          # fp16 [in*B, nb] (nibble/nearest/truncate) or fp32 [in*B, nb] (fp32)
-    pos_packed: np.ndarray | None  # uint8 [in*B, nb//2] for nibble/fp32, None when in the mantissa
+    data: np.ndarray          # fp16 [in*B, nb] (nibble/crumb/nearest/truncate) or fp32 [in*B, nb] (fp32)
+    pos_packed: np.ndarray | None  # uint8 [in*B, nb//2] (nibble/fp32), [in*B, nb//4] (crumb), None in the mantissa
     stats: np.ndarray         # float32 [in*B]
     probes: np.ndarray        # float32 [P, in]
+    bucket: int = B           # outputs per bucket = ranks per input and bucket
 
     @property
     def n_buckets(self) -> int:
-        return self.out_dim // B
+        return self.out_dim // self.bucket
 
     @property
     def stats2d(self) -> np.ndarray:
         """stats as [rank, in]."""
-        return self.stats.reshape(B, self.in_dim)
+        return self.stats.reshape(self.bucket, self.in_dim)
 
     def positions(self) -> np.ndarray:
         """uint8 [in*B, nb]: output offset inside the bucket of every stored weight."""
         if self.pos_packed is None:
             return (self.data.view(np.uint16) & 0xF).astype(np.uint8)
         p = np.empty(self.data.shape, np.uint8)
+        if self.packing == "crumb":
+            for j in range(4):
+                p[:, j::4] = (self.pos_packed >> (2 * j)) & 3
+            return p
         p[:, 0::2] = self.pos_packed & 0xF
         p[:, 1::2] = self.pos_packed >> 4
         return p
@@ -95,8 +120,8 @@ class BucketMatrix:
     def dense(self) -> np.ndarray:
         """float32 [out, in]: the matrix the bucket list represents (what effort 1.0 computes)."""
         vals, pos = self.values(), self.positions()
-        ins = np.arange(self.in_dim * B) % self.in_dim
-        out_idx = np.arange(self.n_buckets)[None, :] * B + pos
+        ins = np.arange(self.data.shape[0]) % self.in_dim
+        out_idx = np.arange(self.n_buckets)[None, :] * self.bucket + pos
         w = np.zeros((self.out_dim, self.in_dim), np.float32)
         w[out_idx, np.broadcast_to(ins[:, None], out_idx.shape)] = vals
         return w
@@ -104,9 +129,9 @@ class BucketMatrix:
     def rank_matrix(self) -> np.ndarray:
         """uint8 [out, in]: rank of each weight W[o, i] inside its bucket (research helper)."""
         pos = self.positions()
-        ins = np.arange(self.in_dim * B) % self.in_dim
-        ranks = np.arange(self.in_dim * B) // self.in_dim
-        out_idx = np.arange(self.n_buckets)[None, :] * B + pos
+        ins = np.arange(self.data.shape[0]) % self.in_dim
+        ranks = np.arange(self.data.shape[0]) // self.in_dim
+        out_idx = np.arange(self.n_buckets)[None, :] * self.bucket + pos
         r = np.empty((self.out_dim, self.in_dim), np.uint8)
         r[out_idx, np.broadcast_to(ins[:, None], out_idx.shape)] = np.broadcast_to(
             ranks[:, None], out_idx.shape).astype(np.uint8)
@@ -138,16 +163,20 @@ def _pack_low_bits(w: np.ndarray, pos: np.ndarray, mode: str) -> np.ndarray:
     return (best.astype(np.uint16) | sign).view(np.float16)
 
 
-def convert_matrix(w: np.ndarray, packing: str = "nibble", n_probes: int = 4) -> BucketMatrix:
+def convert_matrix(w: np.ndarray, packing: str = "nibble", n_probes: int = 4, bucket: int = B) -> BucketMatrix:
     """Convert a dense ``[out, in]`` matrix to the bucket-list layout (see module docstring)."""
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {PACKINGS}")
+    if bucket not in (4, 8, 16) or (bucket != 16 and packing in ("nearest", "truncate")) or \
+            (packing == "crumb") != (bucket == 4):
+        raise ValueError("bucket must be 4 (crumb packing), 8 or 16 (16 for the mantissa packings)")
+    B = bucket
     w = np.asarray(w, np.float32)
     out_dim, in_dim = w.shape
     if out_dim % (2 * B):
-        raise ValueError("out_dim must be a multiple of 32")
+        raise ValueError(f"out_dim must be a multiple of {2 * B}")
     if B % n_probes:
-        raise ValueError("n_probes must divide 16")
+        raise ValueError(f"n_probes must divide {B}")
     nb = out_dim // B
     wt = w.T.reshape(in_dim, nb, B)                           # [in, bucket, p]
     # rank by the magnitude that is stored (fp16), so every kernel that ranks its own fp16
@@ -168,12 +197,15 @@ def convert_matrix(w: np.ndarray, packing: str = "nibble", n_probes: int = 4) ->
     probes = (0.5 * (stats2d[starts + lo] + stats2d[starts + hi])).astype(np.float32)
 
     pos_packed = None
-    if packing in ("nibble", "fp32"):
+    if packing == "crumb":
+        data = vals.astype(np.float16)
+        pos_packed = (pos[:, 0::4] | (pos[:, 1::4] << 2) | (pos[:, 2::4] << 4) | (pos[:, 3::4] << 6)).astype(np.uint8)
+    elif packing in ("nibble", "fp32"):
         data = vals.astype(np.float16) if packing == "nibble" else vals.copy()
         pos_packed = (pos[:, 0::2] | (pos[:, 1::2] << 4)).astype(np.uint8)
     else:
         data = _pack_low_bits(vals, pos, packing)
-    return BucketMatrix(out_dim, in_dim, packing, data, pos_packed, stats, probes)
+    return BucketMatrix(out_dim, in_dim, packing, data, pos_packed, stats, probes, B)
 
 
 def cutoff_for_effort(probes: np.ndarray, x: np.ndarray, effort: float) -> float:

@@ -1,9 +1,9 @@
 """The converted model: every projection in the bucketMul layout, cached on disk.
 
 `effort convert` (or the first use of a model under effort) writes one
-safetensors file per source model into the cache, keyed by the source's content
-fingerprint and the format version, through a temporary file and an atomic
-rename. Loading reads only the first `load_ranks` ranks of every bucket list
+safetensors file per source model and bucket size (8 for the CPU kernels, 16 for
+the GPU ones) into the cache, keyed by the source's content fingerprint and the
+format version, through a temporary file and an atomic rename. Loading reads only the first `load_ranks` ranks of every bucket list
 (rank-major rows: the least important weights are at the end), so a truncated
 load never touches the rest of the file.
 """
@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from engine.effort.allocation import Allocation
 from engine.io.atomic import atomic_path
-from engine.effort.bucket import B, BucketMatrix, convert_matrix
+from engine.effort.bucket import B, BucketMatrix, convert_matrix, packing_for
 from engine.errors import EngineError
 from engine.events import LoadProgress
 from engine.io.loader import ModelFiles
@@ -30,7 +30,6 @@ from engine.model.decoder import PROJECTIONS, weight_name
 from engine.io.paths import converted_dir
 
 FORMAT_VERSION = 1
-PACKING = "nibble"  # exact fp16 values + a separate 4-bit position (see engine/bucket.py)
 N_PROBES = 4
 
 ProgressFn = Callable[[LoadProgress], None]
@@ -44,10 +43,11 @@ class Converted:
     allocation: Allocation
     load_ranks: int
     path: Path
+    bucket: int = B
 
     @property
     def effort_cap(self) -> float:
-        return self.load_ranks / B
+        return self.load_ranks / self.bucket
 
     def nbytes(self) -> int:
         return sum(bm.nbytes() for bm in self.buckets.values())
@@ -57,8 +57,8 @@ def projection_names(num_layers: int) -> list[str]:
     return [weight_name(i, p) for i in range(num_layers) for p in PROJECTIONS]
 
 
-def converted_path(files: ModelFiles) -> Path:
-    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}.safetensors"
+def converted_path(files: ModelFiles, bucket: int = B) -> Path:
+    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{bucket}.safetensors"
 
 
 def convert(
@@ -66,9 +66,10 @@ def convert(
     calibrate: Callable[[dict[str, BucketMatrix], ProgressFn], Allocation],
     on_progress: ProgressFn | None = None,
     force: bool = False,
+    bucket: int = B,
 ) -> Path:
     """Write the converted model to the cache (no-op when it is there already)."""
-    target = converted_path(files)
+    target = converted_path(files, bucket)
     if target.exists() and not force:
         return target
     progress = on_progress or (lambda p: None)
@@ -77,7 +78,7 @@ def convert(
     buckets: dict[str, BucketMatrix] = {}
     start = time.monotonic()
     for n, name in enumerate(names, 1):
-        bm = convert_matrix(files.tensors.get(name), PACKING, N_PROBES)
+        bm = convert_matrix(files.tensors.get(name), packing_for(bucket), N_PROBES, bucket)
         buckets[name] = bm
         tensors[f"{name}.values"] = bm.data
         tensors[f"{name}.positions"] = bm.pos_packed
@@ -90,7 +91,8 @@ def convert(
             tensors[f"allocation.{key}"] = np.ascontiguousarray(value)
     metadata = {
         "format_version": str(FORMAT_VERSION),
-        "packing": PACKING,
+        "packing": packing_for(bucket),
+        "bucket": str(bucket),
         "source": str(files.path),
         "fingerprint": files.fingerprint,
         "allocation_names": json.dumps(allocation.names),
@@ -101,15 +103,16 @@ def convert(
     return target
 
 
-def load(files: ModelFiles, load_ranks: int = B, values: bool = True) -> Converted:
-    """Read a converted model, keeping only ranks 0..load_ranks-1 of every bucket list.
+def load(files: ModelFiles, load_ranks: int | None = None, values: bool = True, bucket: int = B) -> Converted:
+    """Read a converted model, keeping only ranks 0..load_ranks-1 of every bucket list (all of
+    them by default).
 
-    `values=False` reads only stats and probes (the native CPU path builds its own kernel
-    layout from the dense weights and needs nothing else). Stats stay whole: they are tiny,
-    and the selection is clipped to `load_ranks` instead."""
-    if not 1 <= load_ranks <= B:
-        raise EngineError(f"--load-ranks must be between 1 and {B}, got {load_ranks}")
-    path = converted_path(files)
+    `values=False` reads only stats, probes and the allocation (what calibration tools need).
+    Stats stay whole: they are tiny, and the selection is clipped to `load_ranks` instead."""
+    load_ranks = bucket if load_ranks is None else load_ranks
+    if not 1 <= load_ranks <= bucket:
+        raise EngineError(f"--load-ranks must be between 1 and {bucket} on this backend, got {load_ranks}")
+    path = converted_path(files, bucket)
     if not path.exists():
         raise EngineError(f"{files.path.name} has not been converted; run `effort convert --model {files.path}`")
     try:
@@ -123,10 +126,11 @@ def load(files: ModelFiles, load_ranks: int = B, values: bool = True) -> Convert
                 rows = load_ranks * in_dim
                 buckets[name] = BucketMatrix(
                     out_dim, in_dim, meta["packing"],
-                    f.get_slice(f"{name}.values")[:rows] if values else np.zeros((0, out_dim // B), np.float16),
+                    f.get_slice(f"{name}.values")[:rows] if values else np.zeros((0, out_dim // bucket), np.float16),
                     f.get_slice(f"{name}.positions")[:rows] if values else None,
                     f.get_tensor(f"{name}.stats"),
                     f.get_tensor(f"{name}.probes"),
+                    int(meta.get("bucket", B)),
                 )
             arrays = {k.split(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith("allocation.")}
             arrays["names"] = json.loads(meta["allocation_names"])
@@ -134,4 +138,4 @@ def load(files: ModelFiles, load_ranks: int = B, values: bool = True) -> Convert
         raise
     except Exception as exc:  # a truncated or foreign file: convert again
         raise EngineError(f"{path}: unreadable conversion ({exc}); run `effort convert --force`") from exc
-    return Converted(buckets, Allocation.from_arrays(arrays), load_ranks, path)
+    return Converted(buckets, Allocation.from_arrays(arrays), load_ranks, path, bucket)

@@ -24,14 +24,21 @@ class Backend:
 
 
 def _cpu_name() -> str:
+    """The CPU's model name and its widest vector extension, e.g. "AMD EPYC, AVX-512" (the same
+    model name covers Zen 3 and Zen 4 machines, whose kernels differ)."""
+    name, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    isa = "AVX-512" if {"avx512f", "avx512bw"} <= flags else "AVX2" if "avx2" in flags else ""
+    return f"{name}, {isa}" if isa else name
 
 
 @functools.cache

@@ -41,11 +41,16 @@ def _library_name() -> str:
     return "libeffort.dylib" if sys.platform == "darwin" else "libeffort.so"
 
 
-def build(force: bool = False, portable: bool = False) -> Path:
+VARIANTS = {"native": [], "avx2": ["-DECPU_MAX_ISA=1"], "portable": ["-DECPU_NO_SIMD"]}
+
+
+def build(force: bool = False, variant: str = "native") -> Path:
     """Compile the kernels (or reuse the cached build); raises RuntimeError with the compiler's message.
 
-    `portable` compiles the plain-C kernels only (what a non-x86 machine, e.g. an Apple Silicon Mac,
-    runs): the tests check both builds against the reference."""
+    "native" picks the kernel family at run time from the CPU (AVX-512, AVX2 or plain C); "avx2"
+    caps that at AVX2 (what a Zen 3 runs); "portable" compiles the plain-C kernels only (what a
+    non-x86 machine, e.g. an Apple Silicon Mac, runs). The tests check every build the machine can
+    execute against the reference."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
@@ -54,7 +59,7 @@ def build(force: bool = False, portable: bool = False) -> Path:
     digest = hashlib.sha256()
     for f in [*files, *(metal.path(h) for h in HEADERS)]:
         digest.update(f.read_bytes())
-    command = [cc, *FLAGS, *(["-DECPU_NO_SIMD"] if portable else []), f"-I{include}", *map(str, files), "-o"]
+    command = [cc, *FLAGS, *VARIANTS[variant], f"-I{include}", *map(str, files), "-o"]
     digest.update(" ".join(command).encode())
     target = cache_dir() / "native" / digest.hexdigest()[:16] / _library_name()
     if target.exists() and not force:
@@ -83,10 +88,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ecpu_attend": (None, [p, p, p, i, i, f, p, p]),
         "ee_active_inputs": (i, [p, i]),
         "ecpu_dense_f16": (None, [p, p, p, i, i]),
-        "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
-        "ecpu_effort_build": (None, [p, i, i, p, p]),
+        "ecpu_dense_tiles": (None, [p, i, i, p]),
         "ecpu_effort_k": (ctypes.c_long, [p, p, i, f, p]),
-        "ecpu_effort_matvec": (None, [p, i, i, p, p, p]),
+        "ecpu_effort_matvec": (None, [p, p, i, i, p, p, p]),
+        "ecpu_isa": (ctypes.c_char_p, []),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)

@@ -2,7 +2,9 @@
 
 Every configuration decodes the same greedy continuation of the same prompt
 after a warm-up, so the numbers differ only by what the kernels do. Shared
-machines are noisy: read the ratios, which are measured minutes apart at most.
+machines are noisy, so the configurations take turns: each round decodes every
+effort once, and a figure is the median over the rounds, with the spread of the
+rounds beside it. Read the ratios: each is measured seconds apart from dense.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class SpeedResult:
     gbps: float  # projection weight bytes actually read per second
     kernel_ms: dict[str, float] = field(default_factory=dict)  # per projection kind, summed over layers
     kernel_gbps: dict[str, float] = field(default_factory=dict)  # per projection kind
+    spread: float = 0.0  # (slowest - fastest round) / median, of the rounds' ms per token
+    speedup: float = 1.0  # median over rounds of this round's dense ms / this effort's ms
 
 
 def peak_rss_bytes() -> int:
@@ -89,13 +93,26 @@ def run(
     tokens: int,
     inputs: dict[str, np.ndarray] | None = None,
     on_step: Callable[[str], None] | None = None,
+    rounds: int = 3,
 ) -> tuple[SpeedResult, list[SpeedResult]]:
-    """Dense first, then each effort; returns (dense, [per effort])."""
+    """Dense and each effort, `rounds` times in turn; returns (dense, [per effort])."""
     note = on_step or (lambda s: None)
+    configs = [1.0, *efforts]
+    steps: dict[float, list[float]] = {e: [] for e in configs}
+    shares: dict[float, list[float]] = {e: [] for e in configs}
+    for r in range(rounds):
+        for effort in configs:
+            note(f"round {r + 1}/{rounds}: decoding {tokens} tokens at effort {effort:g}")
+            step_s, share = decode_speed(runtime, prompt_ids, effort, tokens)
+            steps[effort].append(step_s)
+            shares[effort].append(share)
     results = []
-    for effort in [1.0, *efforts]:
-        note(f"decoding {tokens} tokens at effort {effort:g}")
-        step_s, share = decode_speed(runtime, prompt_ids, effort, tokens)
+    for effort in configs:
+        per_round = np.array(steps[effort])
+        step_s = float(np.median(per_round))
+        share = float(np.mean(shares[effort]))
+        spread = float((per_round.max() - per_round.min()) / step_s)
+        speedup = float(np.median(np.array(steps[1.0]) / per_round))
         kernels = kernel_times(runtime, inputs, effort) if inputs is not None else {}
         kernel_s = sum(ms for ms, _ in kernels.values()) / 1e3
         nbytes = sum(b for _, b in kernels.values())
@@ -104,13 +121,14 @@ def run(
             effort, share, 1.0 / step_s, step_s * 1e3, gbps,
             {k: ms for k, (ms, _) in kernels.items()},
             {k: b / (ms / 1e3) / 1e9 if ms > 0 else 0.0 for k, (ms, b) in kernels.items()},
+            spread, speedup,
         ))
     return results[0], results[1:]
 
 
 def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_bytes: int, strategy: str = "bucket") -> str:
     kinds = list(dense.kernel_ms) or []
-    head = f"{'effort':>7}{'effective':>10}{'tok/s':>8}{'ms/tok':>8}{'vs dense':>9}{'GB/s':>7}"
+    head = f"{'effort':>7}{'effective':>10}{'tok/s':>8}{'ms/tok':>8}{'spread':>8}{'vs dense':>9}{'GB/s':>7}"
     if kinds:
         head += "  kernel ms (" + " ".join(k.replace("_proj", "") for k in kinds) + ")"
     skipping = "" if strategy == "bucket" else "; effort skips whole input columns (activation baseline)"
@@ -122,7 +140,7 @@ def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_byte
     for r in [dense, *results]:
         row = (
             f"{label(r):>7}{r.effective_effort:>10.3f}{r.decode_tps:>8.1f}{r.ms_per_token:>8.2f}"
-            f"{r.decode_tps / dense.decode_tps:>8.2f}x{r.gbps:>7.1f}"
+            f"{100 * r.spread:>7.0f}%{r.speedup:>8.2f}x{r.gbps:>7.1f}"
         )
         if kinds:
             row += "  " + " ".join(f"{r.kernel_ms[k]:.2f}" for k in kinds)
