@@ -453,36 +453,25 @@ long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uin
     return tot;
 }
 
-/* the inputs of one matrix grouped by k: order[start[k] .. start[k+1]) are the inputs with that k, ascending */
-typedef struct { int start[EB + 2]; int32_t *order; } klist;
-static void make_klist(const uint8_t *k, int in, klist *L) {
-    int count[EB + 1] = {0};
-    for (int i = 0; i < in; i++) count[k[i] > EB ? EB : k[i]]++;
-    L->start[0] = 0;
-    for (int c = 0; c <= EB; c++) L->start[c + 1] = L->start[c] + count[c];
-    int at[EB + 1];
-    for (int c = 0; c <= EB; c++) at[c] = L->start[c];
-    for (int i = 0; i < in; i++) { int c = k[i] > EB ? EB : k[i]; L->order[at[c]++] = i; }
-}
-
-static void eff_units_scalar(const ecpu_eff_mat *M, int in, const klist *L, const float *x, int u0, int u1) {
+static void eff_units_scalar(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int u0, int u1) {
     size_t nb = (size_t)M->out / EB;
     float *y = M->y;
     for (int o = 64 * u0; o < 64 * u1; o++) y[o] = 0.0f;
-    for (int kk = 1; kk <= EB; kk++)
-        for (int n = L->start[kk]; n < L->start[kk + 1]; n++) {
-            int i = L->order[n];
-            float acc[256] = {0};
+    for (int i = 0; i < in; i++) {
+        int kk = k[i] > EB ? EB : k[i];
+        if (!kk) continue;
+        float acc[64];
+        for (int u = u0; u < u1; u++) {
+            memset(acc, 0, sizeof acc);
             for (int r = 0; r < kk; r++) {
                 const uint16_t *V = M->vals + ((size_t)r * in + i) * nb;
                 const uint8_t *P = M->pos + ((size_t)r * in + i) * (nb / 4);
-                for (size_t b = 16 * (size_t)u0; b < 16 * (size_t)u1; b++) {
-                    int p = (P[b / 4] >> (2 * (b & 3))) & 3;
-                    acc[4 * (b - 16 * u0) + p] = h2f(V[b]);
-                }
+                for (size_t b = 16 * (size_t)u; b < 16 * (size_t)u + 16; b++)
+                    acc[4 * (b - 16 * (size_t)u) + ((P[b / 4] >> (2 * (b & 3))) & 3)] = h2f(V[b]);
             }
-            for (int o = 64 * u0; o < 64 * u1; o++) y[o] += acc[o - 64 * u0] * x[i];
+            for (int o = 0; o < 64; o++) y[64 * u + o] += acc[o] * x[i];
         }
+    }
 }
 #if ECPU_X86
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
@@ -490,89 +479,61 @@ static void eff_units_scalar(const ecpu_eff_mat *M, int in, const klist *L, cons
 #ifndef ECPU_PD
 #define ECPU_PD 8
 #endif
-/* one unit of 64 outputs for input row pointers V (values) and P (positions) over kk ranks */
-#define EFF_ROUTE_UNIT(u, A0, A1, A2, A3)                                                             \
-    {                                                                                                 \
+/* Inputs in ascending order, whole row slices: rank r's rows of consecutive inputs are consecutive
+ * in memory (the bucket list is rank-major), so each rank plane is read as one forward stream with
+ * gaps where inputs keep fewer ranks (a job owning a narrow slice of every row read 128 bytes every
+ * 768 and ran at a fifth of this from DRAM). y of the job's units lives in L1. */
+#define EFF_ROUTE(KK)                                                                                 \
+    for (int u = u0; u < u1; u++) {                                                                   \
+        const uint16_t *v = V + 16 * (size_t)u;                                                       \
+        const uint8_t *q = P + 4 * (size_t)u;                                                         \
         __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;                                  \
-        const uint16_t *v = V + 16 * (u);                                                             \
-        const uint8_t *q = P + 4 * (u);                                                               \
-        for (int r = 0; r < kk; r++, v += vplane, q += pplane) {                                      \
-            __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)v));                       \
-            t0 = _mm512_mask_permutexvar_ps(t0, g_posmask[q[0]], IDX0, w);                            \
-            t1 = _mm512_mask_permutexvar_ps(t1, g_posmask[q[1]], IDX1, w);                            \
-            t2 = _mm512_mask_permutexvar_ps(t2, g_posmask[q[2]], IDX2, w);                            \
-            t3 = _mm512_mask_permutexvar_ps(t3, g_posmask[q[3]], IDX3, w);                            \
+        for (int r = 0; r < KK; r++) {                                                                \
+            __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + r * vplane)));        \
+            const uint8_t *qr = q + r * pplane;                                                       \
+            t0 = _mm512_mask_permutexvar_ps(t0, g_posmask[qr[0]], IDX0, w);                           \
+            t1 = _mm512_mask_permutexvar_ps(t1, g_posmask[qr[1]], IDX1, w);                           \
+            t2 = _mm512_mask_permutexvar_ps(t2, g_posmask[qr[2]], IDX2, w);                           \
+            t3 = _mm512_mask_permutexvar_ps(t3, g_posmask[qr[3]], IDX3, w);                           \
         }                                                                                             \
-        A0 = _mm512_fmadd_ps(t0, xb, A0); A1 = _mm512_fmadd_ps(t1, xb, A1);                           \
-        A2 = _mm512_fmadd_ps(t2, xb, A2); A3 = _mm512_fmadd_ps(t3, xb, A3);                           \
+        float *yy = y + 64 * (size_t)u;                                                               \
+        _mm512_storeu_ps(yy, _mm512_fmadd_ps(t0, xb, _mm512_loadu_ps(yy)));                           \
+        _mm512_storeu_ps(yy + 16, _mm512_fmadd_ps(t1, xb, _mm512_loadu_ps(yy + 16)));                 \
+        _mm512_storeu_ps(yy + 32, _mm512_fmadd_ps(t2, xb, _mm512_loadu_ps(yy + 32)));                 \
+        _mm512_storeu_ps(yy + 48, _mm512_fmadd_ps(t3, xb, _mm512_loadu_ps(yy + 48)));                 \
     }
-/* U = 1..4 units in registers (the compiler keeps all 4U accumulators in zmm registers only when U
- * is a constant, hence one instance per U) */
-#define EFF_UNITS_FN(U)                                                                                       \
-    T512 static void eff_units_avx512_##U(const ecpu_eff_mat *M, int in, const klist *L, const float *x, int u0) { \
-        const size_t nb = (size_t)M->out / EB, vplane = (size_t)in * nb, pplane = vplane / 4;               \
-        const __m512i IDX0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);               \
-        const __m512i IDX1 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(4));                                 \
-        const __m512i IDX2 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(8));                                 \
-        const __m512i IDX3 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(12));                                \
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;      \
-        __m512 c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;                       \
-        const uint16_t *V0 = M->vals + 16 * (size_t)u0;                                                      \
-        const uint8_t *P0 = M->pos + 4 * (size_t)u0;                                                         \
-        for (int kk = 1; kk <= EB; kk++) {                                                                   \
-            const int32_t *ord = L->order + L->start[kk];                                                    \
-            int cnt = L->start[kk + 1] - L->start[kk];                                                       \
-            for (int n = 0; n < cnt; n++) {                                                                  \
-                int i = ord[n], ia = ord[n + ECPU_PD < cnt ? n + ECPU_PD : cnt - 1];                         \
-                const uint16_t *pv = V0 + (size_t)ia * nb;                                                   \
-                const uint8_t *pp = P0 + (size_t)ia * (nb / 4);                                              \
-                for (int r = 0; r < kk; r++, pv += vplane, pp += pplane) {                                   \
-                    _mm_prefetch((const char *)pv, _MM_HINT_T0);                                             \
-                    if (U > 2) _mm_prefetch((const char *)pv + 64, _MM_HINT_T0);                             \
-                    _mm_prefetch((const char *)pp, _MM_HINT_T0);                                             \
-                }                                                                                            \
-                const uint16_t *V = V0 + (size_t)i * nb;                                                     \
-                const uint8_t *P = P0 + (size_t)i * (nb / 4);                                                \
-                __m512 xb = _mm512_set1_ps(x[i]);                                                            \
-                EFF_ROUTE_UNIT(0, a0, a1, a2, a3)                                                            \
-                if (U > 1) EFF_ROUTE_UNIT(1, b0, b1, b2, b3)                                                 \
-                if (U > 2) EFF_ROUTE_UNIT(2, c0, c1, c2, c3)                                                 \
-                if (U > 3) EFF_ROUTE_UNIT(3, d0, d1, d2, d3)                                                 \
-            }                                                                                                \
-        }                                                                                                    \
-        float *y = M->y + 64 * (size_t)u0;                                                                   \
-        _mm512_storeu_ps(y, a0); _mm512_storeu_ps(y + 16, a1); _mm512_storeu_ps(y + 32, a2); _mm512_storeu_ps(y + 48, a3); \
-        if (U > 1) { _mm512_storeu_ps(y + 64, b0); _mm512_storeu_ps(y + 80, b1); _mm512_storeu_ps(y + 96, b2); _mm512_storeu_ps(y + 112, b3); } \
-        if (U > 2) { _mm512_storeu_ps(y + 128, c0); _mm512_storeu_ps(y + 144, c1); _mm512_storeu_ps(y + 160, c2); _mm512_storeu_ps(y + 176, c3); } \
-        if (U > 3) { _mm512_storeu_ps(y + 192, d0); _mm512_storeu_ps(y + 208, d1); _mm512_storeu_ps(y + 224, d2); _mm512_storeu_ps(y + 240, d3); } \
-    }
-EFF_UNITS_FN(1)
-EFF_UNITS_FN(2)
-EFF_UNITS_FN(3)
-EFF_UNITS_FN(4)
-static void eff_units_avx512(const ecpu_eff_mat *M, int in, const klist *L, const float *x, int u0, int u1) {
-    switch (u1 - u0) {
-    case 1: eff_units_avx512_1(M, in, L, x, u0); break;
-    case 2: eff_units_avx512_2(M, in, L, x, u0); break;
-    case 3: eff_units_avx512_3(M, in, L, x, u0); break;
-    default: eff_units_avx512_4(M, in, L, x, u0); break;
+T512 static void eff_units_avx512(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int u0, int u1) {
+    const size_t nb = (size_t)M->out / EB, vplane = (size_t)in * nb, pplane = vplane / 4;
+    const __m512i IDX0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i IDX1 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(4));
+    const __m512i IDX2 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(8));
+    const __m512i IDX3 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(12));
+    float *y = M->y;
+    for (int o = 64 * u0; o < 64 * u1; o += 16) _mm512_storeu_ps(y + o, _mm512_setzero_ps());
+    size_t span = 32 * (size_t)(u1 - u0);   /* bytes of one row slice */
+    for (int i = 0; i < in; i++) {
+        int kk = k[i] > EB ? EB : k[i];
+        if (!kk) continue;
+        const uint16_t *V = M->vals + (size_t)i * nb;
+        const uint8_t *P = M->pos + (size_t)i * (nb / 4);
+        if (i + ECPU_PD < in) {   /* the same slices ECPU_PD inputs on, in the planes that input uses */
+            int ka = k[i + ECPU_PD] > EB ? EB : k[i + ECPU_PD];
+            const char *pv = (const char *)(M->vals + (size_t)(i + ECPU_PD) * nb + 16 * (size_t)u0);
+            for (int r = 0; r < ka; r++)
+                for (size_t z = 0; z < span; z += 64) _mm_prefetch(pv + 2 * r * vplane + z, _MM_HINT_T0);
+        }
+        __m512 xb = _mm512_set1_ps(x[i]);
+        switch (kk) {
+        case 1: EFF_ROUTE(1) break;
+        case 2: EFF_ROUTE(2) break;
+        case 3: EFF_ROUTE(3) break;
+        default: EFF_ROUTE(4) break;
+        }
     }
 }
 #endif
 
-/* scratch for the k lists (grown on demand; the API is not reentrant) */
-static klist *g_kl; static int g_kl_n, g_kl_in;
-static void ensure_kl(int n, int in) {
-    if (n <= g_kl_n && in <= g_kl_in) return;
-    for (int q = 0; q < g_kl_n; q++) free(g_kl[q].order);
-    free(g_kl);
-    if (n < g_kl_n) n = g_kl_n;
-    if (in < g_kl_in) in = g_kl_in;
-    g_kl = (klist *)calloc(n, sizeof(klist));
-    for (int q = 0; q < n; q++) g_kl[q].order = (int32_t *)malloc(sizeof(int32_t) * (in + 1));
-    g_kl_n = n; g_kl_in = in;
-}
-#define ECPU_JOB_UNITS 4   /* 64-output units per job: 16 accumulators in registers */
+#define ECPU_JOB_UNITS 12   /* 64-output units per job: rows of about 1.5 KB, y slice in L1 */
 typedef struct { int n, in; const ecpu_eff_mat *mats; const float *x; int jstart[65]; atomic_int next; } eff_job;
 static int units_of(int out) { return out / 64; }
 static int jobs_of(int out) { return (units_of(out) + ECPU_JOB_UNITS - 1) / ECPU_JOB_UNITS; }
@@ -583,20 +544,19 @@ static void eff_worker(void *p, int tid) {
         while (t >= J->jstart[m + 1]) m++;
         const ecpu_eff_mat *M = J->mats + m;
         int nu = units_of(M->out), nj = jobs_of(M->out), j = t - J->jstart[m];
-        int u0 = j * nu / nj, u1 = (j + 1) * nu / nj;   /* even split: 9 units -> 3 + 3 + 3 */
+        int u0 = j * nu / nj, u1 = (j + 1) * nu / nj;   /* an even split: 24 units -> 12 + 12 */
 #if ECPU_X86
-        if (g_isa == 2) eff_units_avx512(M, J->in, &g_kl[m], J->x, u0, u1); else
+        if (g_isa == 2) eff_units_avx512(M, J->in, M->k, J->x, u0, u1); else
 #endif
-        eff_units_scalar(M, J->in, &g_kl[m], J->x, u0, u1);
+        eff_units_scalar(M, J->in, M->k, J->x, u0, u1);
     }
 }
 void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const float *x) {
     detect_isa();
     for (int base = 0; base < n; base += 64) {   /* at most 64 matrices per region */
         int cnt = n - base < 64 ? n - base : 64;
-        ensure_kl(cnt, in);
         eff_job J; J.n = cnt; J.in = in; J.mats = mats + base; J.x = x; atomic_init(&J.next, 0); J.jstart[0] = 0;
-        for (int q = 0; q < cnt; q++) { make_klist(mats[base + q].k, in, &g_kl[q]); J.jstart[q + 1] = J.jstart[q] + jobs_of(mats[base + q].out); }
+        for (int q = 0; q < cnt; q++) J.jstart[q + 1] = J.jstart[q] + jobs_of(mats[base + q].out);
         pool_run(eff_worker, &J);
     }
 }
