@@ -20,7 +20,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from effort_tui.keymap import validate_keymap
-from engine.api import MIN_EFFORT, SamplingSettings
+from engine import validation
+from engine.api import SamplingSettings
 from engine.io.atomic import write_text
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -73,33 +74,18 @@ def load_config(path: Path) -> LoadedConfig:
 
 
 def parse_effort(value: object) -> float:
-    """0.05–1.0, or a percentage (1 < value <= 100), or a string like "60%"."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError:
-            raise ConfigError(f"effort must be a number like 0.6 or \"60%\", not {value!r}") from None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        raise ConfigError(f"effort must be a number like 0.6 or \"60%\", not {value!r}")
-    if number > 1.0:
-        number /= 100.0
-    if not (MIN_EFFORT - 1e-9 <= number <= 1.0 + 1e-9) or math.isnan(number):
-        raise ConfigError(f"effort must be between {MIN_EFFORT:.0%} and 100%, not {value!r}")
-    return round(number, 4)
+    """0.05–1.0, or a percentage (1 < value <= 100), or a string like "60%" (engine.validation)."""
+    try:
+        return validation.parse_effort(value)
+    except validation.SettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def _number(value: object, name: str, *, integer: bool = False, low: float | None = None, high: float | None = None) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, not {value!r}")
-    if integer and not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number, not {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high) or value != value:
-        bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
-        raise ConfigError(f"{name} must be in {bounds}, not {value!r}")
-    return int(value) if integer else float(value)
+def _sampling(key: str, value: object) -> Any:
+    try:
+        return validation.check_sampling(key, value, f"sampling.{key}")
+    except validation.SettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _string(value: object, name: str) -> str:
@@ -116,13 +102,7 @@ _TOP_LEVEL = {
     "export_dir": lambda v: _string(v, "export_dir"),
 }
 
-_SAMPLING = {
-    "temperature": lambda v: _number(v, "sampling.temperature", low=0.0, high=10.0),
-    "top_p": lambda v: _number(v, "sampling.top_p", low=0.0, high=1.0),
-    "top_k": lambda v: _number(v, "sampling.top_k", integer=True, low=0),
-    "max_tokens": lambda v: _number(v, "sampling.max_tokens", integer=True, low=1),
-    "seed": lambda v: _number(v, "sampling.seed", integer=True),
-}
+_SAMPLING = {key: (lambda v, key=key: _sampling(key, v)) for key in validation.SAMPLING_RULES}
 
 
 def _nonempty(value: str, name: str) -> str:

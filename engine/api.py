@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from engine.events import GenerationResult, LoadProgress, TokenEvent
-
-MIN_EFFORT = 0.05
+from engine.validation import MIN_EFFORT  # noqa: F401 - re-exported
 
 
 class EffortSetting:
