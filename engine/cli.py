@@ -24,14 +24,20 @@ EXIT_USAGE = 2
 class ProgressLine:
     """A one-line progress display on stderr: stage, bytes or items, percent, ETA."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self._stage = ""
         self._start = time.monotonic()
         self._last = 0.0
 
     def __call__(self, p: LoadProgress) -> None:
+        if p.stage == "notice":  # something the user should know (a clamped context, a re-conversion)
+            self._finish_line()
+            self._stage = ""
+            self.stream.write(f"effort: note: {p.message}\n")
+            self.stream.flush()
+            return
         now = time.monotonic()
         if p.stage != self._stage:
             self._finish_line()

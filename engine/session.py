@@ -19,7 +19,7 @@ from engine.events import LoadProgress
 from engine.generate import Generator
 from engine.runtime.base import Runtime
 from engine.io.loader import ModelFiles, open_model
-from engine.model.config import ModelConfig
+from engine.model.config import ModelConfig, context_for_memory
 from engine.model.decoder import Model, to_mlx
 from engine.runtime.mlx_runtime import MLXRuntime
 from engine.io.tokenizer import Tokenizer
@@ -118,9 +118,12 @@ def load(
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
     kind = runtime_kind(runtime, be.name, files.config)
+    context, notice = context_for_memory(files.config)
+    if notice:
+        progress(LoadProgress("notice", 0, 0, "", notice))
     # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
     converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
-    run = make_runtime(model, files.config.context_length, kind, converted, stored_q8_head(files))
+    run = make_runtime(model, context, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:
         weights.clear()
@@ -128,7 +131,7 @@ def load(
         backends.return_freed_memory()
     info = ModelInfo(
         name=display_name(spec, path), path=str(path), architecture=files.config.architecture,
-        backend=be.name, device=be.device, context_limit=files.config.context_length, parameters=params,
+        backend=be.name, device=be.device, context_limit=context, parameters=params,
         effort_cap=converted.effort_cap if converted else 1.0,
         resident_bytes=resident_bytes(model, converted, run),
     )

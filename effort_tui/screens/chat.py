@@ -162,7 +162,9 @@ class ChatScreen(Screen):
         latest: LoadProgress | None = None
         done: _LoadDone | None = None
         for item in message.inbox.drain():
-            if isinstance(item, LoadProgress):
+            if isinstance(item, LoadProgress) and item.stage == "notice":
+                self.notify(item.message, title="Note", severity="warning", timeout=12)
+            elif isinstance(item, LoadProgress):
                 latest = item
             elif isinstance(item, _LoadDone):
                 done = item
