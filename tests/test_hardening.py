@@ -226,3 +226,81 @@ def test_invalid_utf8_prompt_is_one_line(capsys):
     prompt = os.fsdecode(b"\xff\xfe hi")  # what Python makes of these argv bytes (surrogateescape)
     line = assert_one_line_error(run_cli(["generate", "--prompt", prompt], capsys), "--prompt", "UTF-8", within_s=5)
     line.encode("utf-8")  # the message itself is printable
+
+
+# -- caches -----------------------------------------------------------------------------------------
+
+KILLED_WRITE = """
+import os, sys
+from pathlib import Path
+from engine.io.atomic import atomic_path
+target = Path(sys.argv[1])
+with atomic_path(target) as tmp:
+    tmp.write_bytes(b"")  # the .part that was 0 bytes
+    (tmp.parent / ".tmpAbC123").write_bytes(os.urandom(1 << 20))  # safetensors' own temp file, mid-write
+    print(tmp, flush=True)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_temp_files_of_a_killed_cache_write_are_cleaned_at_next_start(tiny_gguf, cache):
+    import subprocess
+    import sys
+
+    from engine import session
+    from engine.effort import convert
+    from engine.io.paths import converted_dir
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = converted_dir() / "model-v1.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITE, str(target)], capture_output=True, text=True, cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert proc.returncode == -9, proc.stderr
+    left = sorted(p.name for p in converted_dir().iterdir())
+    assert len(left) == 1 and left[0].startswith(".model-v1.safetensors.") and left[0].endswith(".part"), left
+    legacy = converted_dir() / ".old.safetensors.k2j4h5g6.part"  # named by an older version, no pid
+    legacy.write_bytes(b"x")
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
+    loaded = session.load(str(tiny_gguf("F16")), runtime="cpu")  # the next start
+    names = sorted(p.name for p in converted_dir().iterdir())
+    assert names == sorted([convert.converted_path(loaded.files).name, convert.converted_path(loaded.files).name + ".sha256"])
+
+
+def test_a_flipped_byte_in_the_converted_cache_is_detected_and_reconverted(tiny_gguf, cache, capsys):
+    from safetensors.numpy import load_file
+
+    from engine.io import checksum
+    from engine.io.paths import converted_dir
+
+    model = tiny_gguf("F16")
+    argv = generate(model, "--effort", "0.5", "--max-tokens", "6", "--json")
+    code, first_out, err, _ = run_cli(argv, capsys)
+    assert code == 0, err
+    (path,) = converted_dir().glob("*.safetensors")
+    original = load_file(str(path))
+    assert checksum.verify(path) is True
+    with open(path, "r+b") as f:  # one byte in the middle of the tensor data
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+    code, second_out, err, _ = run_cli(argv, capsys)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "checksum mismatch" in line]
+    assert len(notes) == 1 and "converting again" in notes[0], err
+    import json
+
+    assert json.loads(second_out.splitlines()[-1])["text"] == json.loads(first_out.splitlines()[-1])["text"]
+    again = load_file(str(path))
+    assert all(np.array_equal(original[k], again[k]) for k in original)
+    from engine.effort import convert
+    from engine.errors import EngineError
+    from engine.io.loader import open_model
+
+    with open(path, "r+b") as f:  # damaged between convert() and load(): refused, never used
+        f.seek(path.stat().st_size // 2)
+        f.write(b"\x7f")
+    with pytest.raises(EngineError, match="checksum mismatch"):
+        convert.load(open_model(model))
