@@ -106,10 +106,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
 
     def show(event) -> None:
+        progress.close()  # end the prompt's progress line before the answer
         sys.stdout.write(event.text)
         sys.stdout.flush()
 
-    result = loaded.generator.generate(ids, sampling, effort, on_token=show)
+    result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
     sys.stdout.write("\n")
     if args.json:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731

@@ -304,3 +304,75 @@ def test_a_flipped_byte_in_the_converted_cache_is_detected_and_reconverted(tiny_
         f.write(b"\x7f")
     with pytest.raises(EngineError, match="checksum mismatch"):
         convert.load(open_model(model))
+
+
+# -- the 8,190-token prompt -------------------------------------------------------------------------
+
+
+class SlowPrefillRuntime:
+    """A runtime whose prefill costs 0.25 ms a token (an 8,190-token prompt: 2 s)."""
+
+    context_limit = 8192
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.calls: list[int] = []
+
+    def reset(self, keep: int) -> None:
+        self.length = min(self.length, keep)
+
+    def prefill(self, ids):
+        time.sleep(0.00025 * len(ids))
+        self.calls.append(len(ids))
+        self.length += len(ids)
+        return np.eye(16, dtype=np.float32)[3]
+
+    def step(self, token, effort):
+        self.length += 1
+        return np.eye(16, dtype=np.float32)[15], effort
+
+    def peak_memory(self) -> int:
+        return 0
+
+
+class _Chars:
+    def step(self, token: int) -> str:
+        return "x"
+
+    def flush(self) -> str:
+        return ""
+
+
+def test_a_long_prompt_reports_progress_and_stops_within_a_second():
+    import threading
+
+    from engine.api import EffortSetting, SamplingSettings
+    from engine.generate import Generator
+
+    rt = SlowPrefillRuntime()
+    gen = Generator(rt, frozenset({15}), _Chars)
+    cancel = threading.Event()
+    seen = []
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    start = time.monotonic()
+    result = gen.generate(list(range(8190)), SamplingSettings(), EffortSetting(1.0), cancel=cancel, on_prefill=seen.append)
+    stopped_after = time.monotonic() - start - 0.5
+    assert result.finish_reason == "cancelled" and result.generated_tokens == 0
+    assert stopped_after < 1.0, stopped_after
+    assert seen and all(p.stage == "prefill" and p.total == 8190 for p in seen)
+    assert [p.done for p in seen] == sorted(p.done for p in seen) and seen[-1].done < 8190
+    assert max(rt.calls) <= 512 and rt.length == seen[-1].done  # what was read stays in the cache
+    # the next turn goes on from there instead of starting over
+    read = seen[-1].done
+    result = gen.generate(list(range(8190)), SamplingSettings(max_tokens=2), EffortSetting(1.0), on_prefill=seen.append)
+    assert result.finish_reason == "stop" and rt.length == 8191
+    assert seen[-1].done == seen[-1].total == 8190 - read
+
+
+def test_a_prompt_beyond_the_context_is_refused_with_one_line(tiny_gguf, capsys):
+    line = assert_one_line_error(
+        run_cli(["generate", "--model", tiny_gguf("F16"), "--prompt", "hello world " * 400, "--max-tokens", "2"], capsys),
+        "context holds 512",
+    )
+    assert "tokens" in line

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from effort_tui.app import EffortApp
 
 FLUSH_INTERVAL_S = 1 / 20  # markdown writes are batched on this timer while tokens stream
+PREFILL_NOTE_TOKENS = 64  # prompts longer than this show how much of them has been read
 
 
 @dataclass
@@ -248,7 +249,7 @@ class ChatScreen(Screen):
         self.status.set_summary("answering…  (Esc stops)")
         self.chat_view.anchor()
         try:
-            gen.handle = app.engine.generate(self.build_request(), gen.inbox.put, gen.inbox.put)
+            gen.handle = app.engine.generate(self.build_request(), gen.inbox.put, gen.inbox.put, on_prefill=gen.inbox.put)
         except Exception as exc:
             gen.inbox.put(_failed_result(_one_line(exc)))
 
@@ -257,7 +258,13 @@ class ChatScreen(Screen):
         gen: Generation = message.inbox.tag
         result: GenerationResult | None = None
         for item in message.inbox.drain():
-            if isinstance(item, TokenEvent):
+            if isinstance(item, LoadProgress):  # the prompt being read (long prompts take a while)
+                if gen is self.generation and not gen.text and item.total > PREFILL_NOTE_TOKENS and not gen.stop_requested:
+                    self.status.set_summary(
+                        "answering…  (Esc stops)" if item.done >= item.total
+                        else f"reading the prompt {item.done:,.0f} / {item.total:,.0f} tokens…  (Esc stops)"
+                    )
+            elif isinstance(item, TokenEvent):
                 gen.stats.add(item)
                 gen.text += item.text
                 gen.pending += item.text
