@@ -8,6 +8,7 @@ default for that key plus a problem. Writing goes through `engine.io.atomic`
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -183,8 +184,12 @@ def toml_value(value: Any) -> str:
         return text if any(c in text for c in ".eE") else text + ".0"
     if isinstance(value, str):
         return toml_string(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()  # TOML's date-time / date / time syntax (RFC 3339)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # a nested table, written inline
+        return "{" + ", ".join(f"{toml_key(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -230,14 +235,35 @@ def dumps(config: Config) -> str:
     for table, values in table_extra.items():
         lines += ["", f"[{toml_key(table)}]"]
         for key, value in values.items():
-            if isinstance(value, dict):
-                continue  # deeper nesting is not part of this schema
-            lines.append(f"{toml_key(key)} = {toml_value(value)}")
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")  # deeper tables inline
     return "\n".join(lines) + "\n"
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def save_config(path: Path, config: Config) -> None:
-    write_text(path, dumps(config))
+    """Write `config`; raises ConfigError (and writes nothing) when the text would not read back
+    with every unknown key the file had, exactly as it was."""
+    try:
+        text = dumps(config)
+        parsed = tomllib.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot write the settings without changing them ({exc})") from None
+    for key, value in config.extra.items():
+        have = parsed.get(key)
+        if key == "sampling" and isinstance(value, dict) and isinstance(have, dict):
+            have = {k: have.get(k) for k in value}
+        if not _same(value, have):
+            raise ConfigError(f"cannot write the settings without changing {key!r}")
+    write_text(path, text)
 
 
 def with_theme(config: Config, theme: str) -> Config:

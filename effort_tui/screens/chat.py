@@ -23,6 +23,7 @@ from engine.io.atomic import write_text
 from effort_tui.bridge import Inbox
 from effort_tui.exporting import conversation_markdown, export_path
 from effort_tui.history import StoredMessage, title_from
+from effort_tui.input_guard import clean_text
 from effort_tui.keymap import bindings_for
 from effort_tui.messages import GenerationUpdate, LoadUpdate, PromptSubmitted
 from effort_tui.stats import SpeedStats, effort_range_text, percent, result_meta, summary_line
@@ -219,6 +220,7 @@ class ChatScreen(Screen):
             return
         app = self.effort_app
         self.prompt.accept()
+        text = clean_text(text)  # text that is not Unicode (lone surrogates) cannot be stored or encoded
         if self.conversation_id is None:
             self.conversation_id = app.store.create_conversation(
                 title_from(text), model=self._model_label(), system_prompt=app.config.system_prompt
