@@ -251,7 +251,8 @@ class ChatScreen(Screen):
         self.status.set_summary("answering…  (Esc stops)")
         self.chat_view.anchor()
         try:
-            gen.handle = app.engine.generate(self.build_request(), gen.inbox.put, gen.inbox.put, on_prefill=gen.inbox.put)
+            extra = {"on_prefill": gen.inbox.put} if _takes(app.engine.generate, "on_prefill") else {}
+            gen.handle = app.engine.generate(self.build_request(), gen.inbox.put, gen.inbox.put, **extra)
         except Exception as exc:
             gen.inbox.put(_failed_result(_one_line(exc)))
 
@@ -557,6 +558,16 @@ def _failed_result(error: str) -> GenerationResult:
         finish_reason="error",
         error=error,
     )
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether `fn` has a parameter `name` (engines written before it existed do not)."""
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _one_line(exc: BaseException) -> str:
