@@ -17,9 +17,9 @@ from textual.theme import Theme
 
 import themes
 from engine.api import ChatEngine, ModelInfo
-from effort_tui import paths
+from effort_tui import input_guard, paths
 from effort_tui.clock import Clock, SystemClock
-from effort_tui.config import Config, load_config, save_config, with_theme
+from effort_tui.config import Config, ConfigError, load_config, save_config, with_theme
 from effort_tui.history import HistoryStore
 from effort_tui.keymap import EFFORT_STEP_POINTS, bindings_for, install_alt_digit_sequences
 from effort_tui.screens.chat import ChatScreen
@@ -48,6 +48,7 @@ class EffortApp(App[int]):
         cursor_blink: bool = True,
     ) -> None:
         install_alt_digit_sequences()
+        input_guard.install()  # invalid UTF-8 typed or pasted becomes U+FFFD instead of ending the app
         super().__init__()
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
@@ -77,10 +78,16 @@ class EffortApp(App[int]):
             return HistoryStore(None, now=self.clock.time)
         path = paths.history_path(self.data_dir)
         try:
-            return HistoryStore(path, now=self.clock.time)
-        except Exception as exc:  # unreadable file, newer schema, read-only disk…
+            store = HistoryStore(path, now=self.clock.time)
+            self.config_problems.extend(store.problems)  # e.g. a damaged file moved aside
+            store.on_problem = self._history_problem
+            return store
+        except Exception as exc:  # locked at start, newer schema, read-only disk…
             self.config_problems.append(f"history is off for this session: cannot open {path}: {exc}")
             return HistoryStore(None, now=self.clock.time)
+
+    def _history_problem(self, text: str) -> None:
+        self.notify(text, title="History", severity="warning", timeout=10)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -127,6 +134,9 @@ class EffortApp(App[int]):
             save_config(self.config_path, config)
         except OSError as exc:
             self.notify(f"Could not save {self.config_path}: {exc.strerror or exc}", severity="error")
+            return False
+        except ConfigError as exc:  # it would not read back as it was: leave the file alone
+            self.notify(f"Not saved: {self.config_path}: {exc}", severity="warning", timeout=8)
             return False
         self._saved_theme = config.theme
         return True

@@ -8,6 +8,7 @@ default for that key plus a problem. Writing goes through `engine.io.atomic`
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from effort_tui.keymap import validate_keymap
-from engine.api import MIN_EFFORT, SamplingSettings
+from engine import validation
+from engine.api import SamplingSettings
 from engine.io.atomic import write_text
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -73,33 +75,18 @@ def load_config(path: Path) -> LoadedConfig:
 
 
 def parse_effort(value: object) -> float:
-    """0.05–1.0, or a percentage (1 < value <= 100), or a string like "60%"."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError:
-            raise ConfigError(f"effort must be a number like 0.6 or \"60%\", not {value!r}") from None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    else:
-        raise ConfigError(f"effort must be a number like 0.6 or \"60%\", not {value!r}")
-    if number > 1.0:
-        number /= 100.0
-    if not (MIN_EFFORT - 1e-9 <= number <= 1.0 + 1e-9) or math.isnan(number):
-        raise ConfigError(f"effort must be between {MIN_EFFORT:.0%} and 100%, not {value!r}")
-    return round(number, 4)
+    """0.05–1.0, or a percentage (1 < value <= 100), or a string like "60%" (engine.validation)."""
+    try:
+        return validation.parse_effort(value)
+    except validation.SettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def _number(value: object, name: str, *, integer: bool = False, low: float | None = None, high: float | None = None) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, not {value!r}")
-    if integer and not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number, not {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high) or value != value:
-        bounds = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
-        raise ConfigError(f"{name} must be in {bounds}, not {value!r}")
-    return int(value) if integer else float(value)
+def _sampling(key: str, value: object) -> Any:
+    try:
+        return validation.check_sampling(key, value, f"sampling.{key}")
+    except validation.SettingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _string(value: object, name: str) -> str:
@@ -116,13 +103,7 @@ _TOP_LEVEL = {
     "export_dir": lambda v: _string(v, "export_dir"),
 }
 
-_SAMPLING = {
-    "temperature": lambda v: _number(v, "sampling.temperature", low=0.0, high=10.0),
-    "top_p": lambda v: _number(v, "sampling.top_p", low=0.0, high=1.0),
-    "top_k": lambda v: _number(v, "sampling.top_k", integer=True, low=0),
-    "max_tokens": lambda v: _number(v, "sampling.max_tokens", integer=True, low=1),
-    "seed": lambda v: _number(v, "sampling.seed", integer=True),
-}
+_SAMPLING = {key: (lambda v, key=key: _sampling(key, v)) for key in validation.SAMPLING_RULES}
 
 
 def _nonempty(value: str, name: str) -> str:
@@ -203,8 +184,12 @@ def toml_value(value: Any) -> str:
         return text if any(c in text for c in ".eE") else text + ".0"
     if isinstance(value, str):
         return toml_string(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()  # TOML's date-time / date / time syntax (RFC 3339)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # a nested table, written inline
+        return "{" + ", ".join(f"{toml_key(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -250,14 +235,35 @@ def dumps(config: Config) -> str:
     for table, values in table_extra.items():
         lines += ["", f"[{toml_key(table)}]"]
         for key, value in values.items():
-            if isinstance(value, dict):
-                continue  # deeper nesting is not part of this schema
-            lines.append(f"{toml_key(key)} = {toml_value(value)}")
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")  # deeper tables inline
     return "\n".join(lines) + "\n"
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def save_config(path: Path, config: Config) -> None:
-    write_text(path, dumps(config))
+    """Write `config`; raises ConfigError (and writes nothing) when the text would not read back
+    with every unknown key the file had, exactly as it was."""
+    try:
+        text = dumps(config)
+        parsed = tomllib.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot write the settings without changing them ({exc})") from None
+    for key, value in config.extra.items():
+        have = parsed.get(key)
+        if key == "sampling" and isinstance(value, dict) and isinstance(have, dict):
+            have = {k: have.get(k) for k in value}
+        if not _same(value, have):
+            raise ConfigError(f"cannot write the settings without changing {key!r}")
+    write_text(path, text)
 
 
 def with_theme(config: Config, theme: str) -> Config:

@@ -11,7 +11,9 @@ WAL with ``synchronous=NORMAL`` makes a commit an append to the log.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,106 +66,290 @@ def title_from(text: str, limit: int = 60) -> str:
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
+BUSY_TIMEOUT_S = 1.0  # how long a write waits for another process's lock (on the UI thread)
+RETRY_TIMEOUT_S = 0.05  # the same while earlier writes are waiting in memory
+
+
+def _damaged(exc: BaseException) -> bool:
+    """A database error that means the file is damaged (as opposed to locked or busy)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("malformed", "not a database", "disk image", "quick_check", "encrypted"))
+
+
 class HistoryStore:
-    def __init__(self, path: Path | None, now: Callable[[], float]) -> None:
+    """The history database. It never raises on a locked or damaged file while the app runs:
+
+    * locked (another program holds it): the write is kept in memory, with a notice, and written
+      before the next one once the lock is gone (and at close); ids handed out meanwhile are
+      provisional (negative) and mapped to the real ones when written.
+    * damaged (at start or later): the file is moved aside as ``<name>.damaged-<time>`` and a fresh
+      one started, with a notice; writes kept in memory go to the fresh file.
+
+    Notices go to `on_problem` once it is set; before that they collect in `problems`.
+    """
+
+    def __init__(self, path: Path | None, now: Callable[[], float], on_problem: Callable[[str], None] | None = None) -> None:
         self.path = path
         self._now = now
+        self.problems: list[str] = []
+        self.on_problem = on_problem
+        self._pending: list[list[Any]] = []  # writes not yet in the database, oldest first
+        self._ids: dict[int, int] = {}  # provisional id -> id in the database
+        self._next_provisional = -1
+        self._recovered = False
         if path is None:
             self._db = sqlite3.connect(":memory:")
+            self._setup(self._db)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path))
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+            try:
+                self._db = self._open(path)
+            except sqlite3.DatabaseError as exc:
+                if not _damaged(exc):
+                    raise
+                aside = self._move_aside(exc)
+                self._db = self._open(path)
+                self._notice(f"{path.name} was damaged ({_one_line(exc)}); kept as {aside.name}, a fresh history started")
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            self._setup(db)
+        except Exception:
+            db.close()
+            raise
+        return db
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys=ON")
+        self._migrate(db)
 
     @property
     def persistent(self) -> bool:
         return self.path is not None
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(
                 f"{self.path} was written by a newer Effort Engine (schema {version}); "
                 "upgrade, or move the file away"
             )
-        with self._db:
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        with db:
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # -- trouble -------------------------------------------------------------------------------
+
+    def _notice(self, text: str) -> None:
+        if self.on_problem is not None:
+            self.on_problem(text)
+        else:
+            self.problems.append(text)
+
+    def _move_aside(self, exc: BaseException) -> Path:
+        """Rename the damaged file (and its -wal/-shm) to <name>.damaged-<time>; returns the new name."""
+        assert self.path is not None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                os.replace(src, aside.with_name(aside.name + suffix))
+        return aside
+
+    def _trouble(self, exc: sqlite3.DatabaseError) -> None:
+        """A write or read failed: start a fresh file if this one is damaged."""
+        if self.path is None or not _damaged(exc):
+            return
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+        aside = self._move_aside(exc)
+        self._db = self._open(self.path)
+        self._recovered = True
+        self._notice(
+            f"{self.path.name} is damaged ({_one_line(exc)}); kept as {aside.name}. A fresh history "
+            "was started; this conversation is saved there"
+        )
 
     # -- writes (each one commit) --------------------------------------------------------------
 
+    def _real(self, some_id: int) -> int:
+        return self._ids.get(some_id, some_id)
+
+    def _apply(self, op: list[Any]) -> int:
+        kind = op[0]
+        db = self._db
+        with db:
+            if kind == "conv":
+                _, _pid, title, model, system_prompt, now = op
+                cur = db.execute(
+                    "INSERT INTO conversations (title, model, system_prompt, created, updated) VALUES (?, ?, ?, ?, ?)",
+                    (title, model, system_prompt, now, now),
+                )
+                return int(cur.lastrowid)
+            if kind == "msg":
+                _, _pid, conversation_id, role, content, meta, now = op
+                cid = self._real(conversation_id)
+                if db.execute("SELECT 1 FROM conversations WHERE id=?", (cid,)).fetchone() is None:
+                    if not self._recovered:
+                        return 0  # the conversation was deleted meanwhile: nothing to add it to
+                    db.execute(  # its conversation is in the damaged file: give it a home
+                        "INSERT INTO conversations (id, title, model, system_prompt, created, updated) "
+                        "VALUES (?, 'Recovered conversation', '', '', ?, ?)",
+                        (cid, now, now),
+                    )
+                cur = db.execute(
+                    "INSERT INTO messages (conversation_id, role, content, created, meta) VALUES (?, ?, ?, ?, ?)",
+                    (cid, role, content, now, meta),
+                )
+                db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, cid))
+                return int(cur.lastrowid)
+            if kind == "delete_msg":
+                db.execute("DELETE FROM messages WHERE id=?", (self._real(op[1]),))
+            elif kind == "delete_conv":
+                db.execute("DELETE FROM conversations WHERE id=?", (self._real(op[1]),))
+            elif kind == "rename":
+                db.execute("UPDATE conversations SET title=? WHERE id=?", (op[2], self._real(op[1])))
+            return 0
+
+    def _flush(self, timeout: float = RETRY_TIMEOUT_S) -> None:
+        """Write what is waiting in memory, oldest first, until one fails."""
+        if not self._pending:
+            return
+        self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        try:
+            while self._pending:
+                op = self._pending[0]
+                try:
+                    real = self._apply(op)
+                except sqlite3.DatabaseError as exc:
+                    self._trouble(exc)
+                    if not _damaged(exc):
+                        return
+                    continue  # a fresh file now: try again there
+                if op[0] in ("conv", "msg") and op[1] is not None:
+                    self._ids[op[1]] = real
+                self._pending.pop(0)
+            self._notice(f"the history is saved again to {self.path.name if self.path else 'memory'}")
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+
+    def _submit(self, op: list[Any]) -> int:
+        self._flush()
+        if not self._pending:
+            try:
+                return self._apply(op)
+            except sqlite3.DatabaseError as exc:
+                self._trouble(exc)
+                if _damaged(exc):
+                    try:
+                        return self._apply(op)  # on the fresh file
+                    except sqlite3.DatabaseError:
+                        pass
+                self._notice(
+                    f"the history file is busy or unwritable ({_one_line(exc)}); your messages are kept "
+                    "in memory and saved once it can be written"
+                )
+        provisional = None
+        if op[0] in ("conv", "msg"):
+            provisional = self._next_provisional
+            self._next_provisional -= 1
+            op[1] = provisional
+        self._pending.append(op)
+        return provisional or 0
+
     def create_conversation(self, title: str, model: str = "", system_prompt: str = "") -> int:
-        now = self._now()
-        with self._db:
-            cur = self._db.execute(
-                "INSERT INTO conversations (title, model, system_prompt, created, updated) VALUES (?, ?, ?, ?, ?)",
-                (title, model, system_prompt, now, now),
-            )
-        return int(cur.lastrowid)
+        return self._submit(["conv", None, title, model, system_prompt, self._now()])
 
     def add_message(self, conversation_id: int, role: str, content: str, meta: dict[str, Any] | None = None) -> int:
-        now = self._now()
-        with self._db:
-            cur = self._db.execute(
-                "INSERT INTO messages (conversation_id, role, content, created, meta) VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, role, content, now, json.dumps(meta or {}, separators=(",", ":"))),
-            )
-            self._db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, conversation_id))
-        return int(cur.lastrowid)
+        meta_text = json.dumps(meta or {}, separators=(",", ":"))
+        return self._submit(["msg", None, conversation_id, role, content, meta_text, self._now()])
 
     def delete_message(self, message_id: int) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM messages WHERE id=?", (message_id,))
+        self._submit(["delete_msg", message_id])
 
     def delete_conversation(self, conversation_id: int) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM conversations WHERE id=?", (conversation_id,))
+        self._submit(["delete_conv", conversation_id])
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
-        with self._db:
-            self._db.execute("UPDATE conversations SET title=? WHERE id=?", (title, conversation_id))
+        self._submit(["rename", conversation_id, title])
+
+    @property
+    def unsaved(self) -> int:
+        """Writes waiting in memory (0 when everything is in the file)."""
+        return len(self._pending)
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def _query(self, sql: str, params: tuple) -> list[sqlite3.Row]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            self._trouble(exc)
+            if not _damaged(exc):
+                self._notice(f"cannot read the history ({_one_line(exc)})")
+            return []
+
+    def _pending_conversation(self, conversation_id: int) -> list[Any] | None:
+        return next((op for op in self._pending if op[0] == "conv" and op[1] == conversation_id), None)
+
     def conversation(self, conversation_id: int) -> ConversationSummary | None:
-        rows = self._summaries("WHERE c.id=?", (conversation_id,))
+        op = self._pending_conversation(conversation_id)
+        if op is not None:
+            n = sum(1 for o in self._pending if o[0] == "msg" and o[2] == conversation_id)
+            return ConversationSummary(conversation_id, op[2], op[3], op[5], op[5], n)
+        rows = self._summaries("WHERE c.id=?", (self._real(conversation_id),))
         return rows[0] if rows else None
 
     def list_conversations(self) -> list[ConversationSummary]:
         return self._summaries("", ())
 
     def _summaries(self, where: str, params: tuple) -> list[ConversationSummary]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT c.id, c.title, c.model, c.created, c.updated, COUNT(m.id) AS n "
             "FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id "
             f"{where} GROUP BY c.id ORDER BY c.updated DESC, c.id DESC",
             params,
-        ).fetchall()
+        )
         return [ConversationSummary(r["id"], r["title"], r["model"], r["created"], r["updated"], r["n"]) for r in rows]
 
     def system_prompt(self, conversation_id: int) -> str:
-        row = self._db.execute("SELECT system_prompt FROM conversations WHERE id=?", (conversation_id,)).fetchone()
-        return row[0] if row else ""
+        op = self._pending_conversation(conversation_id)
+        if op is not None:
+            return op[4]
+        rows = self._query("SELECT system_prompt FROM conversations WHERE id=?", (self._real(conversation_id),))
+        return rows[0][0] if rows else ""
 
     def messages(self, conversation_id: int) -> list[StoredMessage]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT id, conversation_id, role, content, created, meta FROM messages WHERE conversation_id=? ORDER BY id",
-            (conversation_id,),
-        ).fetchall()
-        return [
-            StoredMessage(r["id"], r["conversation_id"], r["role"], r["content"], r["created"], _load_meta(r["meta"]))
+            (self._real(conversation_id),),
+        )
+        out = [
+            StoredMessage(r["id"], conversation_id, r["role"], r["content"], r["created"], _load_meta(r["meta"]))
             for r in rows
         ]
+        for op in self._pending:
+            if op[0] == "msg" and self._real(op[2]) == self._real(conversation_id):
+                out.append(StoredMessage(op[1], conversation_id, op[3], op[4], op[6], _load_meta(op[5])))
+        return out
 
     def prompt_history(self, limit: int = 200) -> list[str]:
         """The user's recent messages, oldest first, without repeats in a row."""
-        rows = self._db.execute(
-            "SELECT content FROM messages WHERE role='user' ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
+        rows = self._query("SELECT content FROM messages WHERE role='user' ORDER BY id DESC LIMIT ?", (limit,))
         out: list[str] = []
         for (content,) in reversed(rows):
             if not out or out[-1] != content:
@@ -171,7 +357,27 @@ class HistoryStore:
         return out
 
     def close(self) -> None:
-        self._db.close()
+        """Write what is still waiting (a last, longer try); what cannot be written goes to
+        <name>.unsaved-<time>.json beside the database, so nothing is lost."""
+        if self._pending:
+            try:
+                self._flush(timeout=2.0)
+            except sqlite3.Error:
+                pass
+        if self._pending and self.path is not None:
+            dump = self.path.with_name(f"{self.path.name}.unsaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            try:
+                dump.write_text(json.dumps(self._pending, ensure_ascii=False, indent=1), encoding="utf-8")
+            except OSError:
+                pass
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _load_meta(text: str) -> dict[str, Any]:

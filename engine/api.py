@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from engine.events import GenerationResult, LoadProgress, TokenEvent
-
-MIN_EFFORT = 0.05
+from engine.validation import MIN_EFFORT  # noqa: F401 - re-exported
 
 
 class EffortSetting:
@@ -112,7 +111,9 @@ class ChatEngine(Protocol):
         request: ChatRequest,
         on_token: Callable[[TokenEvent], None],
         on_done: Callable[[GenerationResult], None],
+        on_prefill: Callable[[LoadProgress], None] | None = None,
     ) -> GenerationHandle:
-        """Start answering; returns at once. `on_done` is always called exactly once."""
+        """Start answering; returns at once. `on_done` is always called exactly once; `on_prefill`
+        (optional) gets LoadProgress("prefill", done, total) while the prompt is read."""
 
     def close(self) -> None: ...

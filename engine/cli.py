@@ -24,14 +24,20 @@ EXIT_USAGE = 2
 class ProgressLine:
     """A one-line progress display on stderr: stage, bytes or items, percent, ETA."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
         self._stage = ""
         self._start = time.monotonic()
         self._last = 0.0
 
     def __call__(self, p: LoadProgress) -> None:
+        if p.stage == "notice":  # something the user should know (a clamped context, a re-conversion)
+            self._finish_line()
+            self._stage = ""
+            self.stream.write(f"effort: note: {p.message}\n")
+            self.stream.flush()
+            return
         now = time.monotonic()
         if p.stage != self._stage:
             self._finish_line()
@@ -100,10 +106,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
 
     def show(event) -> None:
+        progress.close()  # end the prompt's progress line before the answer
         sys.stdout.write(event.text)
         sys.stdout.flush()
 
-    result = loaded.generator.generate(ids, sampling, effort, on_token=show)
+    result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
     sys.stdout.write("\n")
     if args.json:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
@@ -311,16 +318,29 @@ def cmd_chat(args: argparse.Namespace) -> int:
 # -- parsing ------------------------------------------------------------------------------------
 
 
+def _flag(check: Callable[[str], object], name: str) -> Callable[[str], object]:
+    """An argparse `type` applying one of the shared rules of `engine.validation` (the settings
+    file uses the same ones): a refused value is a one-line usage error, exit 2."""
+    from engine import validation
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except validation.SettingError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
+
+
 def effort_value(text: str) -> float:
+    """0.05-1.0, 5-100 or "60%" (engine.validation.parse_effort); anything else is refused."""
+    from engine import validation
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"effort must be a number in (0, 1], got {text!r}") from None
-    if value > 1.0 and value <= 100.0:
-        value /= 100.0  # accept percentages: --effort 25
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"effort must be in (0, 1] (or a percentage), got {text!r}")
-    return value
+        return validation.parse_effort(text)
+    except validation.SettingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:
@@ -331,6 +351,19 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def sampling_flag(key: str) -> Callable[[str], object]:
+    from engine import validation
+
+    name = "--" + key.replace("_", "-")
+    return _flag(lambda text: validation.check_sampling(key, text, name), name)
+
+
+def text_flag(name: str) -> Callable[[str], str]:
+    from engine import validation
+
+    return _flag(lambda text: validation.text_value(text, name), name)
 
 
 COMMANDS = ("chat", "generate", "pull", "models", "convert", "eval", "bench")
@@ -362,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = add("chat", help="open the chat app (the default)")
     chat.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
-    chat.add_argument("--effort", type=effort_value, help="starting effort, 0-1 (or a percentage)")
+    chat.add_argument("--effort", type=effort_value, help="starting effort: 0.05-1, 5-100 or 60%%")
     chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
     chat.add_argument("--theme", help="theme name")
     chat.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of each bucket (8 on the CPU, 16 on a GPU)")
@@ -370,15 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = add("generate", help="answer one prompt, streaming to stdout")
     gen.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder (default smollm2-135m)")
-    gen.add_argument("--prompt", "-p", required=True, help="the user message")
-    gen.add_argument("--system", help="a system message")
+    gen.add_argument("--prompt", "-p", required=True, type=text_flag("--prompt"), help="the user message")
+    gen.add_argument("--system", type=text_flag("--system"), help="a system message")
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
-    gen.add_argument("--effort", type=effort_value, default=1.0, help="effort 0-1 (or a percentage); 1 = dense")
-    gen.add_argument("--max-tokens", type=positive_int, default=256)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("--effort", type=effort_value, default=1.0, help="effort: 0.05-1, 5-100 or 60%%; 1 = dense")
+    gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"), default=256)
+    gen.add_argument("--temperature", type=sampling_flag("temperature"), default=0.0, help="0 = greedy (0-10)")
+    gen.add_argument("--top-p", type=sampling_flag("top_p"), default=1.0, help="in (0, 1]")
+    gen.add_argument("--top-k", type=sampling_flag("top_k"), default=0, help="0 = off")
+    gen.add_argument("--seed", type=sampling_flag("seed"))
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
     gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of each bucket (8 on the CPU, 16 on a GPU)")
     gen.set_defaults(func=cmd_generate)

@@ -53,7 +53,8 @@ class GenerationResult:
 class LoadProgress:
     """Progress of a long load step: downloading, reading, converting."""
 
-    stage: str  # "download" | "verify" | "read" | "load" | "convert" | "calibrate" | "eval"
+    stage: str  # "download" | "verify" | "read" | "load" | "convert" | "calibrate" | "eval" | "prefill"
+    # | "notice": no progress, a one-line message the user should see (shown as a note)
     done: float  # bytes or items done
     total: float  # bytes or items in all (0 when unknown)
     unit: str = "B"  # "B" for bytes, "" for items

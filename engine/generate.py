@@ -15,9 +15,16 @@ import numpy as np
 
 from engine.api import EffortSetting, SamplingSettings
 from engine.errors import ContextLimitError
-from engine.events import GenerationResult, TokenEvent
+from engine.events import GenerationResult, LoadProgress, TokenEvent
 from engine.runtime.base import Runtime
 from engine.sampler import Sampler
+
+
+# A prompt is prefilled in chunks sized to take about PREFILL_CHUNK_S each, so that a stop request
+# (Esc) takes effect within a second and progress can be shown even for a prompt of 8k tokens.
+PREFILL_CHUNK_S = 0.25
+PREFILL_FIRST_CHUNK = 16
+PREFILL_MAX_CHUNK = 512
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -54,7 +61,10 @@ class Generator:
         effort: EffortSetting,
         cancel: threading.Event | None = None,
         on_token: Callable[[TokenEvent], None] | None = None,
+        on_prefill: Callable[[LoadProgress], None] | None = None,
     ) -> GenerationResult:
+        """`on_prefill` gets LoadProgress("prefill", done, total) after each chunk of the prompt;
+        `cancel` is honoured between chunks of the prompt and between tokens."""
         limit = self.runtime.context_limit
         prompt_ids = list(prompt_ids)
         if not prompt_ids:
@@ -72,8 +82,13 @@ class Generator:
         keep = min(common_prefix(self._cached, prompt_ids), len(prompt_ids) - 1)
         self.runtime.reset(keep)
         self._cached = prompt_ids[:keep]
-        logits = self.runtime.prefill(prompt_ids[keep:])
-        self._cached = list(prompt_ids)
+        logits = self._prefill(prompt_ids, keep, cancel, on_prefill)
+        if logits is None:  # stopped while reading the prompt
+            return GenerationResult(
+                text="", token_ids=[], prompt_token_ids=prompt_ids, prompt_tokens=len(prompt_ids),
+                generated_tokens=0, prompt_tps=0.0, decode_tps=0.0, ttft_s=time.perf_counter() - start,
+                finish_reason="cancelled", peak_memory_bytes=self.runtime.peak_memory(),
+            )
         token = sampler(logits)
         now = time.perf_counter()
         ttft = now - start
@@ -126,3 +141,28 @@ class Generator:
             decode_tps=decode_tps, ttft_s=ttft, finish_reason=finish, effort_trace=efforts,
             effective_trace=effective, step_trace=steps, peak_memory_bytes=self.runtime.peak_memory(),
         )
+
+    def _prefill(
+        self, prompt_ids: list[int], keep: int, cancel: threading.Event | None,
+        on_prefill: Callable[[LoadProgress], None] | None,
+    ) -> np.ndarray | None:
+        """Prefill prompt_ids[keep:]; None when `cancel` was set first (the cache then holds what was
+        read). Without `cancel` and `on_prefill` the whole prompt is one call."""
+        todo = prompt_ids[keep:]
+        total, done = len(todo), 0
+        chunk = PREFILL_FIRST_CHUNK if (cancel is not None or on_prefill is not None) else total
+        logits = None
+        while done < total:
+            if cancel is not None and cancel.is_set():
+                return None
+            part = todo[done : done + chunk]
+            began = time.perf_counter()
+            logits = self.runtime.prefill(part)
+            took = time.perf_counter() - began
+            done += len(part)
+            self._cached = prompt_ids[: keep + done]
+            if on_prefill is not None:
+                on_prefill(LoadProgress("prefill", done, total, "", "reading the prompt"))
+            if took > 0:
+                chunk = max(1, min(PREFILL_MAX_CHUNK, int(len(part) * PREFILL_CHUNK_S / took)))
+        return logits

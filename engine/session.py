@@ -19,7 +19,7 @@ from engine.events import LoadProgress
 from engine.generate import Generator
 from engine.runtime.base import Runtime
 from engine.io.loader import ModelFiles, open_model
-from engine.model.config import ModelConfig
+from engine.model.config import ModelConfig, context_for_memory
 from engine.model.decoder import Model, to_mlx
 from engine.runtime.mlx_runtime import MLXRuntime
 from engine.io.tokenizer import Tokenizer
@@ -120,8 +120,11 @@ def load(
     kind = runtime_kind(runtime, be.name, files.config)
     if load_ranks is not None and kind != "cpu":
         raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
+    context, notice = context_for_memory(files.config)
+    if notice:
+        progress(LoadProgress("notice", 0, 0, "", notice))
     converted = prepare_effort(files, model, progress, load_ranks, bucket_for_runtime(kind)) if effort else None
-    run = make_runtime(model, files.config.context_length, kind, converted, stored_q8_head(files))
+    run = make_runtime(model, context, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:
         weights.clear()
@@ -129,7 +132,7 @@ def load(
         backends.return_freed_memory()
     info = ModelInfo(
         name=display_name(spec, path), path=str(path), architecture=files.config.architecture,
-        backend=be.name, device=be.device, context_limit=files.config.context_length, parameters=params,
+        backend=be.name, device=be.device, context_limit=context, parameters=params,
         effort_cap=converted.effort_cap if converted else 1.0,
         resident_bytes=resident_bytes(model, converted, run),
     )

@@ -89,7 +89,9 @@ class EngineWorker:
         request: ChatRequest,
         on_token: Callable[[TokenEvent], None],
         on_done: Callable[[GenerationResult], None],
+        on_prefill: Callable[[LoadProgress], None] | None = None,
     ) -> _Handle:
+        """`on_prefill` (optional) gets LoadProgress("prefill", done, total) while the prompt is read."""
         handle = _Handle()
 
         def job() -> None:
@@ -103,7 +105,8 @@ class EngineWorker:
                 else:
                     ids = tok.encode_chat(request.messages)
                 result = self.loaded.generator.generate(
-                    ids, request.sampling, self.effort, cancel=handle.cancelled, on_token=on_token
+                    ids, request.sampling, self.effort, cancel=handle.cancelled, on_token=on_token,
+                    on_prefill=on_prefill,
                 )
             except Exception as exc:  # noqa: BLE001
                 result = failed_result(ids, self._explain(exc))

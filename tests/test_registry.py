@@ -74,3 +74,21 @@ def test_unknown_alias_and_missing_path(tmp_path):
         registry.pull("no-such-model")
     with pytest.raises(EngineError, match="no such file"):
         registry.resolve(str(tmp_path / "missing.gguf"))
+
+
+def test_cached_model_is_verified_by_sha256_and_fetched_again_when_damaged(fake_index):
+    """Issue 16: the cached GGUF was checked by size only; a flipped byte went unnoticed."""
+    from engine.io import checksum
+
+    path = registry.pull("fake")
+    assert checksum.verify(path) is True  # the pull recorded its sha256
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # same size, different content
+    path.write_bytes(bytes(data))
+    seen = []
+    assert registry.resolve("fake", seen.append) == path
+    notes = [p.message for p in seen if p.stage == "notice"]
+    assert len(notes) == 1 and "damaged" in notes[0]
+    assert path.read_bytes() == PAYLOAD  # fetched again
+    seen.clear()
+    assert registry.resolve("fake", seen.append) == path and not [p for p in seen if p.stage == "verify"]

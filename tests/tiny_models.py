@@ -350,7 +350,7 @@ def write_tiny_gguf(
         if isinstance(value, bool):
             w.add_bool(key, value)
         elif isinstance(value, int):
-            w.add_uint32(key, value)
+            w.add_uint32(key, value) if value < 1 << 32 else w.add_uint64(key, value)  # overrides a key
         elif isinstance(value, float):
             w.add_float32(key, value)
         else:

@@ -23,6 +23,7 @@ from engine.io.atomic import write_text
 from effort_tui.bridge import Inbox
 from effort_tui.exporting import conversation_markdown, export_path
 from effort_tui.history import StoredMessage, title_from
+from effort_tui.input_guard import clean_text
 from effort_tui.keymap import bindings_for
 from effort_tui.messages import GenerationUpdate, LoadUpdate, PromptSubmitted
 from effort_tui.stats import SpeedStats, effort_range_text, percent, result_meta, summary_line
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from effort_tui.app import EffortApp
 
 FLUSH_INTERVAL_S = 1 / 20  # markdown writes are batched on this timer while tokens stream
+PREFILL_NOTE_TOKENS = 64  # prompts longer than this show how much of them has been read
 
 
 @dataclass
@@ -162,7 +164,9 @@ class ChatScreen(Screen):
         latest: LoadProgress | None = None
         done: _LoadDone | None = None
         for item in message.inbox.drain():
-            if isinstance(item, LoadProgress):
+            if isinstance(item, LoadProgress) and item.stage == "notice":
+                self.notify(item.message, title="Note", severity="warning", timeout=12)
+            elif isinstance(item, LoadProgress):
                 latest = item
             elif isinstance(item, _LoadDone):
                 done = item
@@ -216,6 +220,7 @@ class ChatScreen(Screen):
             return
         app = self.effort_app
         self.prompt.accept()
+        text = clean_text(text)  # text that is not Unicode (lone surrogates) cannot be stored or encoded
         if self.conversation_id is None:
             self.conversation_id = app.store.create_conversation(
                 title_from(text), model=self._model_label(), system_prompt=app.config.system_prompt
@@ -246,7 +251,8 @@ class ChatScreen(Screen):
         self.status.set_summary("answering…  (Esc stops)")
         self.chat_view.anchor()
         try:
-            gen.handle = app.engine.generate(self.build_request(), gen.inbox.put, gen.inbox.put)
+            extra = {"on_prefill": gen.inbox.put} if _takes(app.engine.generate, "on_prefill") else {}
+            gen.handle = app.engine.generate(self.build_request(), gen.inbox.put, gen.inbox.put, **extra)
         except Exception as exc:
             gen.inbox.put(_failed_result(_one_line(exc)))
 
@@ -255,7 +261,13 @@ class ChatScreen(Screen):
         gen: Generation = message.inbox.tag
         result: GenerationResult | None = None
         for item in message.inbox.drain():
-            if isinstance(item, TokenEvent):
+            if isinstance(item, LoadProgress):  # the prompt being read (long prompts take a while)
+                if gen is self.generation and not gen.text and item.total > PREFILL_NOTE_TOKENS and not gen.stop_requested:
+                    self.status.set_summary(
+                        "answering…  (Esc stops)" if item.done >= item.total
+                        else f"reading the prompt {item.done:,.0f} / {item.total:,.0f} tokens…  (Esc stops)"
+                    )
+            elif isinstance(item, TokenEvent):
                 gen.stats.add(item)
                 gen.text += item.text
                 gen.pending += item.text
@@ -546,6 +558,16 @@ def _failed_result(error: str) -> GenerationResult:
         finish_reason="error",
         error=error,
     )
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether `fn` has a parameter `name` (engines written before it existed do not)."""
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _one_line(exc: BaseException) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from textual import events
 from textual.widgets import TextArea
 
+from effort_tui.input_guard import clean_text
 from effort_tui.keymap import bindings_for
 from effort_tui.messages import PromptSubmitted
 
@@ -45,6 +47,11 @@ class PromptBox(TextArea):
         )
         self.sent_history: list[str] = list(history)
         self._index: int | None = None  # which history entry is shown, None = not browsing
+
+    def _on_paste(self, event: events.Paste) -> None:
+        # Runs before TextArea's own handler (Textual calls each class's, subclass first), which
+        # then inserts the cleaned text: never let text that is not Unicode into the box.
+        event.text = clean_text(event.text)
 
     # -- actions -------------------------------------------------------------------------------
 

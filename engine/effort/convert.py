@@ -21,7 +21,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from engine.effort.allocation import Allocation
-from engine.io.atomic import atomic_path
+from engine.io import checksum
+from engine.io.atomic import atomic_path, clean_stale
 from engine.effort.bucket import B, BucketMatrix, convert_matrix, packing_for
 from engine.errors import EngineError
 from engine.events import LoadProgress
@@ -70,9 +71,15 @@ def convert(
 ) -> Path:
     """Write the converted model to the cache (no-op when it is there already)."""
     target = converted_path(files, bucket)
-    if target.exists() and not force:
-        return target
     progress = on_progress or (lambda p: None)
+    clean_stale(target.parent)  # what a killed conversion left behind
+    if target.exists() and not force:
+        intact = checksum.verify(target, progress)
+        if intact is None:  # converted before checksums were recorded: adopt it
+            checksum.record(target)
+        if intact is not False:
+            return target
+        progress(LoadProgress("notice", 0, 0, "", f"{target.name} is damaged (checksum mismatch); converting again"))
     names = projection_names(files.config.num_layers)
     tensors: dict[str, np.ndarray] = {}
     buckets: dict[str, BucketMatrix] = {}
@@ -100,6 +107,7 @@ def convert(
     }
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+    checksum.record(target)
     return target
 
 
@@ -115,6 +123,8 @@ def load(files: ModelFiles, load_ranks: int | None = None, values: bool = True, 
     path = converted_path(files, bucket)
     if not path.exists():
         raise EngineError(f"{files.path.name} has not been converted; run `effort convert --model {files.path}`")
+    if checksum.verify(path) is False:
+        raise EngineError(f"{path}: damaged (checksum mismatch); run `effort convert --force`")
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}

@@ -20,6 +20,8 @@ Two extras for a chat app:
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -69,16 +71,156 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+# -- the work budget ------------------------------------------------------------------------------
+# A template is code from the model file. The sandbox already stops it from reaching Python; these
+# bound what it may cost: every item any {% for %} visits, the output's size and the wall time of
+# one render, and the size of what `*`, `**` and `%` may build. Past a limit the render stops with
+# one line (ChatTemplateError) instead of hanging or filling memory.
+MAX_LOOP_ITEMS = 1_000_000  # items visited by all loops of one render, together
+MAX_OUTPUT_CHARS = 8_000_000  # the rendered prompt
+MAX_RENDER_S = 5.0
+MAX_BUILT = 16_000_000  # length of a string or list made by `*`, `+` or `~` (and filter widths)
+
+_budget = threading.local()
+
+
+class TemplateBudgetError(Exception):
+    """The template exceeded its work budget (the message says which)."""
+
+
+class _Budget:
+    __slots__ = ("items", "deadline")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.deadline = time.monotonic() + MAX_RENDER_S
+
+    def spend(self, n: int = 1) -> None:
+        self.items += n
+        if self.items > MAX_LOOP_ITEMS:
+            raise TemplateBudgetError(f"the chat template's loops ran more than {MAX_LOOP_ITEMS:,} steps")
+        if self.items & 0x3FF == 0 and time.monotonic() > self.deadline:
+            raise TemplateBudgetError(f"rendering the chat template took more than {MAX_RENDER_S:g} s")
+
+
+def _current() -> _Budget:
+    budget = getattr(_budget, "current", None)
+    if budget is None:  # rendered outside ChatTemplate._render (tests, tools): a fresh budget
+        budget = _budget.current = _Budget()
+    return budget
+
+
+def _budgeted(iterable: Any):
+    """Every {% for %} iterates through this (see _BudgetedEnvironment._parse)."""
+    budget = _current()
+    for item in iterable:
+        budget.spend()
+        yield item
+
+
+def _sized(value: Any) -> Any:
+    """Every `a ~ b` goes through this: a string doubled in a loop stops at MAX_BUILT."""
+    if _size(value) > MAX_BUILT:
+        raise TemplateBudgetError("the chat template builds a string that is too long")
+    return value
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+
+
+def _environment_class():
+    from jinja2 import nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BudgetedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+        def _parse(self, source, name, filename):
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                loop.iter = nodes.Filter(loop.iter, "_budgeted", [], [], None, None, lineno=loop.lineno)
+            for parent in list(tree.find_all(nodes.Node)):
+                for field in parent.fields:
+                    child = getattr(parent, field, None)
+                    if isinstance(child, nodes.Concat):
+                        setattr(parent, field, nodes.Filter(child, "_sized", [], [], None, None, lineno=child.lineno))
+                    elif isinstance(child, list):
+                        child[:] = [
+                            nodes.Filter(c, "_sized", [], [], None, None, lineno=c.lineno)
+                            if isinstance(c, nodes.Concat) else c
+                            for c in child
+                        ]
+            return tree
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "+":
+                if _size(left) + _size(right) > MAX_BUILT:
+                    raise TemplateBudgetError("the chat template builds a string or list that is too long")
+            elif operator == "*":
+                n = right if isinstance(right, int) else left if isinstance(left, int) else 1
+                if isinstance(n, int) and max(_size(left), _size(right)) * max(n, 0) > MAX_BUILT:
+                    raise TemplateBudgetError("the chat template builds a string or list that is too long")
+            elif operator == "**":
+                if isinstance(right, (int, float)) and isinstance(left, (int, float)) and abs(right) > 64 and abs(left) > 1:
+                    raise TemplateBudgetError("the chat template computes a number that is too large")
+            elif operator == "%" and isinstance(left, str):
+                import re
+
+                if re.search(r"%[-+ #0]*(\d{5,}|\*)", left) or re.search(r"\.\d{5,}", left):
+                    raise TemplateBudgetError("the chat template formats a field that is too wide")
+            return super().call_binop(context, operator, left, right)
+
+    return BudgetedEnvironment
+
+
+def _guard_filter(fn: Any) -> Any:
+    """A built-in filter whose numeric arguments (widths, counts) are bounded: `center(10**10)`
+    would otherwise allocate 10 GB before any check could run."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        for value in (*args[1:], *kwargs.values()):
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_BUILT:
+                raise TemplateBudgetError(f"the chat template passes {value:,} to a filter")
+        return fn(*args, **kwargs)
+
+    for attr in ("jinja_pass_arg",):  # context/eval-context filters keep their marker
+        if hasattr(fn, attr):
+            setattr(guarded, attr, getattr(fn, attr))
+    return guarded
+
+
 @lru_cache(maxsize=16)
 def _compile(source: str):
     from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = _environment_class()(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters = {name: _guard_filter(fn) for name, fn in env.filters.items()}
     env.filters["tojson"] = _tojson
+    env.filters["_budgeted"] = _budgeted
+    env.filters["_sized"] = _sized
+    env.globals.pop("lipsum", None)  # lipsum(n=10**9) builds gigabytes of text
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(source)
+
+
+def _render_bounded(template: Any, **context: Any) -> str:
+    """`template.render(**context)` within the work budget (raises TemplateBudgetError)."""
+    _budget.current = budget = _Budget()
+    try:
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(**context):
+            size += len(chunk)
+            if size > MAX_OUTPUT_CHARS:
+                raise TemplateBudgetError(f"the chat template wrote more than {MAX_OUTPUT_CHARS:,} characters")
+            if time.monotonic() > budget.deadline:
+                raise TemplateBudgetError(f"rendering the chat template took more than {MAX_RENDER_S:g} s")
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        _budget.current = None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -102,7 +244,8 @@ class ChatTemplate:
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         clean = [{k: v for k, v in m.items() if v is not None} for m in messages]
-        return self._template.render(
+        return _render_bounded(
+            self._template,
             messages=clean,
             tools=None,
             documents=None,
@@ -116,6 +259,8 @@ class ChatTemplate:
             raise ChatTemplateError(f"{self.name}: cannot render an empty conversation")
         try:
             return self._render(messages, add_generation_prompt)
+        except TemplateBudgetError as exc:  # no second try: it would cost as much again
+            raise ChatTemplateError(f"{self.name}: {exc}") from None
         except Exception as exc:  # jinja2 errors, and template bugs like undefined attributes
             first_error = exc
         folded = fold_system(messages)

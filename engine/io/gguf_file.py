@@ -44,6 +44,12 @@ _SCALAR_FORMATS = {
 _STRING, _ARRAY = 8, 9
 
 _MAX_COUNT = 1 << 40  # sanity bound for counts read from the file
+# Limits on what the header may claim, checked before anything is built from it.
+MAX_METADATA_DEPTH = 4  # arrays of arrays: real files use at most 2 levels
+MAX_STRING_BYTES = 64 << 20  # one metadata string (chat templates are ~10 KB)
+MAX_ARRAY_ITEMS = 1 << 26  # one metadata array (vocabularies are ~10^5-10^6)
+MAX_METADATA_ITEMS = 1 << 16
+MAX_TENSORS = 1 << 20
 
 
 class GGUFFormatError(Exception):
@@ -137,12 +143,14 @@ class _Cursor:
 
     def string(self, what: str) -> str:
         n = self.count(f"{what} length")
+        if n > MAX_STRING_BYTES:
+            raise GGUFFormatError(f"corrupt GGUF file ({what} claims {n:,} bytes, more than {MAX_STRING_BYTES:,})")
         self.need(n, what)
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALAR_FORMATS:
             fmt, dtype = _SCALAR_FORMATS[vtype]
             size = np.dtype(dtype).itemsize
@@ -153,6 +161,8 @@ class _Cursor:
         if vtype == _ARRAY:
             item_type = self.u32(f"{what} item type")
             n = self.count(f"{what} item count")
+            if n > MAX_ARRAY_ITEMS:
+                raise GGUFFormatError(f"corrupt GGUF file ({what} claims {n:,} items, more than {MAX_ARRAY_ITEMS:,})")
             if item_type in _SCALAR_FORMATS:
                 dtype = np.dtype(_SCALAR_FORMATS[item_type][1]).newbyteorder("<")
                 nbytes = n * dtype.itemsize
@@ -161,8 +171,14 @@ class _Cursor:
                 self.pos += nbytes
                 return arr.tolist()
             if item_type == _STRING:
+                self.need(n * 8, what)  # every string has an 8-byte length
                 return self._string_array(n, what)
-            return [self.value(item_type, what) for _ in range(n)]
+            if item_type == _ARRAY and depth + 1 >= MAX_METADATA_DEPTH:
+                raise GGUFFormatError(
+                    f"corrupt GGUF file ({what} nests arrays more than {MAX_METADATA_DEPTH} levels deep)"
+                )
+            self.need(n * 12 if item_type == _ARRAY else n, what)  # an array item is at least 12 bytes
+            return [self.value(item_type, what, depth + 1) for _ in range(n)]
         raise GGUFFormatError(f"corrupt GGUF file (unknown metadata type {vtype} in {what})")
 
     def _string_array(self, n: int, what: str) -> list[str]:
@@ -219,6 +235,10 @@ class GGUFFile:
         self.version = version
         n_tensors = cur.count("tensor count")
         n_kv = cur.count("metadata count")
+        if n_tensors > MAX_TENSORS:
+            raise GGUFFormatError(f"corrupt GGUF file (tensor count {n_tensors:,} is more than {MAX_TENSORS:,})")
+        if n_kv > MAX_METADATA_ITEMS:
+            raise GGUFFormatError(f"corrupt GGUF file (metadata count {n_kv:,} is more than {MAX_METADATA_ITEMS:,})")
         meta: dict[str, Any] = {}
         for _ in range(n_kv):
             key = cur.string("metadata key")
@@ -424,6 +444,21 @@ def _model_error(source: str, problem: str) -> Exception:
     return ModelFileError(source, problem)
 
 
+def _check_limits(source: str, p: str, **values: int) -> None:
+    """The dimensions the rest of this function sizes things from, bounded first (ModelConfig.problems
+    checks every field again)."""
+    from engine.model.config import LIMITS
+
+    keys = {
+        "hidden": ("hidden_size", "embedding_length"), "heads": ("num_heads", "attention.head_count"),
+        "kv_heads": ("num_kv_heads", "attention.head_count_kv"), "head_dim": ("head_dim", "attention.key_length"),
+    }
+    for name, value in values.items():
+        field, key = keys[name]
+        if value > LIMITS[field]:
+            raise _model_error(source, f"{field} ({p}{key}) is {value:,}, out of range (at most {LIMITS[field]:,})")
+
+
 def gguf_model_config(g: GGUFFile, source: str):
     """ModelConfig from the metadata (llama.* / qwen2.* keys) and the tensor list."""
     from engine.model.config import ModelConfig
@@ -445,6 +480,7 @@ def gguf_model_config(g: GGUFFile, source: str):
     if heads <= 0 or hidden <= 0:
         raise _model_error(source, f"impossible shape: {hidden=} {heads=}")
     head_dim = _meta_int(g, p + "attention.key_length", source, hidden // heads)
+    _check_limits(source, p, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     rope_dim = g.get(p + "rope.dimension_count")
     if isinstance(rope_dim, int) and rope_dim != head_dim:
         raise _model_error(source, f"partial RoPE ({rope_dim} of {head_dim} dims) is not supported")

@@ -199,6 +199,8 @@ def _is_gguf(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"GGUF"
+    except PermissionError:
+        raise  # reported as "permission denied", not as a file that is not a GGUF
     except OSError:
         return False
 
@@ -235,7 +237,8 @@ def open_model(path: str | Path) -> ModelFiles:
     except ModelFileError:
         raise
     except PermissionError as exc:
-        raise ModelFileError(p, f"permission denied: {exc.filename or p}") from exc
+        which = "" if str(exc.filename or p) == str(p) else f" on {exc.filename}"
+        raise ModelFileError(p, f"permission denied{which} (check the file's permissions)") from exc
     except (OSError, ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError, MemoryError) as exc:
         # anything a malformed file can still provoke deep inside a parser
         text = " ".join(str(exc).split()) or type(exc).__name__

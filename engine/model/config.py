@@ -12,6 +12,20 @@ from typing import Any
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 SUPPORTED_ROPE_SCALING = ("linear", "llama3")  # rope_scaling["rope_type"] values the model implements
 
+# The largest value of each dimension a model file may claim (a few times the largest real
+# models': Llama 3.1 405B has 126 layers, hidden 16384, FFN 53248, 128 heads, vocabulary 128k).
+# Checked before anything is sized from the numbers; the context is clamped to memory later.
+LIMITS = {
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 19,
+    "num_layers": 1024,
+    "num_heads": 1024,
+    "num_kv_heads": 1024,
+    "head_dim": 1024,
+    "vocab_size": 1 << 23,
+    "context_length": (1 << 31) - 1,
+}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -51,6 +65,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 out.append(f"{name} must be a positive integer, got {value!r}")
+            elif value > LIMITS[name]:
+                out.append(f"{name} is {value:,}, out of range (at most {LIMITS[name]:,})")
         if not out and self.num_heads % self.num_kv_heads:
             out.append(f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads ({self.num_kv_heads})")
         if not out and self.head_dim % 2:
@@ -114,3 +130,41 @@ def normalize_rope_scaling(raw: Any) -> dict | None:
     if kind in (None, "default"):
         return None
     return {"rope_type": kind, **out}
+
+
+def kv_bytes_per_token(config: ModelConfig, itemsize: int = 4) -> int:
+    """Bytes of K and V cache one position takes (float32 on the CPU path)."""
+    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
+
+
+def physical_memory_bytes() -> int:
+    """RAM in this machine (0 when the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+KV_MEMORY_SHARE = 0.25  # at most this share of RAM goes to the KV cache
+
+
+def context_for_memory(config: ModelConfig, memory_bytes: int | None = None) -> tuple[int, str | None]:
+    """(context to allocate, notice or None): the model's context, clamped so that its KV cache
+    takes at most `KV_MEMORY_SHARE` of RAM (a file may claim 10^8 positions: 2 TiB of cache)."""
+    memory = physical_memory_bytes() if memory_bytes is None else memory_bytes
+    wanted = config.context_length
+    if memory <= 0:
+        return wanted, None
+    per_token = kv_bytes_per_token(config)
+    fits = int(memory * KV_MEMORY_SHARE) // max(1, per_token)
+    if wanted <= fits:
+        return wanted, None
+    limit = max(256, fits // 256 * 256) if fits >= 256 else max(1, fits)
+    gib = per_token * wanted / (1 << 30)
+    notice = (
+        f"context clamped to {limit:,} tokens: the model claims {wanted:,}, whose KV cache "
+        f"({gib:,.1f} GiB) does not fit in memory"
+    )
+    return limit, notice

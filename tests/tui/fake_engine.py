@@ -180,8 +180,9 @@ class FakeEngine:
             self._load_steps_allowed -= 1
             return True
 
-    def generate(self, request, on_token, on_done) -> FakeHandle:
+    def generate(self, request, on_token, on_done, on_prefill=None) -> FakeHandle:
         self.requests.append(request)
+        self.on_prefill = on_prefill  # a test may report prompt progress through it
         handle = FakeHandle(self._cond)
         self.handles.append(handle)
         self._start(self._generate, request, on_token, on_done, handle)

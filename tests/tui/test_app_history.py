@@ -103,11 +103,13 @@ async def test_no_history_keeps_nothing_on_disk(make_app, data_dir) -> None:
         assert "History is off" in screen_text(app) and "No conversations yet" in screen_text(app)
 
 
-async def test_unusable_history_file_falls_back_to_memory(make_app, data_dir) -> None:
+async def test_unusable_history_file_is_kept_aside_and_a_fresh_one_started(make_app, data_dir) -> None:
     data_dir.mkdir(parents=True)
     (data_dir / "history.sqlite3").write_bytes(b"this is not a database" * 100)
     app = make_app(FakeEngine())
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
-        assert not app.store.persistent
-        assert any("history is off" in n.message for n in app._notifications)
+        assert app.store.persistent
+        assert any("fresh history" in n.message for n in app._notifications)
+    (aside,) = data_dir.glob("history.sqlite3.damaged-*")
+    assert aside.read_bytes() == b"this is not a database" * 100
