@@ -26,6 +26,10 @@ class BindingSpec:
     help: str  # one line, for F1 and the docs
     scope: Scope
     show: bool = True
+    # Priority bindings run as soon as the app reads the key, ahead of the keys still queued for
+    # the focused widget. That is right for keys that never touch the prompt's text (effort, stop,
+    # new chat…); the prompt box's own keys are not priority: it handles them in `_on_key`, in the
+    # order they were typed (see `PromptBox`).
     priority: bool = True
     key_display: str | None = None  # footer text for the default keys (dropped when remapped)
 
@@ -65,13 +69,13 @@ SPECS: tuple[BindingSpec, ...] = (
     BindingSpec("chat.top", "ctrl+home", "scroll_chat('home')", "Top", "Scroll to the first message", "chat", show=False),
     BindingSpec("chat.bottom", "ctrl+end", "scroll_chat('end')", "Bottom", "Scroll to the newest message (and follow it)", "chat", show=False),
     # The prompt box.
-    BindingSpec("prompt.submit", "enter", "submit", "Send", "Send the message", "prompt", show=False),
-    BindingSpec("prompt.newline", "shift+enter,ctrl+j", "newline", "Newline", "Insert a new line", "prompt", show=False),
+    BindingSpec("prompt.submit", "enter", "submit", "Send", "Send the message", "prompt", show=False, priority=False),
+    BindingSpec("prompt.newline", "shift+enter,ctrl+j", "newline", "Newline", "Insert a new line", "prompt", show=False, priority=False),
     BindingSpec(
-        "prompt.history_previous", "up", "history_previous", "History", "Previous message (when the box is empty)", "prompt", show=False
+        "prompt.history_previous", "up", "history_previous", "History", "Previous message (when the box is empty)", "prompt", show=False, priority=False
     ),
     BindingSpec(
-        "prompt.history_next", "down", "history_next", "History", "Next message (while browsing the history)", "prompt", show=False
+        "prompt.history_next", "down", "history_next", "History", "Next message (while browsing the history)", "prompt", show=False, priority=False
     ),
     # The conversation list.
     BindingSpec("conversations.open", "enter", "open", "Open", "Open the selected conversation", "conversations"),

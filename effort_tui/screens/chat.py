@@ -134,6 +134,7 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         self.prompt.cursor_blink = self.effort_app.cursor_blink
+        self.prompt.submit_check = self._can_answer
         self._show_effort()
         self.start_load()
 
@@ -197,6 +198,9 @@ class ChatScreen(Screen):
     @on(PromptSubmitted)
     async def _on_prompt_submitted(self, message: PromptSubmitted) -> None:
         message.stop()
+        if not self._can_answer():  # e.g. a second Enter typed before the first answer started
+            self.prompt.restore(message.text)
+            return
         await self.send(message.text)
 
     def _can_answer(self) -> bool:
@@ -215,7 +219,6 @@ class ChatScreen(Screen):
         if not self._can_answer():
             return
         app = self.effort_app
-        self.prompt.accept()
         if self.conversation_id is None:
             self.conversation_id = app.store.create_conversation(
                 title_from(text), model=self._model_label(), system_prompt=app.config.system_prompt
