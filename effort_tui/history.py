@@ -127,6 +127,20 @@ class HistoryStore:
         with self._db:
             self._db.execute("UPDATE conversations SET title=? WHERE id=?", (title, conversation_id))
 
+    def set_system_prompt(self, conversation_id: int, system_prompt: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE conversations SET system_prompt=? WHERE id=?", (system_prompt, conversation_id))
+
+    def search_conversations(self, query: str) -> list[ConversationSummary]:
+        """Conversations whose title or any message contains `query` (case-insensitive), newest first."""
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        needle = f"%{escaped}%"
+        return self._summaries(
+            "WHERE c.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages s WHERE s.conversation_id = c.id "
+            "AND s.content LIKE ? ESCAPE '\\')",
+            (needle, needle),
+        )
+
     # -- reads ---------------------------------------------------------------------------------
 
     def conversation(self, conversation_id: int) -> ConversationSummary | None:

@@ -64,6 +64,8 @@ SPECS: tuple[BindingSpec, ...] = (
     BindingSpec("chat.regenerate", "ctrl+r", "regenerate", "Regenerate", "Answer the last message again", "chat", show=False),
     BindingSpec("chat.export", "ctrl+e", "export", "Export", "Export the chat as a Markdown file", "chat", show=False),
     BindingSpec("chat.conversations", "ctrl+b", "conversations", "Chats", "Open the conversation list", "chat"),
+    BindingSpec("chat.greedy", "ctrl+g", "toggle_greedy", "Greedy", "Switch between greedy decoding and the sampling defaults", "chat", show=False),
+    BindingSpec("chat.copy", "ctrl+o", "copy_answer", "Copy", "Copy the last answer to the clipboard (OSC 52)", "chat", show=False),
     BindingSpec("chat.page_up", "pageup", "scroll_chat('page_up')", "Page up", "Scroll the chat up a page", "chat", show=False),
     BindingSpec("chat.page_down", "pagedown", "scroll_chat('page_down')", "Page down", "Scroll the chat down a page", "chat", show=False),
     BindingSpec("chat.top", "ctrl+home", "scroll_chat('home')", "Top", "Scroll to the first message", "chat", show=False),

@@ -79,6 +79,8 @@ def format_progress(p: LoadProgress, elapsed: float) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from engine import session
+    import dataclasses
+
     from engine.api import EffortSetting, SamplingSettings
 
     progress = ProgressLine()
@@ -94,8 +96,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             {"role": "user", "content": args.prompt}
         ]
         ids = tok.encode_chat(messages)
-    sampling = SamplingSettings(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_tokens=args.max_tokens
+    # the model's own defaults (else engine.sampler.CHAT_DEFAULTS), then the flags given; --temperature 0 = greedy
+    given = {
+        name: value
+        for name, value in (
+            ("temperature", args.temperature), ("top_p", args.top_p), ("top_k", args.top_k),
+            ("min_p", getattr(args, "min_p", None)), ("repetition_penalty", getattr(args, "repetition_penalty", None)),
+        )
+        if value is not None
+    }
+    sampling = dataclasses.replace(
+        loaded.info.sampling or SamplingSettings(), seed=args.seed, max_tokens=args.max_tokens, **given
     )
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
 
@@ -311,7 +322,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def effort_value(text: str) -> float:
     try:
-        value = float(text)
+        value = float(text.strip()[:-1]) / 100 if text.strip().endswith("%") else float(text)  # "50%" as in config
     except ValueError:
         raise argparse.ArgumentTypeError(f"effort must be a number in (0, 1], got {text!r}") from None
     if value > 1.0 and value <= 100.0:
@@ -373,9 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
     gen.add_argument("--effort", type=effort_value, default=1.0, help="effort 0-1 (or a percentage); 1 = dense")
     gen.add_argument("--max-tokens", type=positive_int, default=256)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--temperature", type=float, help="0 = greedy (default: the model's own, else 0.7)")
+    gen.add_argument("--top-p", type=float, help="default: the model's own, else 0.9")
+    gen.add_argument("--top-k", type=int, help="0 = off (the default)")
+    gen.add_argument("--min-p", type=float, help="default: the model's own, else 0.05")
+    gen.add_argument("--repetition-penalty", type=float, help="default: the model's own, else 1.1 (1 = off)")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
     gen.add_argument("--load-ranks", type=rank_count, default=16, help="load only the K most important ranks of 16")

@@ -8,7 +8,7 @@ runs on the UI thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from textual import on
@@ -17,7 +17,8 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer
 
-from engine.api import ChatRequest, GenerationHandle, ModelInfo
+from engine.api import ChatRequest, GenerationHandle, ModelInfo, SamplingSettings
+from engine.sampler import CHAT_DEFAULTS, overlay
 from engine.events import GenerationResult, LoadProgress, TokenEvent
 from engine.io.atomic import write_text
 from effort_tui.bridge import Inbox
@@ -25,7 +26,7 @@ from effort_tui.exporting import conversation_markdown, export_path
 from effort_tui.history import StoredMessage, title_from
 from effort_tui.keymap import bindings_for
 from effort_tui.messages import GenerationUpdate, LoadUpdate, PromptSubmitted
-from effort_tui.stats import SpeedStats, effort_range_text, percent, result_meta, summary_line
+from effort_tui.stats import FINISH_TEXT, SpeedStats, effort_range_text, percent, result_meta, summary_line
 from effort_tui.widgets.chat_message import ChatMessage
 from effort_tui.widgets.chat_view import ChatView
 from effort_tui.widgets.load_panel import LoadPanel
@@ -69,6 +70,7 @@ class Generation:
     flush_timer: Timer | None = None
     result: GenerationResult | None = None
     stop_requested: bool = False
+    sampling: SamplingSettings | None = None  # what this answer was sampled with (kept in its metadata)
     detached: bool = False  # the user moved on (new chat, other conversation); still saved when done
 
 
@@ -87,6 +89,9 @@ class ChatScreen(Screen):
         self._generation_count = 0
         self._load_inbox: Inbox | None = None
         self.last_result: GenerationResult | None = None
+        self.sampling: SamplingSettings = CHAT_DEFAULTS  # this conversation's; set from the model at load
+        self.default_sampling: SamplingSettings = CHAT_DEFAULTS  # the model's defaults + config.toml
+        self._sampled: SamplingSettings | None = None  # what ctrl+g goes back to from greedy
 
     @property
     def effort_app(self) -> EffortApp:
@@ -135,6 +140,8 @@ class ChatScreen(Screen):
     def on_mount(self) -> None:
         self.prompt.cursor_blink = self.effort_app.cursor_blink
         self.prompt.submit_check = self._can_answer
+        self.sampling = self.default_sampling = self.effort_app.config.sampling
+        self._show_sampling()
         self._show_effort()
         self.start_load()
 
@@ -187,6 +194,10 @@ class ChatScreen(Screen):
         if info.effort_cap < effort.cap - 1e-9:
             effort.set_cap(info.effort_cap)
         effort.set(app.initial_effort)
+        self.default_sampling = overlay(info.sampling or CHAT_DEFAULTS, app.config.sampling)
+        if not self.turns:
+            self.sampling = self.default_sampling
+        self._show_sampling()
         self.load_panel.display = False
         self.status.set_model(info.name, "ready", info.backend, info.device)
         stats = SpeedStats(context_limit=info.context_limit)
@@ -233,7 +244,7 @@ class ChatScreen(Screen):
         system = app.store.system_prompt(self.conversation_id) if self.conversation_id is not None else ""
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": t.role, "content": t.content} for t in self.turns]
-        return ChatRequest(messages=messages, sampling=app.config.sampling)
+        return ChatRequest(messages=messages, sampling=self.sampling)
 
     async def start_generation(self) -> None:
         app = self.effort_app
@@ -244,6 +255,7 @@ class ChatScreen(Screen):
         gen = Generation(self._generation_count, self.conversation_id, self._model_label(), widget, inbox=None)  # type: ignore[arg-type]
         gen.inbox = Inbox(self, GenerationUpdate, tag=gen)
         gen.stats.context_limit = app.model_info.context_limit if app.model_info else 0
+        gen.sampling = self.sampling
         self.generation = gen
         self.status.set_stats(gen.stats, streaming=True)
         self.status.set_summary("answering…  (Esc stops)")
@@ -288,6 +300,8 @@ class ChatScreen(Screen):
             gen.flush_timer = None
         text = result.text if (result.text or not gen.text) else gen.text
         meta = result_meta(result, gen.model)
+        if gen.sampling is not None:
+            meta["sampling"] = asdict(gen.sampling)
         message_id: int | None = None
         if text or result.finish_reason != "error":
             message_id = app.store.add_message(gen.conversation_id, "assistant", text, meta)
@@ -350,6 +364,83 @@ class ChatScreen(Screen):
         effort = self.effort_app.engine.effort
         value = effort.get()
         self.status.set_effort(value, effort.cap)
+
+    # -- sampling, system prompt ---------------------------------------------------------------
+
+    def _show_sampling(self) -> None:
+        system = ""
+        if self.conversation_id is not None:
+            system = self.effort_app.store.system_prompt(self.conversation_id)
+        else:
+            system = self.effort_app.config.system_prompt
+        self.status.set_sampling(self.sampling.label(), bool(system))
+
+    def set_sampling(self, sampling: SamplingSettings, *, say: bool = True) -> None:
+        """Use `sampling` for this conversation from the next answer on (kept with each answer)."""
+        self.sampling = sampling
+        self._show_sampling()
+        if say:
+            self.notify(f"Sampling: {sampling.label()}", timeout=3)
+
+    def action_toggle_greedy(self) -> None:
+        if self.sampling.greedy:
+            back = self._sampled or (self.default_sampling if not self.default_sampling.greedy else CHAT_DEFAULTS)
+            self.set_sampling(back)
+        else:
+            self._sampled = self.sampling
+            self.set_sampling(replace(self.sampling, temperature=0.0))
+
+    def action_sampling_defaults(self) -> None:
+        self.set_sampling(self.default_sampling if not self.default_sampling.greedy else CHAT_DEFAULTS)
+
+    def action_set_temperature(self, value: float) -> None:
+        self.set_sampling(replace(self.sampling, temperature=max(0.0, float(value))))
+
+    def ask_sampling_value(self, name: str) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        limits = {"temperature": (0.0, 10.0), "top_p": (0.01, 1.0), "min_p": (0.0, 0.99),
+                  "repetition_penalty": (0.5, 3.0), "top_k": (0, 100000), "max_tokens": (1, 1_000_000)}
+        low, high = limits[name]
+
+        def chosen(text: str | None) -> None:
+            if text is None or not text.strip():
+                return
+            try:
+                value = int(text) if name in ("top_k", "max_tokens") else float(text)
+            except ValueError:
+                self.notify(f"{name} must be a number, not {text!r}", severity="warning")
+                return
+            if not low <= value <= high:
+                self.notify(f"{name} must be in {low}..{high}", severity="warning")
+                return
+            self.set_sampling(replace(self.sampling, **{name: value}))
+
+        self.app.push_screen(
+            AskScreen(f"{name.replace('_', ' ')} ({low}–{high})", f"{getattr(self.sampling, name):g}"), chosen
+        )
+
+    def action_ask_system_prompt(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        app = self.effort_app
+        current = app.store.system_prompt(self.conversation_id) if self.conversation_id is not None else app.config.system_prompt
+        self.app.push_screen(
+            AskScreen("System prompt (this conversation and new ones; \"\" = none)", current,
+                      hint="Enter to apply · Esc to cancel · saved with the conversation"),
+            self.set_system_prompt,
+        )
+
+    def set_system_prompt(self, text: str | None) -> None:
+        if text is None:
+            return
+        app = self.effort_app
+        text = text.strip()
+        app.config = replace(app.config, system_prompt=text)  # new chats in this session
+        if self.conversation_id is not None:
+            app.store.set_system_prompt(self.conversation_id, text)
+        self._show_sampling()
+        self.notify("System prompt cleared." if not text else "System prompt set.", timeout=3)
 
     # -- other actions -------------------------------------------------------------------------
 
@@ -453,6 +544,8 @@ class ChatScreen(Screen):
             await self.chat_view.mount_all(widgets)
         for m, w in zip(stored, widgets):
             self.turns.append(Turn(m.role, m.content, m.id, w, m.meta))
+        self.sampling = _stored_sampling(stored) or self.default_sampling
+        self._show_sampling()
         self.chat_view.anchor()
         self.status.set_stats(SpeedStats(context_limit=self._context_limit()), streaming=False)
         last = next((m for m in reversed(stored) if m.role == "assistant" and m.meta), None)
@@ -495,6 +588,19 @@ class ChatScreen(Screen):
                 gen.handle.cancel()
 
 
+def _stored_sampling(stored: list[StoredMessage]) -> SamplingSettings | None:
+    """The sampling of the conversation's last answer that kept one."""
+    fields = SamplingSettings.__dataclass_fields__
+    for m in reversed(stored):
+        raw = m.meta.get("sampling") if m.role == "assistant" else None
+        if isinstance(raw, dict):
+            try:
+                return SamplingSettings(**{k: v for k, v in raw.items() if k in fields})
+            except TypeError:
+                return None
+    return None
+
+
 def _widget_for(message: StoredMessage) -> ChatMessage:
     detail = ""
     note = ""
@@ -509,7 +615,7 @@ def _widget_for(message: StoredMessage) -> ChatMessage:
 
 def _answer_detail(model: str, result: GenerationResult) -> str:
     parts = [model]
-    if result.generated_tokens:
+    if result.generated_tokens and result.decode_tps > 0:
         parts.append(f"{result.decode_tps:.1f} tok/s")
     if result.effort_trace:
         parts.append(effort_range_text(result.effort_trace))
@@ -518,7 +624,7 @@ def _answer_detail(model: str, result: GenerationResult) -> str:
 
 def _meta_detail(meta: dict[str, Any]) -> str:
     parts = [str(meta.get("model", ""))] if meta.get("model") else []
-    if meta.get("generated_tokens"):
+    if meta.get("generated_tokens") and float(meta.get("tok_s", 0.0)) > 0:
         parts.append(f"{float(meta.get('tok_s', 0.0)):.1f} tok/s")
     trace = meta.get("effort_trace") or []
     if trace:
@@ -528,11 +634,12 @@ def _meta_detail(meta: dict[str, Any]) -> str:
 
 def _meta_summary(meta: dict[str, Any]) -> str:
     parts = [f"{meta.get('generated_tokens', 0)} tok"]
-    if meta.get("generated_tokens"):
+    if meta.get("generated_tokens") and float(meta.get("tok_s", 0.0)) > 0:
         parts.append(f"{float(meta.get('tok_s', 0.0)):.1f} tok/s")
+    if meta.get("generated_tokens"):
         parts.append(f"ttft {float(meta.get('ttft_s', 0.0)):.2f}s")
     if meta.get("finish_reason"):
-        parts.append(str(meta["finish_reason"]))
+        parts.append(FINISH_TEXT.get(str(meta["finish_reason"]), str(meta["finish_reason"])))  # "stopped", not "cancelled"
     return " · ".join(parts)
 
 
