@@ -61,6 +61,7 @@ class ConversationSummary:
 
 def title_from(text: str, limit: int = 60) -> str:
     first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "Untitled"
+    first = first.lstrip("#>").strip() or first  # "# Heading" is titled "Heading"
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 

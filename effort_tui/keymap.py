@@ -129,8 +129,49 @@ def validate_keymap(keymap: object) -> tuple[dict[str, str], list[str]]:
         if not isinstance(keys, str) or not keys.strip():
             problems.append(f"[keymap] {binding_id} must be a non-empty string like \"ctrl+k,f8\"")
             continue
-        clean[binding_id] = ",".join(part.strip() for part in keys.split(",") if part.strip())
+        parts = [part.strip() for part in keys.split(",") if part.strip()]
+        bad = [part for part in parts if not valid_key(part)]
+        if bad:
+            problems.append(
+                f"[keymap] {binding_id}: {', '.join(repr(b) for b in bad)} is not a key name "
+                "(e.g. \"ctrl+k\", \"f8\", \"alt+up\"); "
+                + ("using the others" if len(bad) < len(parts) else "keeping its default keys")
+            )
+            parts = [part for part in parts if part not in bad]
+        if parts:
+            clean[binding_id] = ",".join(parts)
     return clean, problems
+
+
+MODIFIERS = frozenset({"ctrl", "shift", "alt", "super", "meta", "hyper"})
+
+
+def valid_key(key: str) -> bool:
+    """A Textual key name: modifiers+ a base key ("ctrl+k", "f8", "alt+up", "shift+enter", "x")."""
+    import unicodedata
+
+    from textual.keys import Keys
+
+    *modifiers, base = key.split("+")
+    if not base or len(set(modifiers)) != len(modifiers) or not all(m in MODIFIERS for m in modifiers):
+        return False
+    if len(base) == 1:
+        return True
+    names = {k.value for k in Keys if "+" not in k.value} | {"space"}
+    if base in names:
+        return True
+    try:
+        from textual.keys import REPLACED_KEYS, _get_unicode_name_from_key
+
+        base = REPLACED_KEYS.get(base, base)  # "minus" -> "hyphen_minus"
+        name = _get_unicode_name_from_key(base).upper().replace("_", " ")
+    except ImportError:  # pragma: no cover - a future Textual
+        name = base.upper().replace("_", " ")
+    try:
+        unicodedata.lookup(name)  # "minus", "question_mark", "plus", …
+    except KeyError:
+        return False
+    return True
 
 
 def keys_for(binding_id: str, keymap: dict[str, str]) -> str:

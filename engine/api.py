@@ -109,6 +109,7 @@ class ModelInfo:
     effort_cap: float = 1.0  # < 1.0 when loaded with --load-ranks
     resident_bytes: int = 0
     sampling: SamplingSettings | None = None  # the model's generation defaults (engine.sampler.defaults_for)
+    quality: tuple[tuple[float, float], ...] = ()  # (effort, expected top-1 agreement with full effort)
 
 
 class GenerationHandle(Protocol):

@@ -194,6 +194,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
     progress.close()
     print(evaluate.format_table(results, loaded.info.name, len(ids) - 1))
+    if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
+        from engine import quality
+
+        quality.save(loaded.files.fingerprint, loaded.info.name,
+                     [(r.effort, r.top1_agreement) for r in results if r.strategy == "bucket"])
     if args.plot:
         evaluate.plot(results, args.plot, loaded.info.name)
         print(f"plot written to {args.plot}")

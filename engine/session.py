@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from engine.runtime import backend as backends
+from engine import quality
 from engine.effort import convert
 from engine.io import registry
 from engine.effort.bucket import B
@@ -132,6 +133,7 @@ def load(
         effort_cap=converted.effort_cap if converted else 1.0,
         resident_bytes=resident_bytes(model, converted, run),
         sampling=model_sampling(files),
+        quality=quality.load(files.fingerprint) if converted else (),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
     return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)

@@ -26,7 +26,9 @@ from effort_tui.exporting import conversation_markdown, export_path
 from effort_tui.history import StoredMessage, title_from
 from effort_tui.keymap import bindings_for
 from effort_tui.messages import GenerationUpdate, LoadUpdate, PromptSubmitted
-from effort_tui.stats import FINISH_TEXT, SpeedStats, effort_range_text, percent, result_meta, summary_line
+from effort_tui.stats import (
+    FINISH_TEXT, SpeedStats, collapse_effort, effort_range_text, percent, quality_at, result_meta, summary_line,
+)
 from effort_tui.widgets.chat_message import ChatMessage
 from effort_tui.widgets.chat_view import ChatView
 from effort_tui.widgets.load_panel import LoadPanel
@@ -92,6 +94,8 @@ class ChatScreen(Screen):
         self.sampling: SamplingSettings = CHAT_DEFAULTS  # this conversation's; set from the model at load
         self.default_sampling: SamplingSettings = CHAT_DEFAULTS  # the model's defaults + config.toml
         self._sampled: SamplingSettings | None = None  # what ctrl+g goes back to from greedy
+        self._context_warned: set[int | None] = set()
+        self.quality_hint_shown = False  # the one-time "quality collapses below N%" hint
 
     @property
     def effort_app(self) -> EffortApp:
@@ -185,11 +189,13 @@ class ChatScreen(Screen):
             self.model_state = "failed"
             self.load_error = error or "the model could not be loaded"
             self.load_panel.show_error(app.model_name, self.load_error)
+            app.show_config_problems()
             self.status.set_model(app.model_name, "failed")
             self.notify(self.load_error, title=f"Could not load {app.model_name}", severity="error", timeout=15)
             return
         self.model_state = "ready"
         app.model_info = info
+        app.show_config_problems()
         effort = app.engine.effort
         if info.effort_cap < effort.cap - 1e-9:
             effort.set_cap(info.effort_cap)
@@ -198,6 +204,7 @@ class ChatScreen(Screen):
         if not self.turns:
             self.sampling = self.default_sampling
         self._show_sampling()
+        self.status.set_quality(list(info.quality))
         self.load_panel.display = False
         self.status.set_model(info.name, "ready", info.backend, info.device)
         stats = SpeedStats(context_limit=info.context_limit)
@@ -281,6 +288,7 @@ class ChatScreen(Screen):
             return
         if gen is self.generation:
             self.status.set_stats(gen.stats, streaming=True)
+            self._maybe_context_warning(gen.stats)
         if gen.pending and gen.flush_timer is None and not gen.detached:
             gen.flush_timer = self.set_timer(FLUSH_INTERVAL_S, lambda: self._flush(gen))
 
@@ -330,6 +338,18 @@ class ChatScreen(Screen):
         if result.finish_reason == "error":
             self.notify(result.error or "The answer failed.", title="Generation failed", severity="error", timeout=10)
 
+    def _maybe_context_warning(self, stats: SpeedStats) -> None:
+        if not stats.context_limit or stats.context_used < 0.9 * stats.context_limit:
+            return
+        if self.conversation_id in self._context_warned:
+            return
+        self._context_warned.add(self.conversation_id)
+        self.notify(
+            f"The context is {stats.context_used / stats.context_limit:.0%} full ({stats.context_used:,} of "
+            f"{stats.context_limit:,} tokens). Start a new chat (ctrl+n) before it runs out.",
+            title="Context nearly full", severity="warning", timeout=10,
+        )
+
     def _detach_generation(self) -> None:
         """Stop showing the answer in flight (it is cancelled, and saved when it ends)."""
         gen = self.generation
@@ -364,6 +384,23 @@ class ChatScreen(Screen):
         effort = self.effort_app.engine.effort
         value = effort.get()
         self.status.set_effort(value, effort.cap)
+        self._maybe_quality_hint(value)
+
+    def _maybe_quality_hint(self, value: float) -> None:
+        """Once per session: say so when the effort goes below where this model's quality collapses."""
+        info = self.effort_app.model_info
+        if self.quality_hint_shown or info is None or not info.quality:
+            return
+        collapse = collapse_effort(list(info.quality))
+        if collapse is None or value > collapse + 1e-9:
+            return
+        self.quality_hint_shown = True
+        top1 = quality_at(list(info.quality), value) or 0.0
+        self.notify(
+            f"At {percent(value)} {info.name} agrees with full effort on only ≈{top1 * 100:.0f}% of tokens "
+            f"(measured); below about {percent(collapse + 0.05)} its text falls apart. Raise it with ctrl+↑ / F8.",
+            title="Quality drops here", severity="warning", timeout=10,
+        )
 
     # -- sampling, system prompt ---------------------------------------------------------------
 
@@ -441,6 +478,89 @@ class ChatScreen(Screen):
             app.store.set_system_prompt(self.conversation_id, text)
         self._show_sampling()
         self.notify("System prompt cleared." if not text else "System prompt set.", timeout=3)
+
+    # -- copy, rename, search, switch model ------------------------------------------------------
+
+    def last_answer(self) -> str | None:
+        return next((t.content for t in reversed(self.turns) if t.role == "assistant" and t.content), None)
+
+    def action_copy_answer(self) -> None:
+        text = self.last_answer()
+        if text is None:
+            self.notify("No answer to copy yet.", severity="warning")
+            return
+        self.app.copy_to_clipboard(text)  # OSC 52: works over ssh and in tmux with set-clipboard on
+        self.notify(f"Copied the last answer ({len(text):,} characters).", timeout=3)
+
+    def action_rename(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        app = self.effort_app
+        if self.conversation_id is None:
+            self.notify("Nothing to rename yet: send a message first.", severity="warning")
+            return
+        summary = app.store.conversation(self.conversation_id)
+        conversation_id = self.conversation_id
+
+        def chosen(text: str | None) -> None:
+            if text is None or not text.strip():
+                return
+            app.store.rename_conversation(conversation_id, text.strip())
+            self.notify(f"Renamed to “{text.strip()}”.", timeout=3)
+
+        self.app.push_screen(AskScreen("Rename this conversation", summary.title if summary else ""), chosen)
+
+    def action_search(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+        from effort_tui.screens.conversations import ConversationsScreen
+
+        app = self.effort_app
+
+        def chosen(text: str | None) -> None:
+            if text is None:
+                return
+            self.app.push_screen(
+                ConversationsScreen(app.store, app.clock, current_id=self.conversation_id, query=text),
+                self._conversation_chosen,
+            )
+
+        self.app.push_screen(AskScreen("Search conversations (titles and messages)", placeholder="words to find"), chosen)
+
+    def action_switch_model(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        app = self.effort_app
+
+        def chosen(text: str | None) -> None:
+            if text is None or not text.strip() or text.strip() == app.model_name:
+                return
+            if self.streaming:
+                self.action_stop()
+            app.model_name = text.strip()
+            app.model_info = None
+            self.start_load()
+
+        self.app.push_screen(
+            AskScreen("Switch model: an alias, a GGUF file or a Hugging Face folder", app.model_name), chosen
+        )
+
+    def save_partial_for_quit(self) -> None:
+        """ctrl+q mid-answer: keep what was written so far, as a stopped answer, then let it go."""
+        gen = self.generation
+        if gen is None or gen.result is not None:
+            return
+        gen.detached = True
+        gen.inbox.close()
+        if gen.handle is not None:
+            gen.handle.cancel()
+        if gen.text:
+            meta = {"model": gen.model, "finish_reason": "cancelled", "generated_tokens": gen.stats.tokens,
+                    "prompt_tokens": gen.stats.prompt_tokens, "tok_s": round(gen.stats.average_tps or 0.0, 3),
+                    "ttft_s": round(gen.stats.ttft_s or 0.0, 4),
+                    "effort_trace": [round(s.effort, 4) for s in gen.stats.samples], "note": "the app was quit"}
+            if gen.sampling is not None:
+                meta["sampling"] = asdict(gen.sampling)
+            self.effort_app.store.add_message(gen.conversation_id, "assistant", gen.text, meta)
 
     # -- other actions -------------------------------------------------------------------------
 
@@ -547,8 +667,11 @@ class ChatScreen(Screen):
         self.sampling = _stored_sampling(stored) or self.default_sampling
         self._show_sampling()
         self.chat_view.anchor()
-        self.status.set_stats(SpeedStats(context_limit=self._context_limit()), streaming=False)
         last = next((m for m in reversed(stored) if m.role == "assistant" and m.meta), None)
+        stats = SpeedStats(context_limit=self._context_limit())
+        if last is not None:  # what the context held after the last answer (the next send resends it)
+            stats.context_used = int(last.meta.get("prompt_tokens", 0)) + int(last.meta.get("generated_tokens", 0))
+        self.status.set_stats(stats, streaming=False)
         summary = app.store.conversation(conversation_id)
         label = summary.title if summary else "conversation"
         if last is not None:

@@ -105,12 +105,12 @@ class EffortLegend(Widget):
     DEFAULT_CSS = """
     EffortLegend {
         height: 1;
-        width: 16;
+        width: 18;
     }
     """
 
     def render(self) -> Text:
-        text = Text(" 5%", style="dim")
+        text = Text(" 5% ", style="dim")
         for _, colour, _ in EFFORT_BANDS:
             text.append("██", style=colour)
         text.append("100%", style="dim")

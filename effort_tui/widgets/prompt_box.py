@@ -33,14 +33,18 @@ class PromptBox(TextArea):
     BINDINGS = bindings_for("prompt")
 
     DEFAULT_CSS = """
+    /* one row when empty (the chrome fits 80x24 in 6 rows), growing with the text */
     PromptBox {
         height: auto;
-        min-height: 3;
-        max-height: 10;
+        min-height: 1;
+        max-height: 8;
         margin: 0 1;
-        border: round $primary 60%;
+        padding: 0 1;
+        border: none;
+        border-left: tall $primary 60%;
+        background: $boost;
     }
-    PromptBox:focus { border: round $primary; }
+    PromptBox:focus { border: none; border-left: tall $primary; }
     """
 
     def __init__(self, history: Iterable[str] = (), *, id: str | None = None) -> None:

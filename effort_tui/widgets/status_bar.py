@@ -85,7 +85,9 @@ class StatusBar(Vertical):
         self._render_model()
         self._render_speed()
         if self.is_mounted:
-            self.query_one(EffortSparkline).set_samples(stats.samples)
+            spark = self.query_one(EffortSparkline)
+            spark.set_samples(stats.samples)
+            self.query_one("#status-spark-label", Static).update(scale_label(spark.top) if spark.top else "speed")
 
     def set_quality(self, table: list[tuple[float, float]]) -> None:
         self.quality = list(table)
