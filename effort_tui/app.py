@@ -72,6 +72,7 @@ class EffortApp(App[int]):
         self._saved_theme = self.config.theme
         self._startup_theme = themes.DARK
         self._theme_touched = False
+        self._config_problems_shown = False
 
     def _open_store(self) -> HistoryStore:
         if not self.history_enabled:
@@ -100,8 +101,15 @@ class EffortApp(App[int]):
         self.theme_changed_signal.subscribe(self, self._theme_changed)
         self.engine.effort.set(self.initial_effort)
         self.push_screen(ChatScreen())
+
+    def show_config_problems(self) -> None:
+        """Once, when the model is ready (or failed): notes shown during loading were gone before
+        anyone looked, and covered the status bar while it mattered."""
+        if self._config_problems_shown:
+            return
+        self._config_problems_shown = True
         for problem in self.config_problems:
-            self.notify(problem, title="Settings", severity="error" if self.config_broken else "warning", timeout=12)
+            self.notify(problem, title="Settings", severity="error" if self.config_broken else "warning", timeout=20)
 
     def _initial_theme(self) -> str:
         for source, name in (("--theme", self.requested_theme), ("config theme", self.config.theme)):
@@ -161,6 +169,8 @@ class EffortApp(App[int]):
 
     async def action_quit(self) -> None:
         chat = self.chat_screen
+        if chat is not None and chat.streaming:
+            chat.save_partial_for_quit()  # the partial answer is kept, as stopped
         code = EXIT_NO_MODEL if chat is not None and chat.model_state == "failed" else EXIT_OK
         self.exit(code, return_code=code)
 
@@ -190,6 +200,20 @@ class EffortApp(App[int]):
         yield SystemCommand("Regenerate", "Answer the last message again", partial(run, "regenerate"))
         yield SystemCommand("Export chat as Markdown", "Write the conversation to a .md file", partial(run, "export"))
         yield SystemCommand("Conversations", "Reopen or delete saved conversations", partial(run, "conversations"))
+        yield SystemCommand("Search conversations…", "Find conversations by title or message text", partial(run, "search"))
+        yield SystemCommand("Rename conversation…", "Give this conversation a new title", partial(run, "rename"))
+        yield SystemCommand("Copy last answer", "Copy the last answer to the clipboard (OSC 52, ctrl+o)", partial(run, "copy_answer"))
+        yield SystemCommand("Model: switch…", f"Load another model (now {self.model_name})", partial(run, "switch_model"))
+        yield SystemCommand("System prompt…", "Set the system prompt of this conversation and new ones", partial(run, "ask_system_prompt"))
+        label = chat.sampling.label()
+        yield SystemCommand("Sampling: greedy / default (ctrl+g)", f"Now {label}; greedy is the exact argmax", partial(run, "toggle_greedy"))
+        yield SystemCommand("Sampling: model defaults", f"Back to {chat.default_sampling.label()}", partial(run, "sampling_defaults"))
+        for value in (0.0, 0.3, 0.7, 1.0, 1.2):
+            yield SystemCommand(f"Temperature: {value:g}", "0 = greedy" if value == 0 else f"Sample at temperature {value:g}",
+                                partial(run, f"set_temperature({value})"), discover=False)
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "top_k", "max_tokens"):
+            yield SystemCommand(f"Sampling: set {name.replace('_', ' ')}…", f"Now {getattr(chat.sampling, name):g}",
+                                partial(chat.ask_sampling_value, name))
 
 
 def run_chat(

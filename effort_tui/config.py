@@ -24,6 +24,7 @@ from effort_tui.keymap import validate_keymap
 from engine import validation
 from engine.api import SamplingSettings
 from engine.io.atomic import write_text
+from engine.sampler import CHAT_DEFAULTS
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_THEME = "effort-dark"
@@ -36,7 +37,9 @@ class Config:
     theme: str = DEFAULT_THEME
     system_prompt: str = ""
     export_dir: str = ""  # "" = <data dir>/exports
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # CHAT_DEFAULTS unless the file says otherwise; fields still equal to CHAT_DEFAULTS give way to
+    # the model's own generation defaults when it has some (engine.sampler.overlay)
+    sampling: SamplingSettings = field(default_factory=lambda: CHAT_DEFAULTS)
     keymap: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back untouched
 
@@ -144,7 +147,7 @@ def config_from_dict(data: dict[str, Any]) -> tuple[Config, list[str]]:
         else:
             problems.append(f"unknown setting {key!r} (ignored)")
             extra[key] = value
-    config = Config(sampling=SamplingSettings(**sampling_values), keymap=keymap, extra=extra, **values)
+    config = Config(sampling=replace(CHAT_DEFAULTS, **sampling_values), keymap=keymap, extra=extra, **values)
     return config, problems
 
 
@@ -221,6 +224,9 @@ def dumps(config: Config) -> str:
         "temperature = " + toml_value(s.temperature) + "  # 0 = greedy",
         "top_p = " + toml_value(s.top_p),
         "top_k = " + toml_value(s.top_k) + "  # 0 = off",
+        "min_p = " + toml_value(s.min_p) + "  # 0 = off",
+        "repetition_penalty = " + toml_value(s.repetition_penalty) + "  # 1 = off",
+        "repetition_window = " + toml_value(s.repetition_window),
         "max_tokens = " + toml_value(s.max_tokens),
     ]
     if s.seed is not None:

@@ -63,6 +63,7 @@ class ConversationSummary:
 
 def title_from(text: str, limit: int = 60) -> str:
     first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "Untitled"
+    first = first.lstrip("#>").strip() or first  # "# Heading" is titled "Heading"
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
@@ -291,6 +292,20 @@ class HistoryStore:
     def unsaved(self) -> int:
         """Writes waiting in memory (0 when everything is in the file)."""
         return len(self._pending)
+
+    def set_system_prompt(self, conversation_id: int, system_prompt: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE conversations SET system_prompt=? WHERE id=?", (system_prompt, conversation_id))
+
+    def search_conversations(self, query: str) -> list[ConversationSummary]:
+        """Conversations whose title or any message contains `query` (case-insensitive), newest first."""
+        escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        needle = f"%{escaped}%"
+        return self._summaries(
+            "WHERE c.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages s WHERE s.conversation_id = c.id "
+            "AND s.content LIKE ? ESCAPE '\\')",
+            (needle, needle),
+        )
 
     # -- reads ---------------------------------------------------------------------------------
 

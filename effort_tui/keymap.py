@@ -26,6 +26,10 @@ class BindingSpec:
     help: str  # one line, for F1 and the docs
     scope: Scope
     show: bool = True
+    # Priority bindings run as soon as the app reads the key, ahead of the keys still queued for
+    # the focused widget. That is right for keys that never touch the prompt's text (effort, stop,
+    # new chat…); the prompt box's own keys are not priority: it handles them in `_on_key`, in the
+    # order they were typed (see `PromptBox`).
     priority: bool = True
     key_display: str | None = None  # footer text for the default keys (dropped when remapped)
 
@@ -60,18 +64,20 @@ SPECS: tuple[BindingSpec, ...] = (
     BindingSpec("chat.regenerate", "ctrl+r", "regenerate", "Regenerate", "Answer the last message again", "chat", show=False),
     BindingSpec("chat.export", "ctrl+e", "export", "Export", "Export the chat as a Markdown file", "chat", show=False),
     BindingSpec("chat.conversations", "ctrl+b", "conversations", "Chats", "Open the conversation list", "chat"),
+    BindingSpec("chat.greedy", "ctrl+g", "toggle_greedy", "Greedy", "Switch between greedy decoding and the sampling defaults", "chat", show=False),
+    BindingSpec("chat.copy", "ctrl+o", "copy_answer", "Copy", "Copy the last answer to the clipboard (OSC 52)", "chat", show=False),
     BindingSpec("chat.page_up", "pageup", "scroll_chat('page_up')", "Page up", "Scroll the chat up a page", "chat", show=False),
     BindingSpec("chat.page_down", "pagedown", "scroll_chat('page_down')", "Page down", "Scroll the chat down a page", "chat", show=False),
     BindingSpec("chat.top", "ctrl+home", "scroll_chat('home')", "Top", "Scroll to the first message", "chat", show=False),
     BindingSpec("chat.bottom", "ctrl+end", "scroll_chat('end')", "Bottom", "Scroll to the newest message (and follow it)", "chat", show=False),
     # The prompt box.
-    BindingSpec("prompt.submit", "enter", "submit", "Send", "Send the message", "prompt", show=False),
-    BindingSpec("prompt.newline", "shift+enter,ctrl+j", "newline", "Newline", "Insert a new line", "prompt", show=False),
+    BindingSpec("prompt.submit", "enter", "submit", "Send", "Send the message", "prompt", show=False, priority=False),
+    BindingSpec("prompt.newline", "shift+enter,ctrl+j", "newline", "Newline", "Insert a new line", "prompt", show=False, priority=False),
     BindingSpec(
-        "prompt.history_previous", "up", "history_previous", "History", "Previous message (when the box is empty)", "prompt", show=False
+        "prompt.history_previous", "up", "history_previous", "History", "Previous message (when the box is empty)", "prompt", show=False, priority=False
     ),
     BindingSpec(
-        "prompt.history_next", "down", "history_next", "History", "Next message (while browsing the history)", "prompt", show=False
+        "prompt.history_next", "down", "history_next", "History", "Next message (while browsing the history)", "prompt", show=False, priority=False
     ),
     # The conversation list.
     BindingSpec("conversations.open", "enter", "open", "Open", "Open the selected conversation", "conversations"),
@@ -123,8 +129,49 @@ def validate_keymap(keymap: object) -> tuple[dict[str, str], list[str]]:
         if not isinstance(keys, str) or not keys.strip():
             problems.append(f"[keymap] {binding_id} must be a non-empty string like \"ctrl+k,f8\"")
             continue
-        clean[binding_id] = ",".join(part.strip() for part in keys.split(",") if part.strip())
+        parts = [part.strip() for part in keys.split(",") if part.strip()]
+        bad = [part for part in parts if not valid_key(part)]
+        if bad:
+            problems.append(
+                f"[keymap] {binding_id}: {', '.join(repr(b) for b in bad)} is not a key name "
+                "(e.g. \"ctrl+k\", \"f8\", \"alt+up\"); "
+                + ("using the others" if len(bad) < len(parts) else "keeping its default keys")
+            )
+            parts = [part for part in parts if part not in bad]
+        if parts:
+            clean[binding_id] = ",".join(parts)
     return clean, problems
+
+
+MODIFIERS = frozenset({"ctrl", "shift", "alt", "super", "meta", "hyper"})
+
+
+def valid_key(key: str) -> bool:
+    """A Textual key name: modifiers+ a base key ("ctrl+k", "f8", "alt+up", "shift+enter", "x")."""
+    import unicodedata
+
+    from textual.keys import Keys
+
+    *modifiers, base = key.split("+")
+    if not base or len(set(modifiers)) != len(modifiers) or not all(m in MODIFIERS for m in modifiers):
+        return False
+    if len(base) == 1:
+        return True
+    names = {k.value for k in Keys if "+" not in k.value} | {"space"}
+    if base in names:
+        return True
+    try:
+        from textual.keys import REPLACED_KEYS, _get_unicode_name_from_key
+
+        base = REPLACED_KEYS.get(base, base)  # "minus" -> "hyphen_minus"
+        name = _get_unicode_name_from_key(base).upper().replace("_", " ")
+    except ImportError:  # pragma: no cover - a future Textual
+        name = base.upper().replace("_", " ")
+    try:
+        unicodedata.lookup(name)  # "minus", "question_mark", "plus", …
+    except KeyError:
+        return False
+    return True
 
 
 def keys_for(binding_id: str, keymap: dict[str, str]) -> str:

@@ -26,6 +26,7 @@ class SpeedStats:
     context_used: int = 0
     context_limit: int = 0
     effective_effort: float | None = None
+    prompt_cached: int = 0  # prompt tokens reused from the previous turn's cache
     count: int = 0  # tokens so far, the first included
     _decode_steps_s: float = 0.0
     _decode_tokens: int = 0
@@ -42,6 +43,7 @@ class SpeedStats:
         self.ttft_s = event.ttft_s
         self.prompt_tokens = event.prompt_tokens
         self.prompt_tps = event.prompt_tps
+        self.prompt_cached = event.prompt_cached
         self.context_used = event.context_used
         self.context_limit = event.context_limit or self.context_limit
         self.effective_effort = event.effective_effort
@@ -55,6 +57,42 @@ class SpeedStats:
     @property
     def tokens(self) -> int:
         return self.count
+
+    @property
+    def prompt_new_tokens(self) -> int:
+        return max(0, self.prompt_tokens - self.prompt_cached)
+
+
+def prompt_text(prompt_tokens: int, cached: int, tps: float | None) -> str:
+    """'prompt 55 tok/s', or with most of it cached 'prompt 12 new + 226 cached' (a speed over a
+    handful of tokens, most of the time spent on the first decode step, reads as nonsense)."""
+    new = max(0, prompt_tokens - cached)
+    if cached and new < 32:
+        return f"prompt {new} new + {cached:,} cached"
+    return f"prompt {tps or 0.0:.0f} tok/s"
+
+
+def quality_at(table: list[tuple[float, float]], effort: float) -> float | None:
+    """Expected top-1 agreement with full effort at `effort`, interpolated in `table`
+    [(effort, top1), …]; None without a table."""
+    points = sorted(table)
+    if not points:
+        return None
+    if effort <= points[0][0]:
+        return points[0][1]
+    for (e0, q0), (e1, q1) in zip(points, points[1:]):
+        if effort <= e1:
+            return q0 + (q1 - q0) * (effort - e0) / (e1 - e0) if e1 > e0 else q1
+    return points[-1][1]
+
+
+def collapse_effort(table: list[tuple[float, float]], floor: float = 0.6) -> float | None:
+    """The effort below which the expected top-1 agreement falls under `floor` (None: never)."""
+    points = sorted(table)
+    below = [e for e, q in points if q < floor]
+    if not below:
+        return None
+    return max(below)
 
 
 def human_bytes(n: float) -> str:
@@ -114,13 +152,16 @@ def summary_line(result: GenerationResult) -> str:
     """The one line that stays under the sparkline after an answer."""
     mark = {"stop": "✓", "cancelled": "■", "error": "✗"}.get(result.finish_reason, "…")
     parts = [f"{mark} {FINISH_TEXT.get(result.finish_reason, result.finish_reason)}"]
-    if result.generated_tokens:
+    if result.generated_tokens and result.decode_tps > 0:
         parts.append(f"{result.generated_tokens} tok @ {result.decode_tps:.1f} tok/s")
+        parts.append(f"ttft {result.ttft_s:.2f}s")
+    elif result.generated_tokens:  # one token: its time is the ttft, there is no decode speed
+        parts.append(f"{result.generated_tokens} tok")
         parts.append(f"ttft {result.ttft_s:.2f}s")
     else:
         parts.append("0 tok")
     if result.prompt_tokens:
-        parts.append(f"prompt {result.prompt_tps:.0f} tok/s")
+        parts.append(prompt_text(result.prompt_tokens, result.prompt_cached, result.prompt_tps))
     effort = effort_range_text(result.effort_trace)
     if effort:
         extras = []
@@ -143,6 +184,7 @@ def result_meta(result: GenerationResult, model: str) -> dict:
         "finish_reason": result.finish_reason,
         "generated_tokens": result.generated_tokens,
         "prompt_tokens": result.prompt_tokens,
+        "prompt_cached": result.prompt_cached,
         "tok_s": round(result.decode_tps, 3),
         "prompt_tok_s": round(result.prompt_tps, 3),
         "ttft_s": round(result.ttft_s, 4),

@@ -55,11 +55,36 @@ class EffortSetting:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    temperature: float = 0.0  # 0 = greedy
+    """How the next token is chosen. These field defaults are plain greedy (the exact argmax, what
+    the reference tests compare); `engine.sampler.CHAT_DEFAULTS` is what chat and generate use."""
+
+    temperature: float = 0.0  # 0 = greedy (no penalties either: the exact argmax)
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     seed: int | None = None
     max_tokens: int = 512
+    min_p: float = 0.0  # drop tokens below min_p × the top token's probability; 0 = off
+    repetition_penalty: float = 1.0  # >1 discourages tokens seen in the last `repetition_window`
+    repetition_window: int = 64  # tokens (prompt included) the penalty looks back over
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def label(self) -> str:
+        """Short, for the status bar: 'greedy' or 'T0.7 p0.9 min-p0.05 rep1.1'."""
+        if self.greedy:
+            return "greedy"
+        parts = [f"T{self.temperature:g}"]
+        if self.top_p < 1.0:
+            parts.append(f"p{self.top_p:g}")
+        if self.top_k:
+            parts.append(f"k{self.top_k}")
+        if self.min_p > 0.0:
+            parts.append(f"min-p{self.min_p:g}")
+        if self.repetition_penalty != 1.0:
+            parts.append(f"rep{self.repetition_penalty:g}")
+        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,8 @@ class ModelInfo:
     parameters: int
     effort_cap: float = 1.0  # < 1.0 when loaded with --load-ranks
     resident_bytes: int = 0
+    sampling: SamplingSettings | None = None  # the model's generation defaults (engine.sampler.defaults_for)
+    quality: tuple[tuple[float, float], ...] = ()  # (effort, expected top-1 agreement with full effort)
 
 
 class GenerationHandle(Protocol):

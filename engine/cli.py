@@ -85,6 +85,8 @@ def format_progress(p: LoadProgress, elapsed: float) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from engine import session
+    import dataclasses
+
     from engine.api import EffortSetting, SamplingSettings
 
     progress = ProgressLine()
@@ -100,8 +102,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             {"role": "user", "content": args.prompt}
         ]
         ids = tok.encode_chat(messages)
-    sampling = SamplingSettings(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_tokens=args.max_tokens
+    # the model's own defaults (else engine.sampler.CHAT_DEFAULTS), then the flags given; --temperature 0 = greedy
+    given = {
+        name: value
+        for name, value in (
+            ("temperature", args.temperature), ("top_p", args.top_p), ("top_k", args.top_k),
+            ("min_p", getattr(args, "min_p", None)), ("repetition_penalty", getattr(args, "repetition_penalty", None)),
+        )
+        if value is not None
+    }
+    sampling = dataclasses.replace(
+        loaded.info.sampling or SamplingSettings(), seed=args.seed, max_tokens=args.max_tokens, **given
     )
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
 
@@ -192,6 +203,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
     progress.close()
     print(evaluate.format_table(results, loaded.info.name, len(ids) - 1))
+    if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
+        from engine import quality
+
+        quality.save(loaded.files.fingerprint, loaded.info.name,
+                     [(r.effort, r.top1_agreement) for r in results if r.strategy == "bucket"])
     if args.plot:
         evaluate.plot(results, args.plot, loaded.info.name)
         print(f"plot written to {args.plot}")
@@ -408,9 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
     gen.add_argument("--effort", type=effort_value, default=1.0, help="effort: 0.05-1, 5-100 or 60%%; 1 = dense")
     gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"), default=256)
-    gen.add_argument("--temperature", type=sampling_flag("temperature"), default=0.0, help="0 = greedy (0-10)")
-    gen.add_argument("--top-p", type=sampling_flag("top_p"), default=1.0, help="in (0, 1]")
-    gen.add_argument("--top-k", type=sampling_flag("top_k"), default=0, help="0 = off")
+    gen.add_argument("--temperature", type=sampling_flag("temperature"), help="0 = greedy (0-10; default: the model's own, else 0.7)")
+    gen.add_argument("--top-p", type=sampling_flag("top_p"), help="in (0, 1]; default: the model's own, else 0.9")
+    gen.add_argument("--top-k", type=sampling_flag("top_k"), help="0 = off (the default)")
+    gen.add_argument("--min-p", type=sampling_flag("min_p"), help="0-0.99; default: the model's own, else 0.05")
+    gen.add_argument("--repetition-penalty", type=sampling_flag("repetition_penalty"), help="0.5-3; default: the model's own, else 1.1 (1 = off)")
     gen.add_argument("--seed", type=sampling_flag("seed"))
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
     gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of each bucket (8 on the CPU, 16 on a GPU)")

@@ -27,6 +27,7 @@ class TokenEvent:
     ttft_s: float
     context_used: int  # tokens in the KV cache after this token
     context_limit: int
+    prompt_cached: int = 0  # prompt tokens whose K/V were reused from the previous turn (not prefilled)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class GenerationResult:
     step_trace: list[float] = field(default_factory=list)  # seconds per generated token
     peak_memory_bytes: int = 0
     error: str | None = None
+    prompt_cached: int = 0  # prompt tokens reused from the cache; prompt_tps is over the others
 
 
 @dataclass(frozen=True)

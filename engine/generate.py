@@ -74,7 +74,7 @@ class Generator:
                 f"the prompt has {len(prompt_ids)} tokens but the model's context holds {limit}; "
                 "start a new chat or shorten the prompt"
             )
-        sampler = Sampler(sampling)
+        sampler = Sampler(sampling, prompt_ids)
         decoder = self.stream_factory()
 
         start = time.perf_counter()
@@ -120,6 +120,7 @@ class Generator:
                         text=delta, token_id=token, step_s=step_s, effort=eff_req,
                         effective_effort=eff_real, index=len(generated), prompt_tokens=len(prompt_ids),
                         prompt_tps=prompt_tps, ttft_s=ttft, context_used=len(self._cached), context_limit=limit,
+                        prompt_cached=keep,
                     )
                 )
             if finish is None and cancel is not None and cancel.is_set():
@@ -140,6 +141,7 @@ class Generator:
             prompt_tokens=len(prompt_ids), generated_tokens=len(generated), prompt_tps=prompt_tps,
             decode_tps=decode_tps, ttft_s=ttft, finish_reason=finish, effort_trace=efforts,
             effective_trace=effective, step_trace=steps, peak_memory_bytes=self.runtime.peak_memory(),
+            prompt_cached=keep,
         )
 
     def _prefill(

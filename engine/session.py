@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from engine.runtime import backend as backends
+from engine import quality
 from engine.effort import convert
 from engine.io import registry
 from engine.effort.bucket import bucket_for_runtime
@@ -135,9 +136,18 @@ def load(
         backend=be.name, device=be.device, context_limit=context, parameters=params,
         effort_cap=converted.effort_cap if converted else 1.0,
         resident_bytes=resident_bytes(model, converted, run),
+        sampling=model_sampling(files),
+        quality=quality.load(files.fingerprint) if converted else (),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
     return LoadedModel(info, files, model, run, files.tokenizer, generator, converted, kind)
+
+
+def model_sampling(files: ModelFiles):
+    """The model's own generation defaults over `engine.sampler.CHAT_DEFAULTS`."""
+    from engine.sampler import defaults_for
+
+    return defaults_for(files.metadata if files.source_format == "gguf" else {}, files.path if files.source_format == "hf" else None)
 
 
 def stored_q8_head(files: ModelFiles) -> np.ndarray | None:

@@ -84,6 +84,9 @@ SAMPLING_RULES = {
     "top_k": lambda v, name="top_k": number(v, name, integer=True, low=0),
     "max_tokens": lambda v, name="max_tokens": number(v, name, integer=True, low=1),
     "seed": lambda v, name="seed": number(v, name, integer=True, low=0, high=2**63 - 1),
+    "min_p": lambda v, name="min_p": number(v, name, low=0.0, high=0.99),
+    "repetition_penalty": lambda v, name="repetition_penalty": number(v, name, low=0.5, high=3.0),
+    "repetition_window": lambda v, name="repetition_window": number(v, name, integer=True, low=0),
 }
 
 

@@ -8,7 +8,7 @@ runs on the UI thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from textual import on
@@ -17,7 +17,8 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer
 
-from engine.api import ChatRequest, GenerationHandle, ModelInfo
+from engine.api import ChatRequest, GenerationHandle, ModelInfo, SamplingSettings
+from engine.sampler import CHAT_DEFAULTS, overlay
 from engine.events import GenerationResult, LoadProgress, TokenEvent
 from engine.io.atomic import write_text
 from effort_tui.bridge import Inbox
@@ -26,7 +27,9 @@ from effort_tui.history import StoredMessage, title_from
 from effort_tui.input_guard import clean_text
 from effort_tui.keymap import bindings_for
 from effort_tui.messages import GenerationUpdate, LoadUpdate, PromptSubmitted
-from effort_tui.stats import SpeedStats, effort_range_text, percent, result_meta, summary_line
+from effort_tui.stats import (
+    FINISH_TEXT, SpeedStats, collapse_effort, effort_range_text, percent, quality_at, result_meta, summary_line,
+)
 from effort_tui.widgets.chat_message import ChatMessage
 from effort_tui.widgets.chat_view import ChatView
 from effort_tui.widgets.load_panel import LoadPanel
@@ -71,6 +74,7 @@ class Generation:
     flush_timer: Timer | None = None
     result: GenerationResult | None = None
     stop_requested: bool = False
+    sampling: SamplingSettings | None = None  # what this answer was sampled with (kept in its metadata)
     detached: bool = False  # the user moved on (new chat, other conversation); still saved when done
 
 
@@ -89,6 +93,11 @@ class ChatScreen(Screen):
         self._generation_count = 0
         self._load_inbox: Inbox | None = None
         self.last_result: GenerationResult | None = None
+        self.sampling: SamplingSettings = CHAT_DEFAULTS  # this conversation's; set from the model at load
+        self.default_sampling: SamplingSettings = CHAT_DEFAULTS  # the model's defaults + config.toml
+        self._sampled: SamplingSettings | None = None  # what ctrl+g goes back to from greedy
+        self._context_warned: set[int | None] = set()
+        self.quality_hint_shown = False  # the one-time "quality collapses below N%" hint
 
     @property
     def effort_app(self) -> EffortApp:
@@ -136,6 +145,9 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         self.prompt.cursor_blink = self.effort_app.cursor_blink
+        self.prompt.submit_check = self._can_answer
+        self.sampling = self.default_sampling = self.effort_app.config.sampling
+        self._show_sampling()
         self._show_effort()
         self.start_load()
 
@@ -181,15 +193,22 @@ class ChatScreen(Screen):
             self.model_state = "failed"
             self.load_error = error or "the model could not be loaded"
             self.load_panel.show_error(app.model_name, self.load_error)
+            app.show_config_problems()
             self.status.set_model(app.model_name, "failed")
             self.notify(self.load_error, title=f"Could not load {app.model_name}", severity="error", timeout=15)
             return
         self.model_state = "ready"
         app.model_info = info
+        app.show_config_problems()
         effort = app.engine.effort
         if info.effort_cap < effort.cap - 1e-9:
             effort.set_cap(info.effort_cap)
         effort.set(app.initial_effort)
+        self.default_sampling = overlay(info.sampling or CHAT_DEFAULTS, app.config.sampling)
+        if not self.turns:
+            self.sampling = self.default_sampling
+        self._show_sampling()
+        self.status.set_quality(list(info.quality))
         self.load_panel.display = False
         self.status.set_model(info.name, "ready", info.backend, info.device)
         stats = SpeedStats(context_limit=info.context_limit)
@@ -201,6 +220,9 @@ class ChatScreen(Screen):
     @on(PromptSubmitted)
     async def _on_prompt_submitted(self, message: PromptSubmitted) -> None:
         message.stop()
+        if not self._can_answer():  # e.g. a second Enter typed before the first answer started
+            self.prompt.restore(message.text)
+            return
         await self.send(message.text)
 
     def _can_answer(self) -> bool:
@@ -219,7 +241,6 @@ class ChatScreen(Screen):
         if not self._can_answer():
             return
         app = self.effort_app
-        self.prompt.accept()
         text = clean_text(text)  # text that is not Unicode (lone surrogates) cannot be stored or encoded
         if self.conversation_id is None:
             self.conversation_id = app.store.create_conversation(
@@ -235,7 +256,7 @@ class ChatScreen(Screen):
         system = app.store.system_prompt(self.conversation_id) if self.conversation_id is not None else ""
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": t.role, "content": t.content} for t in self.turns]
-        return ChatRequest(messages=messages, sampling=app.config.sampling)
+        return ChatRequest(messages=messages, sampling=self.sampling)
 
     async def start_generation(self) -> None:
         app = self.effort_app
@@ -246,6 +267,7 @@ class ChatScreen(Screen):
         gen = Generation(self._generation_count, self.conversation_id, self._model_label(), widget, inbox=None)  # type: ignore[arg-type]
         gen.inbox = Inbox(self, GenerationUpdate, tag=gen)
         gen.stats.context_limit = app.model_info.context_limit if app.model_info else 0
+        gen.sampling = self.sampling
         self.generation = gen
         self.status.set_stats(gen.stats, streaming=True)
         self.status.set_summary("answering…  (Esc stops)")
@@ -278,6 +300,7 @@ class ChatScreen(Screen):
             return
         if gen is self.generation:
             self.status.set_stats(gen.stats, streaming=True)
+            self._maybe_context_warning(gen.stats)
         if gen.pending and gen.flush_timer is None and not gen.detached:
             gen.flush_timer = self.set_timer(FLUSH_INTERVAL_S, lambda: self._flush(gen))
 
@@ -297,6 +320,8 @@ class ChatScreen(Screen):
             gen.flush_timer = None
         text = result.text if (result.text or not gen.text) else gen.text
         meta = result_meta(result, gen.model)
+        if gen.sampling is not None:
+            meta["sampling"] = asdict(gen.sampling)
         message_id: int | None = None
         if text or result.finish_reason != "error":
             message_id = app.store.add_message(gen.conversation_id, "assistant", text, meta)
@@ -324,6 +349,18 @@ class ChatScreen(Screen):
             self.generation = None  # last: "not streaming" means the answer is fully in place
         if result.finish_reason == "error":
             self.notify(result.error or "The answer failed.", title="Generation failed", severity="error", timeout=10)
+
+    def _maybe_context_warning(self, stats: SpeedStats) -> None:
+        if not stats.context_limit or stats.context_used < 0.9 * stats.context_limit:
+            return
+        if self.conversation_id in self._context_warned:
+            return
+        self._context_warned.add(self.conversation_id)
+        self.notify(
+            f"The context is {stats.context_used / stats.context_limit:.0%} full ({stats.context_used:,} of "
+            f"{stats.context_limit:,} tokens). Start a new chat (ctrl+n) before it runs out.",
+            title="Context nearly full", severity="warning", timeout=10,
+        )
 
     def _detach_generation(self) -> None:
         """Stop showing the answer in flight (it is cancelled, and saved when it ends)."""
@@ -359,6 +396,183 @@ class ChatScreen(Screen):
         effort = self.effort_app.engine.effort
         value = effort.get()
         self.status.set_effort(value, effort.cap)
+        self._maybe_quality_hint(value)
+
+    def _maybe_quality_hint(self, value: float) -> None:
+        """Once per session: say so when the effort goes below where this model's quality collapses."""
+        info = self.effort_app.model_info
+        if self.quality_hint_shown or info is None or not info.quality:
+            return
+        collapse = collapse_effort(list(info.quality))
+        if collapse is None or value > collapse + 1e-9:
+            return
+        self.quality_hint_shown = True
+        top1 = quality_at(list(info.quality), value) or 0.0
+        self.notify(
+            f"At {percent(value)} {info.name} agrees with full effort on only ≈{top1 * 100:.0f}% of tokens "
+            f"(measured); below about {percent(collapse + 0.05)} its text falls apart. Raise it with ctrl+↑ / F8.",
+            title="Quality drops here", severity="warning", timeout=10,
+        )
+
+    # -- sampling, system prompt ---------------------------------------------------------------
+
+    def _show_sampling(self) -> None:
+        system = ""
+        if self.conversation_id is not None:
+            system = self.effort_app.store.system_prompt(self.conversation_id)
+        else:
+            system = self.effort_app.config.system_prompt
+        self.status.set_sampling(self.sampling.label(), bool(system))
+
+    def set_sampling(self, sampling: SamplingSettings, *, say: bool = True) -> None:
+        """Use `sampling` for this conversation from the next answer on (kept with each answer)."""
+        self.sampling = sampling
+        self._show_sampling()
+        if say:
+            self.notify(f"Sampling: {sampling.label()}", timeout=3)
+
+    def action_toggle_greedy(self) -> None:
+        if self.sampling.greedy:
+            back = self._sampled or (self.default_sampling if not self.default_sampling.greedy else CHAT_DEFAULTS)
+            self.set_sampling(back)
+        else:
+            self._sampled = self.sampling
+            self.set_sampling(replace(self.sampling, temperature=0.0))
+
+    def action_sampling_defaults(self) -> None:
+        self.set_sampling(self.default_sampling if not self.default_sampling.greedy else CHAT_DEFAULTS)
+
+    def action_set_temperature(self, value: float) -> None:
+        self.set_sampling(replace(self.sampling, temperature=max(0.0, float(value))))
+
+    def ask_sampling_value(self, name: str) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        limits = {"temperature": (0.0, 10.0), "top_p": (0.01, 1.0), "min_p": (0.0, 0.99),
+                  "repetition_penalty": (0.5, 3.0), "top_k": (0, 100000), "max_tokens": (1, 1_000_000)}
+        low, high = limits[name]
+
+        def chosen(text: str | None) -> None:
+            if text is None or not text.strip():
+                return
+            try:
+                value = int(text) if name in ("top_k", "max_tokens") else float(text)
+            except ValueError:
+                self.notify(f"{name} must be a number, not {text!r}", severity="warning")
+                return
+            if not low <= value <= high:
+                self.notify(f"{name} must be in {low}..{high}", severity="warning")
+                return
+            self.set_sampling(replace(self.sampling, **{name: value}))
+
+        self.app.push_screen(
+            AskScreen(f"{name.replace('_', ' ')} ({low}–{high})", f"{getattr(self.sampling, name):g}"), chosen
+        )
+
+    def action_ask_system_prompt(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        app = self.effort_app
+        current = app.store.system_prompt(self.conversation_id) if self.conversation_id is not None else app.config.system_prompt
+        self.app.push_screen(
+            AskScreen("System prompt (this conversation and new ones; \"\" = none)", current,
+                      hint="Enter to apply · Esc to cancel · saved with the conversation"),
+            self.set_system_prompt,
+        )
+
+    def set_system_prompt(self, text: str | None) -> None:
+        if text is None:
+            return
+        app = self.effort_app
+        text = text.strip()
+        app.config = replace(app.config, system_prompt=text)  # new chats in this session
+        if self.conversation_id is not None:
+            app.store.set_system_prompt(self.conversation_id, text)
+        self._show_sampling()
+        self.notify("System prompt cleared." if not text else "System prompt set.", timeout=3)
+
+    # -- copy, rename, search, switch model ------------------------------------------------------
+
+    def last_answer(self) -> str | None:
+        return next((t.content for t in reversed(self.turns) if t.role == "assistant" and t.content), None)
+
+    def action_copy_answer(self) -> None:
+        text = self.last_answer()
+        if text is None:
+            self.notify("No answer to copy yet.", severity="warning")
+            return
+        self.app.copy_to_clipboard(text)  # OSC 52: works over ssh and in tmux with set-clipboard on
+        self.notify(f"Copied the last answer ({len(text):,} characters).", timeout=3)
+
+    def action_rename(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        app = self.effort_app
+        if self.conversation_id is None:
+            self.notify("Nothing to rename yet: send a message first.", severity="warning")
+            return
+        summary = app.store.conversation(self.conversation_id)
+        conversation_id = self.conversation_id
+
+        def chosen(text: str | None) -> None:
+            if text is None or not text.strip():
+                return
+            app.store.rename_conversation(conversation_id, text.strip())
+            self.notify(f"Renamed to “{text.strip()}”.", timeout=3)
+
+        self.app.push_screen(AskScreen("Rename this conversation", summary.title if summary else ""), chosen)
+
+    def action_search(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+        from effort_tui.screens.conversations import ConversationsScreen
+
+        app = self.effort_app
+
+        def chosen(text: str | None) -> None:
+            if text is None:
+                return
+            self.app.push_screen(
+                ConversationsScreen(app.store, app.clock, current_id=self.conversation_id, query=text),
+                self._conversation_chosen,
+            )
+
+        self.app.push_screen(AskScreen("Search conversations (titles and messages)", placeholder="words to find"), chosen)
+
+    def action_switch_model(self) -> None:
+        from effort_tui.screens.ask import AskScreen
+
+        app = self.effort_app
+
+        def chosen(text: str | None) -> None:
+            if text is None or not text.strip() or text.strip() == app.model_name:
+                return
+            if self.streaming:
+                self.action_stop()
+            app.model_name = text.strip()
+            app.model_info = None
+            self.start_load()
+
+        self.app.push_screen(
+            AskScreen("Switch model: an alias, a GGUF file or a Hugging Face folder", app.model_name), chosen
+        )
+
+    def save_partial_for_quit(self) -> None:
+        """ctrl+q mid-answer: keep what was written so far, as a stopped answer, then let it go."""
+        gen = self.generation
+        if gen is None or gen.result is not None:
+            return
+        gen.detached = True
+        gen.inbox.close()
+        if gen.handle is not None:
+            gen.handle.cancel()
+        if gen.text:
+            meta = {"model": gen.model, "finish_reason": "cancelled", "generated_tokens": gen.stats.tokens,
+                    "prompt_tokens": gen.stats.prompt_tokens, "tok_s": round(gen.stats.average_tps or 0.0, 3),
+                    "ttft_s": round(gen.stats.ttft_s or 0.0, 4),
+                    "effort_trace": [round(s.effort, 4) for s in gen.stats.samples], "note": "the app was quit"}
+            if gen.sampling is not None:
+                meta["sampling"] = asdict(gen.sampling)
+            self.effort_app.store.add_message(gen.conversation_id, "assistant", gen.text, meta)
 
     # -- other actions -------------------------------------------------------------------------
 
@@ -462,9 +676,14 @@ class ChatScreen(Screen):
             await self.chat_view.mount_all(widgets)
         for m, w in zip(stored, widgets):
             self.turns.append(Turn(m.role, m.content, m.id, w, m.meta))
+        self.sampling = _stored_sampling(stored) or self.default_sampling
+        self._show_sampling()
         self.chat_view.anchor()
-        self.status.set_stats(SpeedStats(context_limit=self._context_limit()), streaming=False)
         last = next((m for m in reversed(stored) if m.role == "assistant" and m.meta), None)
+        stats = SpeedStats(context_limit=self._context_limit())
+        if last is not None:  # what the context held after the last answer (the next send resends it)
+            stats.context_used = int(last.meta.get("prompt_tokens", 0)) + int(last.meta.get("generated_tokens", 0))
+        self.status.set_stats(stats, streaming=False)
         summary = app.store.conversation(conversation_id)
         label = summary.title if summary else "conversation"
         if last is not None:
@@ -504,6 +723,19 @@ class ChatScreen(Screen):
                 gen.handle.cancel()
 
 
+def _stored_sampling(stored: list[StoredMessage]) -> SamplingSettings | None:
+    """The sampling of the conversation's last answer that kept one."""
+    fields = SamplingSettings.__dataclass_fields__
+    for m in reversed(stored):
+        raw = m.meta.get("sampling") if m.role == "assistant" else None
+        if isinstance(raw, dict):
+            try:
+                return SamplingSettings(**{k: v for k, v in raw.items() if k in fields})
+            except TypeError:
+                return None
+    return None
+
+
 def _widget_for(message: StoredMessage) -> ChatMessage:
     detail = ""
     note = ""
@@ -518,7 +750,7 @@ def _widget_for(message: StoredMessage) -> ChatMessage:
 
 def _answer_detail(model: str, result: GenerationResult) -> str:
     parts = [model]
-    if result.generated_tokens:
+    if result.generated_tokens and result.decode_tps > 0:
         parts.append(f"{result.decode_tps:.1f} tok/s")
     if result.effort_trace:
         parts.append(effort_range_text(result.effort_trace))
@@ -527,7 +759,7 @@ def _answer_detail(model: str, result: GenerationResult) -> str:
 
 def _meta_detail(meta: dict[str, Any]) -> str:
     parts = [str(meta.get("model", ""))] if meta.get("model") else []
-    if meta.get("generated_tokens"):
+    if meta.get("generated_tokens") and float(meta.get("tok_s", 0.0)) > 0:
         parts.append(f"{float(meta.get('tok_s', 0.0)):.1f} tok/s")
     trace = meta.get("effort_trace") or []
     if trace:
@@ -537,11 +769,12 @@ def _meta_detail(meta: dict[str, Any]) -> str:
 
 def _meta_summary(meta: dict[str, Any]) -> str:
     parts = [f"{meta.get('generated_tokens', 0)} tok"]
-    if meta.get("generated_tokens"):
+    if meta.get("generated_tokens") and float(meta.get("tok_s", 0.0)) > 0:
         parts.append(f"{float(meta.get('tok_s', 0.0)):.1f} tok/s")
+    if meta.get("generated_tokens"):
         parts.append(f"ttft {float(meta.get('ttft_s', 0.0)):.2f}s")
     if meta.get("finish_reason"):
-        parts.append(str(meta["finish_reason"]))
+        parts.append(FINISH_TEXT.get(str(meta["finish_reason"]), str(meta["finish_reason"])))  # "stopped", not "cancelled"
     return " · ".join(parts)
 
 

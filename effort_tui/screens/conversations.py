@@ -22,8 +22,9 @@ class ConversationsScreen(ModalScreen[ConversationsResult]):
     BINDINGS = bindings_for("conversations")
     AUTO_FOCUS = "#conversation-list"
 
-    def __init__(self, store: HistoryStore, clock: Clock, *, current_id: int | None = None) -> None:
+    def __init__(self, store: HistoryStore, clock: Clock, *, current_id: int | None = None, query: str = "") -> None:
         super().__init__(id="conversations")
+        self.query_text = query.strip()  # only conversations whose title or messages contain it
         self.store = store
         self.clock = clock
         self.current_id = current_id
@@ -32,7 +33,8 @@ class ConversationsScreen(ModalScreen[ConversationsResult]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="conversations-dialog"):
-            yield Label("Conversations", id="conversations-title")
+            title = f"Conversations containing “{self.query_text}”" if self.query_text else "Conversations"
+            yield Label(title, id="conversations-title", markup=False)
             yield OptionList(id="conversation-list")
             yield Static(id="conversations-empty")
             yield Static(self._hint(), id="conversations-hint")
@@ -48,14 +50,17 @@ class ConversationsScreen(ModalScreen[ConversationsResult]):
 
     def refresh_list(self) -> None:
         option_list = self.query_one(OptionList)
-        conversations = self.store.list_conversations()
+        if self.query_text:
+            conversations = self.store.search_conversations(self.query_text)
+        else:
+            conversations = self.store.list_conversations()
         highlighted = option_list.highlighted
         option_list.clear_options()
         option_list.add_options([self._option(c) for c in conversations])
         empty = self.query_one("#conversations-empty", Static)
         empty.display = not conversations
         option_list.display = bool(conversations)
-        empty.update("No conversations yet.")
+        empty.update(f"No conversation contains “{self.query_text}”." if self.query_text else "No conversations yet.")
         if conversations:
             index = next((i for i, c in enumerate(conversations) if c.id == self.current_id), 0)
             if highlighted is not None:

@@ -42,6 +42,7 @@ class HelpScreen(ModalScreen[None]):
                 "Remap any key in config.toml under [keymap], e.g. \"effort.up\" = \"ctrl+k,f8\". "
                 "ctrl+p opens the command palette with the same actions.",
                 id="help-footer",
+                markup=False,  # "[keymap]" is text here, not a style tag
             )
 
     def _keys_table(self) -> Table:

@@ -36,6 +36,7 @@ class ChatMessage(Vertical):
         padding: 0;
         background: transparent;
     }
+    ChatMessage > .chat-message--text { height: auto; }
     ChatMessage > .chat-message--note {
         height: auto;
         color: $text-muted;
@@ -53,9 +54,13 @@ class ChatMessage(Vertical):
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(self._header_text(), classes="chat-message--header")
-        yield Markdown(self.content)
-        yield Static(self.note, classes="chat-message--note")
+        yield Static(self._header_text(), classes="chat-message--header", markup=False)
+        if self.role == "user":
+            # what the user typed, as typed: every line break kept, "# Heading" or **x** not rendered
+            yield Static(self.content, classes="chat-message--text", markup=False)
+        else:
+            yield Markdown(self.content)
+        yield Static(self.note, classes="chat-message--note", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(".chat-message--note", Static).display = bool(self.note)

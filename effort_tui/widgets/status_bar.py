@@ -14,8 +14,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
-from effort_tui.stats import SpeedStats, percent, tps_text
-from effort_tui.widgets.effort_sparkline import EffortLegend, EffortSparkline, effort_colour, effort_gradient
+from effort_tui.stats import SpeedStats, percent, prompt_text, quality_at, tps_text
+from effort_tui.widgets.effort_sparkline import EffortLegend, EffortSparkline, effort_style, scale_label
 
 ModelState = Literal["loading", "ready", "failed"]
 GAUGE_CELLS = 10
@@ -37,10 +37,10 @@ class StatusBar(Vertical):
         background: $panel;
         color: $foreground;
     }
-    StatusBar > Static { height: auto; width: 1fr; }
+    StatusBar > Static { height: 1; width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     StatusBar #status-spark-row { height: 1; }
-    StatusBar #status-spark-label { width: 6; color: $text-muted; }
-    StatusBar #status-summary { color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
+    StatusBar #status-spark-label { width: 11; color: $text-muted; text-wrap: nowrap; }
+    StatusBar #status-summary { color: $text-muted; }
     """
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -51,6 +51,10 @@ class StatusBar(Vertical):
         self.stats = SpeedStats()
         self.summary = ""
         self.streaming = False
+        self.sampling = ""  # e.g. "T0.7 p0.9 min-p0.05 rep1.1" or "greedy"
+        self.system_prompt = False
+        self.quality: list[tuple[float, float]] = []  # (effort, expected top-1 agreement with dense)
+        self.effort_note = ""  # e.g. "effort ready in 40 s" while the conversion runs behind the chat
 
     def compose(self) -> ComposeResult:
         yield Static(id="status-model")
@@ -81,7 +85,21 @@ class StatusBar(Vertical):
         self._render_model()
         self._render_speed()
         if self.is_mounted:
-            self.query_one(EffortSparkline).set_samples(stats.samples)
+            spark = self.query_one(EffortSparkline)
+            spark.set_samples(stats.samples)
+            self.query_one("#status-spark-label", Static).update(scale_label(spark.top) if spark.top else "speed")
+
+    def set_quality(self, table: list[tuple[float, float]]) -> None:
+        self.quality = list(table)
+        self._render_speed()
+
+    def set_effort_note(self, note: str) -> None:
+        self.effort_note = note
+        self._render_speed()
+
+    def set_sampling(self, label: str, system_prompt: bool = False) -> None:
+        self.sampling, self.system_prompt = label, system_prompt
+        self._render_model()
 
     def set_summary(self, text: str) -> None:
         self.summary = text
@@ -98,6 +116,7 @@ class StatusBar(Vertical):
             self.query_one(EffortLegend).refresh()
 
     def model_text(self) -> Text:
+        """One line, most important first (it is cut, never wrapped, when the terminal is narrow)."""
         m, s = self.model, self.stats
         text = Text()
         if m.state == "loading":
@@ -106,21 +125,27 @@ class StatusBar(Vertical):
             text.append(f"✗ {m.name} not loaded", style="bold red")
         else:
             text.append(f"● {m.name}", style="bold")
-            device = " · ".join(part for part in (m.backend, m.device) if part)
-            if device:
-                text.append(f"  {device}", style="dim")
+            if m.backend:
+                text.append(f" · {m.backend}", style="dim")
+        if self.sampling:
+            text.append(f"  {self.sampling}")
+            if self.system_prompt:
+                text.append(" · sys")
         if s.context_limit:
             text.append(f"  ctx {s.context_used:,}/{s.context_limit:,}")
+            if s.context_used >= 0.9 * s.context_limit:
+                text.append(" (nearly full)", style="bold yellow")
         if s.ttft_s is not None:
             text.append(f"  ttft {s.ttft_s:.2f}s")
         if s.prompt_tps is not None:
-            text.append(f"  prompt {s.prompt_tps:.0f} tok/s")
+            text.append(f"  {prompt_text(s.prompt_tokens, s.prompt_cached, s.prompt_tps)}")
+        if m.state == "ready" and m.device and self.size.width >= 110:
+            text.append(f"  {m.device}", style="dim")
         return text
 
     def speed_text(self) -> Text:
         s = self.stats
-        gradient = effort_gradient(self.app.theme_variables) if self.is_attached else None
-        colour = effort_colour(gradient, self.effort).rich_color.name if gradient else ""
+        colour = effort_style(self.effort)
         text = Text()
         text.append("effort ", style="bold")
         text.append(percent(self.effort), style=f"bold {colour}")
@@ -130,14 +155,21 @@ class StatusBar(Vertical):
         text.append("━" * filled, style=colour)
         text.append("─" * max(0, cap_cells - filled), style="dim")
         text.append("╌" * (GAUGE_CELLS - max(cap_cells, filled)), style="red")
-        if s.effective_effort is not None:
-            text.append(f"  eff {percent(s.effective_effort)}")
+        if self.effort_note:
+            text.append(f"  {self.effort_note}", style="italic")
+        else:
+            quality = quality_at(self.quality, self.effort)
+            if quality is not None:
+                text.append(f"  ≈{quality * 100:.0f}% top-1", style="bold red" if quality < 0.6 else "")
+        if s.effective_effort is not None and self.streaming:
+            text.append(f"  eff {percent(s.effective_effort)}")  # only while it describes the answer in flight
         if self.cap < 0.9995:
             text.append(f"  cap {percent(self.cap)}", style="yellow")
         text.append("  │  ", style="dim")
         text.append(tps_text(s.latest_tps), style="bold" if self.streaming else "")
         average = s.average_tps
-        text.append(f"  avg {tps_text(average)}")
+        if average is not None:
+            text.append(f"  avg {tps_text(average)}")
         text.append(f"  {s.tokens} tok", style="dim")
         return text
 

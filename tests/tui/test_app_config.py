@@ -44,7 +44,7 @@ async def test_bad_values_are_reported_and_the_rest_is_used(make_app, config_pat
         messages = " ".join(n.message for n in app._notifications)
         assert "effort must be between" in messages and "top_p must be a number" in messages
         request = chat.build_request()
-        assert request.sampling.temperature == 0.5 and request.sampling.top_p == 1.0
+        assert request.sampling.temperature == 0.5 and request.sampling.top_p == 0.9
 
 
 async def test_sampling_and_system_prompt_reach_the_engine(make_app, config_path) -> None:

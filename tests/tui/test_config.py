@@ -73,7 +73,7 @@ def test_bad_values_fall_back_per_key(tmp_path: Path) -> None:
     c = loaded.config
     assert not loaded.broken
     assert c.model == "tiny" and c.effort == 1.0 and c.theme == "effort-dark"
-    assert c.sampling.temperature == 0.0 and c.sampling.top_k == 5 and c.sampling.max_tokens == 512
+    assert c.sampling.temperature == 0.7 and c.sampling.top_k == 5 and c.sampling.max_tokens == 512  # CHAT_DEFAULTS
     assert c.keymap == {"effort.up": "ctrl+k"}
     text = "\n".join(loaded.problems)
     for needle in ("effort must be", "theme must be a string", "unknown setting 'colour'", "temperature", "max_tokens", "no.such", "chat.new"):
