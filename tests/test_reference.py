@@ -123,3 +123,23 @@ def test_error_curves_match_exact_on_random_matrix():
         exact = err / np.sum((X @ w.T) ** 2)
         assert 0.5 < rel[j] / exact < 2.0
         assert abs(ach[j] - e) < 0.05
+
+
+def test_allocation_with_dense_above_never_asks_between_it_and_dense():
+    """On the CPU a matrix either stays at or below dense_above or runs dense; the budget holds to
+    within one matrix's share, at grid points and between them."""
+    from engine.effort.allocation import Allocation, lagrangian_table
+
+    rng = np.random.default_rng(7)
+    M = 40
+    sizes = rng.integers(1, 20, M).astype(float) * 1000
+    levels = np.array([0.05, 0.1, 0.2, 0.3, 0.4, 1.0])
+    cost = np.maximum.accumulate((rng.random((M, len(levels))) * (1 - levels))[:, ::-1], axis=1)[:, ::-1]
+    cost[:, -1] = 0.0
+    grid = np.round(np.arange(0.05, 1.0001, 0.05), 4)
+    table = lagrangian_table(cost, levels, sizes, grid, dense_above=0.4)
+    A = Allocation([str(m) for m in range(M)], sizes, grid, table, levels, np.repeat(levels[None], M, 0), 0.4)
+    for e in [0.1, 0.33, 0.45, 0.5, 0.62, 0.75, 0.9, 0.97]:
+        local = A.local(e)
+        assert not ((local > 0.4 + 1e-9) & (local < 1.0)).any(), e
+        assert abs(A.global_of(local) - e) <= sizes.max() / sizes.sum() + 1e-9, e

@@ -30,7 +30,7 @@ from engine.io.loader import ModelFiles
 from engine.model.decoder import PROJECTIONS, weight_name
 from engine.io.paths import converted_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bucket size in the name and metadata, dense_above in the allocation
 N_PROBES = 4
 
 ProgressFn = Callable[[LoadProgress], None]

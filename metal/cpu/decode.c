@@ -5,9 +5,8 @@
  * ee_step() per token: embedding -> 30x (attention + SwiGLU MLP) -> norm -> head.
  * Every projection is held twice: as the file's fp16 matrix (in 64-output tiles, the dense kernel) and as
  * the bucket list of engine/effort/bucket.py (bucket size EFFORT_B = 4) for the effort kernel. A
- * projection whose local effort is below EE_DENSE_ABOVE runs the effort kernel on the ranks its
- * selection keeps; at or above it the dense kernel is faster than routing that many weights, so it
- * runs dense (and counts every weight as multiplied). See effort_cpu.h for the kernels.
+ * projection at local effort 1 runs the dense kernel; below 1 the effort kernel multiplies the ranks
+ * its selection keeps. See effort_cpu.h for the kernels.
  */
 #include <math.h>
 #include <stdint.h>
@@ -270,11 +269,11 @@ static void select_worker(void *arg, int tid) {
 }
 
 /* A projection runs its selection only under effort and when it has the stats to select with. */
-#ifndef EE_DENSE_ABOVE
-#define EE_DENSE_ABOVE 0.6f  /* measured: routing more than ~60 % of the weights is slower than the dense kernel */
-#endif
+/* Dense when asked for every weight (the allocation snaps a local effort that routing would make
+ * slower than the dense kernel to 1.0: engine/effort/allocation.py), or when there is nothing to
+ * select with. */
 static int runs_dense(const ee_bucket *b, float effort) {
-    return b->dense && (!b->stats || !b->vals || effort >= EE_DENSE_ABOVE);
+    return b->dense && (!b->stats || !b->vals || effort >= 1.0f);
 }
 static int under_effort(const ee_bucket *b, float effort) {
     return !runs_dense(b, effort) && b->stats && (effort < 1.0f || b->max_rank < EFFORT_B);  /* a truncated load is capped even at 1.0 */
