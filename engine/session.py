@@ -119,7 +119,7 @@ def load(
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
     kind = runtime_kind(runtime, be.name, files.config)
-    if load_ranks is not None and kind != "cpu":
+    if load_ranks is not None and be.name != "cpu":
         raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
     context, notice = context_for_memory(files.config)
     if notice:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 
 import numpy as np
 import pytest
 
 from engine.runtime import native
 from engine.effort import reference
-from engine.effort.bucket import CPU_BUCKET as B, convert_matrix, cutoff_for_effort, k_from_cutoff, packing_for
+from engine.effort.bucket import (CPU_BUCKET as B, convert_matrix, cpu_tile_units, cpu_tiles, cutoff_for_effort,
+                                  k_from_cutoff, packing_for)
 from engine.runtime.cpu_runtime import Bucket, Dims, _ptr
 
 SHAPES = [(64, 80), (192, 576), (576, 576), (1536, 576), (576, 1536)]
@@ -62,8 +64,10 @@ class Layout:
     def __init__(self, lib, w: np.ndarray, load_ranks: int = B) -> None:
         self.bm = convert_matrix(w, packing_for(B), 4, B)
         out_dim, in_dim = w.shape
-        self.vals = np.ascontiguousarray(self.bm.data[: load_ranks * in_dim]).view(np.uint16)
-        self.pos = np.ascontiguousarray(self.bm.pos_packed[: load_ranks * in_dim])
+        loaded = dataclasses.replace(self.bm, data=self.bm.data[: load_ranks * in_dim],
+                                     pos_packed=self.bm.pos_packed[: load_ranks * in_dim])
+        self.vals, self.pos = cpu_tiles(loaded)
+        assert lib.ecpu_effort_units(out_dim) == cpu_tile_units(out_dim)
         self.stats = np.ascontiguousarray(self.bm.stats)
         self.probes = np.ascontiguousarray(self.bm.probes)
         self.struct = Bucket(
@@ -215,7 +219,7 @@ def test_truncated_load_reads_only_its_ranks(lib, scratch_model, load_ranks):
     w = fp16_matrix(576, 576, seed=13)
     x = activations(576, 6)
     lay = Layout(lib, w, load_ranks)
-    assert lay.vals.shape[0] == load_ranks * 576
+    assert lay.vals.shape[1] == load_ranks and lay.vals.size == load_ranks * 576 * 576 // B
     lib.ee_set_strategy(scratch_model, 0)
     for effort in (1.0, 0.5):
         y = np.zeros(576, np.float32)

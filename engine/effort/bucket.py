@@ -143,6 +143,29 @@ class BucketMatrix:
         return r
 
 
+def cpu_tile_units(out_dim: int) -> int:
+    """Units of 64 outputs per CPU tile: the largest of 4, 3, 2 that divides the units and leaves at
+    least two tiles (so two threads share even a lone matrix), else 1 (metal/cpu ecpu_effort_units)."""
+    n = out_dim // 64
+    return next((u for u in (4, 3, 2) if n % u == 0 and n // u >= 2), 1)
+
+
+def cpu_tiles(bm: BucketMatrix) -> tuple[np.ndarray, np.ndarray]:
+    """The bucket list re-ordered for the CPU kernels (bucket size 4, crumb packing): tile t holds
+    units tU..tU+U-1 of 64 outputs, as ``vals uint16 [nt, ranks, in, 16U]`` (fp16 bits) and
+    ``pos uint8 [nt, ranks, in, 4U]``.  The same values and positions as ``bm.data`` and
+    ``bm.pos_packed``, only ordered so that a tile's rank-r rows of consecutive inputs are one
+    contiguous stream (``ranks`` = the rows loaded, see --load-ranks)."""
+    if bm.bucket != CPU_BUCKET or bm.packing != "crumb" or bm.out_dim % 64:
+        raise ValueError("the CPU tiles take bucket size 4, crumb packing and out % 64 == 0")
+    units = cpu_tile_units(bm.out_dim)
+    ranks = bm.data.shape[0] // bm.in_dim
+    nt = bm.out_dim // 64 // units
+    vals = np.ascontiguousarray(bm.data).view(np.uint16).reshape(ranks, bm.in_dim, nt, 16 * units)
+    pos = np.ascontiguousarray(bm.pos_packed).reshape(ranks, bm.in_dim, nt, 4 * units)
+    return (np.ascontiguousarray(vals.transpose(2, 0, 1, 3)), np.ascontiguousarray(pos.transpose(2, 0, 1, 3)))
+
+
 def _pack_low_bits(w: np.ndarray, pos: np.ndarray, mode: str) -> np.ndarray:
     """fp16 words whose low 4 bits equal ``pos``; ``nearest`` picks the closest such value."""
     h = w.astype(np.float16)

@@ -15,7 +15,7 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from engine.effort.bucket import CPU_BUCKET, BucketMatrix, packing_for
+from engine.effort.bucket import CPU_BUCKET, BucketMatrix, cpu_tiles, packing_for
 from engine.effort.convert import Converted, projection_names
 from engine.model.decoder import PROJECTIONS, Model, rope_inverse_frequencies, weight_name
 
@@ -133,8 +133,8 @@ class CPURuntime:
 
     def _layout(self, name: str, keep) -> int:
         """One projection for the kernels: the fp16 matrix for the dense kernel and, when the model
-        is converted, its bucket list (engine.effort.bucket, bucket size 4, read as the conversion
-        stored it) with stats and probes for the effort kernel. A truncated load (--load-ranks)
+        is converted, its bucket list (engine.effort.bucket, bucket size 4) in the CPU tiles of
+        `bucket.cpu_tiles` with stats and probes for the effort kernel. A truncated load (--load-ranks)
         keeps the bucket list only: the effort is capped below 1, so nothing runs dense."""
         out_dim, in_dim = (int(n) for n in self.model.w[name].shape)
         dense = vals = pos = stats = probes = None
@@ -147,8 +147,8 @@ class CPURuntime:
         if self.converted is not None:
             bm = self.converted.buckets[name]
             check_layout(bm)
-            vals = keep(np.ascontiguousarray(bm.data).view(np.uint16))
-            pos = keep(np.ascontiguousarray(bm.pos_packed))
+            tiled_vals, tiled_pos = cpu_tiles(bm)
+            vals, pos = keep(tiled_vals), keep(tiled_pos)
             stats = keep(np.ascontiguousarray(bm.stats, np.float32))
             probes = keep(np.ascontiguousarray(bm.probes, np.float32))
             n_probes, max_rank = bm.probes.shape[0], self.converted.load_ranks

@@ -91,6 +91,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ecpu_dense_tiles": (None, [p, i, i, p]),
         "ecpu_effort_k": (ctypes.c_long, [p, p, i, f, p]),
         "ecpu_effort_matvec": (None, [p, p, i, i, p, p, p]),
+        "ecpu_effort_units": (i, [i]),
         "ecpu_isa": (ctypes.c_char_p, []),
     }
     for name, (restype, argtypes) in signatures.items():

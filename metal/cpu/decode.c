@@ -301,7 +301,8 @@ static double project_group(ee_model *m, const ee_bucket *const *bs, float *cons
         used += selected ? (double)J.total[j] * (b->out / EFFORT_B) : (double)b->out * b->in;
         t += selected;
         if (runs_dense(b, effort[j])) dense[n_dense++] = (ecpu_dense_mat){b->dense, b->out, ys[j]};
-        else mats[n_eff++] = (ecpu_eff_mat){b->vals, b->pos, b->out, selected ? m->group_ranks[j] : m->all_ranks, ys[j]};
+        else mats[n_eff++] = (ecpu_eff_mat){b->vals, b->pos, b->out, b->max_rank,
+                                            selected ? m->group_ranks[j] : m->all_ranks, ys[j]};
     }
     if (n_dense) ecpu_dense_tiles_multi(n_dense, dense, bs[0]->in, x);
     if (n_eff) ecpu_effort_matvec_multi(n_eff, mats, bs[0]->in, x);

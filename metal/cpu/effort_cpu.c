@@ -453,24 +453,30 @@ long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uin
     return tot;
 }
 
-static void eff_units_scalar(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int u0, int u1) {
-    size_t nb = (size_t)M->out / EB;
-    float *y = M->y;
-    for (int o = 64 * u0; o < 64 * u1; o++) y[o] = 0.0f;
+int ecpu_effort_units(int out) {
+    int n = out / 64;
+    for (int u = 4; u > 1; u--)
+        if (n % u == 0 && n / u >= 2) return u;
+    return 1;
+}
+static void eff_tile_scalar(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int t) {
+    int U = ecpu_effort_units(M->out);
+    size_t vplane = (size_t)in * 16 * U, pplane = (size_t)in * 4 * U;
+    const uint16_t *Vt = M->vals + (size_t)t * M->ranks * vplane;
+    const uint8_t *Pt = M->pos + (size_t)t * M->ranks * pplane;
+    float *y = M->y + 64 * (size_t)U * t;
+    for (int o = 0; o < 64 * U; o++) y[o] = 0.0f;
+    float acc[256];
     for (int i = 0; i < in; i++) {
         int kk = k[i] > EB ? EB : k[i];
         if (!kk) continue;
-        float acc[64];
-        for (int u = u0; u < u1; u++) {
-            memset(acc, 0, sizeof acc);
-            for (int r = 0; r < kk; r++) {
-                const uint16_t *V = M->vals + ((size_t)r * in + i) * nb;
-                const uint8_t *P = M->pos + ((size_t)r * in + i) * (nb / 4);
-                for (size_t b = 16 * (size_t)u; b < 16 * (size_t)u + 16; b++)
-                    acc[4 * (b - 16 * (size_t)u) + ((P[b / 4] >> (2 * (b & 3))) & 3)] = h2f(V[b]);
-            }
-            for (int o = 0; o < 64; o++) y[64 * u + o] += acc[o] * x[i];
+        memset(acc, 0, sizeof acc);
+        for (int r = 0; r < kk; r++) {
+            const uint16_t *V = Vt + r * vplane + (size_t)i * 16 * U;
+            const uint8_t *P = Pt + r * pplane + (size_t)i * 4 * U;
+            for (int b = 0; b < 16 * U; b++) acc[4 * b + ((P[b / 4] >> (2 * (b & 3))) & 3)] = h2f(V[b]);
         }
+        for (int o = 0; o < 64 * U; o++) y[o] += acc[o] * x[i];
     }
 }
 #if ECPU_X86
@@ -479,76 +485,90 @@ static void eff_units_scalar(const ecpu_eff_mat *M, int in, const uint8_t *k, co
 #ifndef ECPU_PD
 #define ECPU_PD 8
 #endif
-/* Inputs in ascending order, whole row slices: rank r's rows of consecutive inputs are consecutive
- * in memory (the bucket list is rank-major), so each rank plane is read as one forward stream with
- * gaps where inputs keep fewer ranks (a job owning a narrow slice of every row read 128 bytes every
- * 768 and ran at a fifth of this from DRAM). y of the job's units lives in L1. */
-#define EFF_ROUTE(KK)                                                                                 \
-    for (int u = u0; u < u1; u++) {                                                                   \
-        const uint16_t *v = V + 16 * (size_t)u;                                                       \
-        const uint8_t *q = P + 4 * (size_t)u;                                                         \
+/* The CPU packing of the bucket list (engine/effort/bucket.py, cpu_tiles): tile t = units
+ * tU..tU+U-1 (U = ecpu_effort_units(out), 64 outputs per unit); vals [nt][4][in][16U] and
+ * pos [nt][4][in][4U], so a tile's rank-r rows of consecutive inputs are one contiguous stream
+ * (slices of whole rows, 128 bytes of every 768, ran at a fifth of this from DRAM), and its 4U
+ * accumulators stay in registers over all inputs. */
+#define EFF_ROUTE_UNIT(u, KK, A0, A1, A2, A3)                                                         \
+    {                                                                                                 \
         __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;                                  \
         for (int r = 0; r < KK; r++) {                                                                \
-            __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(v + r * vplane)));        \
-            const uint8_t *qr = q + r * pplane;                                                       \
+            __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(V + r * vplane + 16 * (u)))); \
+            const uint8_t *qr = P + r * pplane + 4 * (u);                                             \
             t0 = _mm512_mask_permutexvar_ps(t0, g_posmask[qr[0]], IDX0, w);                           \
             t1 = _mm512_mask_permutexvar_ps(t1, g_posmask[qr[1]], IDX1, w);                           \
             t2 = _mm512_mask_permutexvar_ps(t2, g_posmask[qr[2]], IDX2, w);                           \
             t3 = _mm512_mask_permutexvar_ps(t3, g_posmask[qr[3]], IDX3, w);                           \
         }                                                                                             \
-        float *yy = y + 64 * (size_t)u;                                                               \
-        _mm512_storeu_ps(yy, _mm512_fmadd_ps(t0, xb, _mm512_loadu_ps(yy)));                           \
-        _mm512_storeu_ps(yy + 16, _mm512_fmadd_ps(t1, xb, _mm512_loadu_ps(yy + 16)));                 \
-        _mm512_storeu_ps(yy + 32, _mm512_fmadd_ps(t2, xb, _mm512_loadu_ps(yy + 32)));                 \
-        _mm512_storeu_ps(yy + 48, _mm512_fmadd_ps(t3, xb, _mm512_loadu_ps(yy + 48)));                 \
+        A0 = _mm512_fmadd_ps(t0, xb, A0); A1 = _mm512_fmadd_ps(t1, xb, A1);                           \
+        A2 = _mm512_fmadd_ps(t2, xb, A2); A3 = _mm512_fmadd_ps(t3, xb, A3);                           \
     }
-T512 static void eff_units_avx512(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int u0, int u1) {
-    const size_t nb = (size_t)M->out / EB, vplane = (size_t)in * nb, pplane = vplane / 4;
-    const __m512i IDX0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i IDX1 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(4));
-    const __m512i IDX2 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(8));
-    const __m512i IDX3 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(12));
-    float *y = M->y;
-    for (int o = 64 * u0; o < 64 * u1; o += 16) _mm512_storeu_ps(y + o, _mm512_setzero_ps());
-    size_t span = 32 * (size_t)(u1 - u0);   /* bytes of one row slice */
-    for (int i = 0; i < in; i++) {
-        int kk = k[i] > EB ? EB : k[i];
-        if (!kk) continue;
-        const uint16_t *V = M->vals + (size_t)i * nb;
-        const uint8_t *P = M->pos + (size_t)i * (nb / 4);
-        if (i + ECPU_PD < in) {   /* the same slices ECPU_PD inputs on, in the planes that input uses */
-            int ka = k[i + ECPU_PD] > EB ? EB : k[i + ECPU_PD];
-            const char *pv = (const char *)(M->vals + (size_t)(i + ECPU_PD) * nb + 16 * (size_t)u0);
-            for (int r = 0; r < ka; r++)
-                for (size_t z = 0; z < span; z += 64) _mm_prefetch(pv + 2 * r * vplane + z, _MM_HINT_T0);
-        }
-        __m512 xb = _mm512_set1_ps(x[i]);
-        switch (kk) {
-        case 1: EFF_ROUTE(1) break;
-        case 2: EFF_ROUTE(2) break;
-        case 3: EFF_ROUTE(3) break;
-        default: EFF_ROUTE(4) break;
-        }
+#define EFF_INPUT(KK)                                                                                 \
+    {                                                                                                 \
+        EFF_ROUTE_UNIT(0, KK, a0, a1, a2, a3)                                                         \
+        if (U > 1) EFF_ROUTE_UNIT(1, KK, b0, b1, b2, b3)                                              \
+        if (U > 2) EFF_ROUTE_UNIT(2, KK, c0, c1, c2, c3)                                              \
+        if (U > 3) EFF_ROUTE_UNIT(3, KK, d0, d1, d2, d3)                                              \
+    }
+/* one instance per U: the 4U accumulators live in zmm registers only when U is a constant */
+#define EFF_TILE_FN(UU)                                                                                       \
+    T512 static void eff_tile_avx512_##UU(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int t) { \
+        enum { U = UU };                                                                                     \
+        const size_t vplane = (size_t)in * 16 * U, pplane = (size_t)in * 4 * U;                             \
+        const __m512i IDX0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);               \
+        const __m512i IDX1 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(4));                                 \
+        const __m512i IDX2 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(8));                                 \
+        const __m512i IDX3 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(12));                                \
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;      \
+        __m512 c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;                       \
+        const uint16_t *Vt = M->vals + (size_t)t * M->ranks * vplane;                                        \
+        const uint8_t *Pt = M->pos + (size_t)t * M->ranks * pplane;                                          \
+        for (int i = 0; i < in; i++) {                                                                       \
+            int kk = k[i] > EB ? EB : k[i];                                                                  \
+            if (!kk) continue;                                                                               \
+            const uint16_t *V = Vt + (size_t)i * 16 * U;                                                     \
+            const uint8_t *P = Pt + (size_t)i * 4 * U;                                                       \
+            __m512 xb = _mm512_set1_ps(x[i]);                                                                \
+            switch (kk) {                                                                                    \
+            case 1: EFF_INPUT(1) break;                                                                      \
+            case 2: EFF_INPUT(2) break;                                                                      \
+            case 3: EFF_INPUT(3) break;                                                                      \
+            default: EFF_INPUT(4) break;                                                                     \
+            }                                                                                                \
+        }                                                                                                    \
+        float *y = M->y + 64 * U * (size_t)t;                                                                \
+        _mm512_storeu_ps(y, a0); _mm512_storeu_ps(y + 16, a1); _mm512_storeu_ps(y + 32, a2); _mm512_storeu_ps(y + 48, a3); \
+        if (U > 1) { _mm512_storeu_ps(y + 64, b0); _mm512_storeu_ps(y + 80, b1); _mm512_storeu_ps(y + 96, b2); _mm512_storeu_ps(y + 112, b3); } \
+        if (U > 2) { _mm512_storeu_ps(y + 128, c0); _mm512_storeu_ps(y + 144, c1); _mm512_storeu_ps(y + 160, c2); _mm512_storeu_ps(y + 176, c3); } \
+        if (U > 3) { _mm512_storeu_ps(y + 192, d0); _mm512_storeu_ps(y + 208, d1); _mm512_storeu_ps(y + 224, d2); _mm512_storeu_ps(y + 240, d3); } \
+    }
+EFF_TILE_FN(1)
+EFF_TILE_FN(2)
+EFF_TILE_FN(3)
+EFF_TILE_FN(4)
+static void eff_tile_avx512(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int t) {
+    switch (ecpu_effort_units(M->out)) {
+    case 1: eff_tile_avx512_1(M, in, k, x, t); break;
+    case 2: eff_tile_avx512_2(M, in, k, x, t); break;
+    case 3: eff_tile_avx512_3(M, in, k, x, t); break;
+    default: eff_tile_avx512_4(M, in, k, x, t); break;
     }
 }
 #endif
 
-#define ECPU_JOB_UNITS 12   /* 64-output units per job: rows of about 1.5 KB, y slice in L1 */
 typedef struct { int n, in; const ecpu_eff_mat *mats; const float *x; int jstart[65]; atomic_int next; } eff_job;
-static int units_of(int out) { return out / 64; }
-static int jobs_of(int out) { return (units_of(out) + ECPU_JOB_UNITS - 1) / ECPU_JOB_UNITS; }
+static int tiles_of(int out) { return out / 64 / ecpu_effort_units(out); }
 static void eff_worker(void *p, int tid) {
     (void)tid; eff_job *J = (eff_job *)p; int total = J->jstart[J->n], m = 0;
     for (;;) {
         int t = atomic_fetch_add(&J->next, 1); if (t >= total) break;
         while (t >= J->jstart[m + 1]) m++;
         const ecpu_eff_mat *M = J->mats + m;
-        int nu = units_of(M->out), nj = jobs_of(M->out), j = t - J->jstart[m];
-        int u0 = j * nu / nj, u1 = (j + 1) * nu / nj;   /* an even split: 24 units -> 12 + 12 */
 #if ECPU_X86
-        if (g_isa == 2) eff_units_avx512(M, J->in, M->k, J->x, u0, u1); else
+        if (g_isa == 2) eff_tile_avx512(M, J->in, M->k, J->x, t - J->jstart[m]); else
 #endif
-        eff_units_scalar(M, J->in, M->k, J->x, u0, u1);
+        eff_tile_scalar(M, J->in, M->k, J->x, t - J->jstart[m]);
     }
 }
 void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const float *x) {
@@ -556,11 +576,11 @@ void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const flo
     for (int base = 0; base < n; base += 64) {   /* at most 64 matrices per region */
         int cnt = n - base < 64 ? n - base : 64;
         eff_job J; J.n = cnt; J.in = in; J.mats = mats + base; J.x = x; atomic_init(&J.next, 0); J.jstart[0] = 0;
-        for (int q = 0; q < cnt; q++) J.jstart[q + 1] = J.jstart[q] + jobs_of(mats[base + q].out);
+        for (int q = 0; q < cnt; q++) J.jstart[q + 1] = J.jstart[q] + tiles_of(mats[base + q].out);
         pool_run(eff_worker, &J);
     }
 }
 void ecpu_effort_matvec(const uint16_t *vals, const uint8_t *pos, int out, int in, const float *x, const uint8_t *k, float *y) {
-    ecpu_eff_mat M = {vals, pos, out, k, y};
+    ecpu_eff_mat M = {vals, pos, out, EB, k, y};
     ecpu_effort_matvec_multi(1, &M, in, x);
 }

@@ -39,9 +39,11 @@ void ecpu_attend(const float *q, const float *K, const float *V, int n, int hd, 
 void ecpu_q8_row(const int8_t *qs, const float *scales, int row, int in, float *x);
 
 /* ---- effort (bucketMul) matvec ----
-   The layout is engine/effort/bucket.py's bucket list with bucket size 4, "crumb" packing (see effort_cpu.c):
-   vals uint16 [4*in][out/4] fp16 bits, rank-major rows r*in + i; pos uint8 [4*in][out/16] (2 bits per
-   bucket, bucket 4q+j in bits 2j of byte q). out % 64 == 0. */
+   The layout is engine/effort/bucket.py's bucket list with bucket size 4, "crumb" packing, in the CPU's
+   tiles (bucket.cpu_tiles): tile t holds units tU..tU+U-1 of 64 outputs (U = ecpu_effort_units(out));
+   vals uint16 [out/64/U][4][in][16U] fp16 bits, pos uint8 [out/64/U][4][in][4U] (2 bits per bucket,
+   bucket 4q+j of a unit in bits 2j of its byte q). out % 64 == 0. */
+int ecpu_effort_units(int out);
 #define EFFORT_B 4
 /* k[i] = #{ r : stats[r*in+i]*|x[i]| > cutoff }  (0..EFFORT_B) ; returns sum(k) */
 long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uint8_t *k);
@@ -50,7 +52,11 @@ long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uin
 void ecpu_effort_matvec(const uint16_t *vals, const uint8_t *pos, int out, int in,
                         const float *x, const uint8_t *k, float *y);
 /* several matrices sharing the same input x (e.g. q,k,v or gate,up) in one parallel region */
-typedef struct { const uint16_t *vals; const uint8_t *pos; int out; const uint8_t *k; float *y; } ecpu_eff_mat;
+typedef struct {
+    const uint16_t *vals; const uint8_t *pos; int out;
+    int ranks;             /* ranks held per tile (4, or fewer with --load-ranks); k must not exceed it */
+    const uint8_t *k; float *y;
+} ecpu_eff_mat;
 void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const float *x);
 #ifdef __cplusplus
 }
