@@ -178,49 +178,114 @@ def parse_efforts(text: str) -> list[float]:
         raise EngineError(str(exc)) from None
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _eval_texts(paths: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(name, text) of each text to score: the --text-file ones, else every bundled one."""
     from pathlib import Path
 
+    from engine.tools import evaluate
+
+    files = [Path(p) for p in paths] if paths else evaluate.default_texts()
+    texts, names = [], set()
+    for path in files:
+        if not path.is_file():
+            raise EngineError(f"{path}: no such text file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EngineError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+        name = path.stem if path.stem not in names else str(path)
+        names.add(name)
+        texts.append((name, text))
+    return texts
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from engine import session
     from engine.tools import evaluate
     from engine.model.decoder import projection_inputs
 
     efforts = parse_efforts(args.efforts)
-    text_path = Path(args.text_file) if args.text_file else evaluate.DEFAULT_TEXT
-    if not text_path.is_file():
-        raise EngineError(f"{text_path}: no such text file")
-    try:
-        text = text_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EngineError(f"{text_path}: cannot read it as UTF-8 text ({exc})") from None
+    texts = _eval_texts(args.text_file)
     progress = ProgressLine()
     loaded = session.load(args.model, progress, runtime=args.runtime)
-    ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
+    calibration = _calibration_ids(loaded.tokenizer)
     strategies = ["bucket", "activation"] if args.strategy == "both" else [args.strategy]
-    inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)])
-    dense_outputs: dict = {}
-    cosine = (lambda e, s: evaluate.matrix_cosines(loaded.runtime, inputs, e, s, dense_outputs)) if inputs else None
-    results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
+    scored = []  # (name, tokens, ppl_dense, results)
+    for name, text in texts:
+        ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
+        if calibration is not None and ids == calibration[: len(ids)]:
+            progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
+        inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)])
+        dense_outputs: dict = {}
+        cosine = (lambda e, s, inputs=inputs, d=dense_outputs: evaluate.matrix_cosines(loaded.runtime, inputs, e, s, d)) if inputs else None
+        results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
+        scored.append((name, len(ids) - 1, ppl_dense, results))
+    mean = evaluate.mean_results([results for *_, results in scored])
+    speed = {}
+    if args.speed:
+        from engine.tools import bench
+
+        prompt = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
+        timed = [e for e in dict.fromkeys(efforts) if e < 1.0]  # effort 1.0 is the dense run itself
+        for strategy in strategies:
+            loaded.runtime.set_strategy(strategy)
+            note = lambda text, s=strategy: progress(LoadProgress("speed", 0, 0, "", f"{s}: {text}"))  # noqa: E731
+            speed[strategy] = bench.run(loaded.runtime, prompt, timed, args.speed_tokens, None, note, rounds=args.rounds)
+        loaded.runtime.set_strategy("bucket")
     progress.close()
-    print(evaluate.format_table(results, loaded.info.name, len(ids) - 1))
+    for name, tokens, _, results in scored:
+        print(evaluate.format_table(results, loaded.info.name, tokens, f"text '{name}'"))
+        print()
+    total = sum(tokens for _, tokens, _, _ in scored)
+    if len(scored) > 1:
+        names = ", ".join(name for name, *_ in scored)
+        print(evaluate.format_table(mean, loaded.info.name, total, f"mean over {len(scored)} texts ({names})"))
+    points = evaluate.frontier(speed, mean) if speed else []
+    if points:
+        print()
+        print(evaluate.format_frontier(points, loaded.info.name, len(scored)))
     if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
         from engine import quality
 
         quality.save(loaded.files.fingerprint, loaded.info.name,
-                     [(r.effort, r.top1_agreement) for r in results if r.strategy == "bucket"])
+                     [(r.effort, r.top1_agreement) for r in mean if r.strategy == "bucket"])
     if args.plot:
-        evaluate.plot(results, args.plot, loaded.info.name)
+        if points:
+            evaluate.plot_frontier(points, args.plot, loaded.info.name)
+        else:
+            evaluate.plot(mean, args.plot, loaded.info.name)
         print(f"plot written to {args.plot}")
     if args.json:
+        import math
+
+        ppl_dense = math.exp(sum(math.log(p) for _, _, p, _ in scored) / len(scored))
         record = {
             "model": loaded.info.name,
-            "tokens": len(ids) - 1,
+            "tokens": total,  # over all texts
             "reference": "dense",
-            "ppl_dense": round(ppl_dense, 4),
-            "results": [r.as_dict() for r in results],
+            "ppl_dense": round(ppl_dense, 4),  # geometric mean over the texts
+            "results": [r.as_dict() for r in mean],  # the mean over the texts (= "mean")
+            "texts": [
+                {"name": name, "tokens": tokens, "ppl_dense": round(p, 4), "results": [r.as_dict() for r in results]}
+                for name, tokens, p, results in scored
+            ],
+            "mean": [r.as_dict() for r in mean],
         }
+        if points:
+            record["frontier"] = [p.as_dict() for p in points]
+            record["speed_tokens"], record["rounds"] = args.speed_tokens, args.rounds
         print(json.dumps(record))
     return 0
+
+
+def _calibration_ids(tokenizer) -> list[int] | None:
+    """The calibration text's token ids, to warn when it is scored as if it were held out."""
+    from engine.effort.calibrate import CALIBRATION_TEXT
+
+    try:
+        return tokenizer.encode(CALIBRATION_TEXT.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -449,12 +514,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = add("eval", help="measure quality at several efforts against the dense model")
     ev.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
-    ev.add_argument("--text-file", help="text to score (default: the bundled evaluation text)")
+    ev.add_argument("--text-file", action="append", metavar="FILE",
+                    help="a text to score; repeat for several (default: every bundled evaluation "
+                    "text in engine/data/eval/, none of them the calibration text)")
     ev.add_argument("--efforts", default="1,0.75,0.5,0.25", help="comma-separated efforts")
-    ev.add_argument("--tokens", type=positive_int, default=384, help="tokens of the text to score")
+    ev.add_argument("--tokens", type=positive_int, default=384, help="tokens of each text to score")
+    ev.add_argument("--speed", action="store_true",
+                    help="also time decode at every effort and strategy (as `effort bench`) and print "
+                    "the speed-quality frontier")
+    ev.add_argument("--speed-tokens", type=positive_int, default=48, help="with --speed: decode steps timed per effort and round")
+    ev.add_argument("--rounds", type=positive_int, default=3, help="with --speed: rounds, every effort timed once per round, in turn")
     ev.add_argument("--strategy", choices=("bucket", "activation", "both"), default="both")
     ev.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
-    ev.add_argument("--plot", help="write a quality-vs-effort picture (PNG) to this path")
+    ev.add_argument("--plot", metavar="FILE", help="write a picture (PNG): KL against speedup with --speed "
+                    "(the frontier), else KL and top-1 against effort")
     ev.add_argument("--json", action="store_true", help="end with one JSON line of results")
     ev.set_defaults(func=cmd_eval)
 

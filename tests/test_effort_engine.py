@@ -129,6 +129,10 @@ def test_eval_json_and_bucket_beats_activation(tiny_gguf, cache, capsys, tmp_pat
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["reference"] == "dense" and record["tokens"] == 40
+    # one text: its rows are the mean, and the top-level rows are the mean (the pre-texts shape)
+    (only,) = record["texts"]
+    assert only["name"] == "text" and only["tokens"] == 40 and only["results"] == record["mean"] == record["results"]
+    assert "frontier" not in record
     rows = {(r["strategy"], r["effort"]): r for r in record["results"]}
     assert rows[("bucket", 1.0)]["kl_mean"] < 1e-6 and rows[("bucket", 1.0)]["top1_agreement"] == 1.0
     for r in record["results"]:
@@ -139,6 +143,92 @@ def test_eval_json_and_bucket_beats_activation(tiny_gguf, cache, capsys, tmp_pat
     bucket, activation = rows[("bucket", 0.5)], rows[("activation", 0.5)]
     assert bucket["kl_mean"] < 0.5 * activation["kl_mean"]
     assert bucket["top1_agreement"] > activation["top1_agreement"]
+
+
+def test_eval_scores_each_text_and_their_mean(tiny_gguf, cache, capsys, tmp_path):
+    fox, lorem = tmp_path / "fox.txt", tmp_path / "lorem.txt"
+    fox.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    lorem.write_text("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod. " * 20)
+    code = main(["eval", "--model", str(tiny_gguf("F16")), "--text-file", str(fox), "--text-file", str(lorem),
+                 "--tokens", "24", "--efforts", "1,0.5", "--json"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "text 'fox'" in out and "text 'lorem'" in out and "mean over 2 texts (fox, lorem)" in out
+    record = json.loads(out.strip().splitlines()[-1])
+    assert [t["name"] for t in record["texts"]] == ["fox", "lorem"]
+    assert [t["tokens"] for t in record["texts"]] == [24, 24] and record["tokens"] == 48
+    per_text = [{(r["strategy"], r["effort"]): r for r in t["results"]} for t in record["texts"]]
+    mean = {(r["strategy"], r["effort"]): r for r in record["mean"]}
+    assert set(mean) == {("bucket", 1.0), ("bucket", 0.5), ("activation", 1.0), ("activation", 0.5)}
+    assert per_text[0][("bucket", 0.5)]["kl_mean"] != per_text[1][("bucket", 0.5)]["kl_mean"]
+    for key, row in mean.items():
+        for field in ("kl_mean", "top1_agreement", "effective_effort"):
+            assert row[field] == pytest.approx((per_text[0][key][field] + per_text[1][key][field]) / 2, abs=2e-6)
+        assert row["ppl"] == pytest.approx((per_text[0][key]["ppl"] * per_text[1][key]["ppl"]) ** 0.5, rel=1e-5)
+
+
+def test_eval_default_texts_feed_the_chat_quality_table(tiny_gguf, cache, capsys):
+    """No --text-file: every bundled text is scored, and the chat's cached top-1 is their mean."""
+    from engine import quality
+    from engine.tools import evaluate
+
+    model = tiny_gguf("F16")
+    code = main(["eval", "--model", str(model), "--tokens", "12", "--efforts", "1,0.5",
+                 "--strategy", "bucket", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [t["name"] for t in record["texts"]] == [p.stem for p in evaluate.default_texts()]
+    mean = {r["effort"]: r["top1_agreement"] for r in record["mean"]}
+    table = dict(quality.load(session.load(str(model), runtime="mlx").files.fingerprint))
+    assert table[0.5] == pytest.approx(mean[0.5], abs=1e-6) and table[1.0] == 1.0
+
+
+def test_eval_speed_frontier(tiny_gguf, cache, capsys, tmp_path):
+    picture = tmp_path / "frontier.png"
+    text = tmp_path / "text.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    code = main(["eval", "--model", str(tiny_gguf("F16")), "--text-file", str(text), "--tokens", "16",
+                 "--efforts", "1,0.5", "--speed", "--speed-tokens", "2", "--rounds", "1",
+                 "--plot", str(picture), "--json"])
+    assert code == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "speed-quality frontier" in out
+    record = json.loads(out.strip().splitlines()[-1])
+    points = {(p["strategy"], p["effort"]): p for p in record["frontier"]}
+    assert set(points) == {("bucket", 1.0), ("bucket", 0.5), ("activation", 1.0), ("activation", 0.5)}
+    mean = {(r["strategy"], r["effort"]): r for r in record["mean"]}
+    for key, p in points.items():
+        assert p["speedup"] > 0 and p["decode_tps"] > 0 and p["spread"] >= 0
+        assert p["kl_mean"] == mean[key]["kl_mean"] and p["top1_agreement"] == mean[key]["top1_agreement"]
+    assert points[("bucket", 1.0)]["speedup"] == 1.0 and points[("bucket", 1.0)]["effective_effort"] == 1.0
+    assert 0.3 < points[("bucket", 0.5)]["effective_effort"] < 1.0  # what the timed decode multiplied
+    assert points[("bucket", 0.5)]["kl_mean"] > 0 and points[("activation", 0.5)]["kl_mean"] > 0
+
+
+def test_bundled_eval_texts_are_held_out_and_shipped():
+    """Four texts in different registers, none of them the calibration text, long enough for the
+    default 384 tokens (the slow test_real_model checks their SmolLM2 token counts), in the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    from engine.effort.calibrate import CALIBRATION_TEXT
+    from engine.tools import evaluate
+
+    texts = evaluate.default_texts()
+    assert [p.name for p in texts] == ["code.txt", "conversation.txt", "prose.txt", "technical.txt"]
+    calibration = CALIBRATION_TEXT.read_text(encoding="utf-8")
+    bodies = [p.read_text(encoding="utf-8") for p in texts]
+    assert len(set(bodies)) == len(bodies)
+    for path, body in zip(texts, bodies):
+        assert body != calibration and body[:200] not in calibration, path.name
+        assert len(body.split()) >= 350, path.name
+    assert bodies[1].startswith("User:") and "\nAssistant:" in bodies[1]
+    compile(bodies[0], "code.txt", "exec")  # the code text is real Python
+    root = Path(evaluate.__file__).resolve().parents[2]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {p.resolve() for pattern in package_data.get("engine", []) for p in (root / "engine").glob(pattern)}
+    assert set(texts) <= shipped and CALIBRATION_TEXT in shipped
 
 
 def test_bench_json(tiny_gguf, cache, capsys):

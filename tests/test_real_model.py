@@ -120,3 +120,13 @@ def test_bucket_beats_activation_and_effort_is_honest(native):
     assert rows[("bucket", 0.5)].kl_mean < 0.3
     for r in results:
         assert abs(r.effective_effort - r.effort) < 0.01
+
+
+def test_bundled_eval_texts_cover_the_default_tokens(smollm2_path):
+    """Every bundled evaluation text is long enough for `effort eval`'s default 384 tokens."""
+    from engine.io.loader import open_model
+    from engine.tools import evaluate
+
+    tokenizer = open_model(smollm2_path).tokenizer
+    for path in evaluate.default_texts():
+        assert len(tokenizer.encode(path.read_text(encoding="utf-8"))) >= 400, path.name
