@@ -66,7 +66,7 @@ CPU_BUCKET = 4
 # matrix's weights (measured on SmolLM2 shapes, Zen 4, 2 threads, weights from DRAM: 1.3-1.5x the
 # dense speed at 25 %, 0.9x at 50 %, 0.5x at 100 %), so the CPU allocation never asks for more:
 # a matrix either stays at or below it or runs dense (engine/effort/allocation.py).
-CPU_DENSE_ABOVE = 0.4
+CPU_DENSE_ABOVE = 0.25
 B = GPU_BUCKET   # the default bucket size (the GPU kernels' and the MLX reference path's)
 PACKINGS = ("nibble", "crumb", "nearest", "truncate", "fp32")
 

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from engine.effort.allocation import Allocation
 from engine.io import checksum
 from engine.io.atomic import atomic_path, clean_stale
-from engine.effort.bucket import B, BucketMatrix, convert_matrix, packing_for
+from engine.effort.bucket import B, CPU_BUCKET, CPU_DENSE_ABOVE, BucketMatrix, convert_matrix, packing_for
 from engine.errors import EngineError
 from engine.events import LoadProgress
 from engine.io.loader import ModelFiles
@@ -59,7 +59,10 @@ def projection_names(num_layers: int) -> list[str]:
 
 
 def converted_path(files: ModelFiles, bucket: int = B) -> Path:
-    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{bucket}.safetensors"
+    """Keyed by the source's fingerprint, the format, the bucket size and, on the CPU, the
+    allocation's dense_above (a different crossover is a different calibration)."""
+    rule = f"-d{round(CPU_DENSE_ABOVE * 100)}" if bucket == CPU_BUCKET else ""
+    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{bucket}{rule}.safetensors"
 
 
 def convert(
