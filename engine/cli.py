@@ -160,13 +160,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     progress = ProgressLine()
     loaded = session.load(args.model, progress, effort=False)
-    from engine.effort.bucket import bucket_for_runtime
     from engine.effort.convert import converted_path
 
-    bucket = bucket_for_runtime(loaded.kind)
-    session.prepare_effort(loaded.files, loaded.model, progress, None, bucket, force=args.force)
+    session.prepare_effort(loaded.files, loaded.model, progress, None, values=False, force=args.force)
     progress.close()
-    path = converted_path(loaded.files, bucket)
+    path = converted_path(loaded.files)
     print(f"{path}  ({human_bytes(path.stat().st_size)})")
     return 0
 
@@ -460,7 +458,7 @@ class Parser(argparse.ArgumentParser):
 def rank_count(text: str) -> int:
     value = positive_int(text)
     if value > 16:
-        raise argparse.ArgumentTypeError(f"--load-ranks takes 1..16 (1..8 on the CPU), got {value}")
+        raise argparse.ArgumentTypeError(f"--load-ranks takes 1..16, got {value}")
     return value
 
 
@@ -479,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--effort", type=effort_value, help="starting effort: 0.05-1, 5-100 or 60%%")
     chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
     chat.add_argument("--theme", help="theme name")
-    chat.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of each bucket (8 on the CPU, 16 on a GPU)")
+    chat.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of 16")
     chat.set_defaults(func=cmd_chat)
 
     gen = add("generate", help="answer one prompt, streaming to stdout")
@@ -496,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=sampling_flag("repetition_penalty"), help="0.5-3; default: the model's own, else 1.1 (1 = off)")
     gen.add_argument("--seed", type=sampling_flag("seed"))
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
-    gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of each bucket (8 on the CPU, 16 on a GPU)")
+    gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of 16")
     gen.set_defaults(func=cmd_generate)
 
     pull = add("pull", help="fetch a known model into the cache")

@@ -12,7 +12,7 @@ from engine.runtime import backend as backends
 from engine import quality
 from engine.effort import convert
 from engine.io import registry
-from engine.effort.bucket import bucket_for_runtime
+from engine.effort.bucket import B
 from engine.effort.convert import Converted
 from engine.api import ModelInfo
 from engine.errors import EngineError
@@ -82,15 +82,15 @@ def make_runtime(
 
 
 def prepare_effort(
-    files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int | None, bucket: int,
-    force: bool = False,
+    files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int | None, bucket: int = B,
+    values: bool = True, force: bool = False,
 ) -> Converted:
     """Convert the model on first use (cached), then load its bucketMul side."""
     from engine.effort import calibrate
 
     tokens = calibrate.calibration_tokens(files.tokenizer)
     convert.convert(files, lambda bms, p: calibrate.calibrate(model, bms, tokens, p), progress, force=force, bucket=bucket)
-    return convert.load(files, load_ranks, bucket=bucket)
+    return convert.load(files, load_ranks, values=values, bucket=bucket)
 
 
 def load(
@@ -124,7 +124,8 @@ def load(
     context, notice = context_for_memory(files.config)
     if notice:
         progress(LoadProgress("notice", 0, 0, "", notice))
-    converted = prepare_effort(files, model, progress, load_ranks, bucket_for_runtime(kind)) if effort else None
+    # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
+    converted = prepare_effort(files, model, progress, load_ranks, B, values=kind != "cpu") if effort else None
     run = make_runtime(model, context, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:

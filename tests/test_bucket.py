@@ -8,15 +8,10 @@ def _w(out=64, inn=48, seed=0):
     return np.random.default_rng(seed).standard_normal((out, inn)).astype(np.float32)
 
 
-def _bucket(packing):
-    return 4 if packing == "crumb" else B
-
-
 @pytest.mark.parametrize("packing", PACKINGS)
 def test_layout_permutation_and_rank_order(packing):
     w = _w()
-    B = _bucket(packing)
-    bm = convert_matrix(w, packing, bucket=B)
+    bm = convert_matrix(w, packing)
     inn, nb = 48, 64 // B
     pos = bm.positions().reshape(B, inn, nb)            # [rank, i, bucket]
     # each (i, bucket) holds a permutation of 0..B-1 across ranks
@@ -30,8 +25,7 @@ def test_layout_permutation_and_rank_order(packing):
 
 @pytest.mark.parametrize("packing", PACKINGS)
 def test_stats_non_increasing_with_rank(packing):
-    B = _bucket(packing)
-    bm = convert_matrix(_w(seed=1), packing, bucket=B)
+    bm = convert_matrix(_w(seed=1), packing)
     s = bm.stats2d
     assert s.shape == (B, 48)
     assert (np.diff(s, axis=0) <= 0).all()
@@ -45,11 +39,11 @@ def test_probes_cover_every_input_and_align():
     assert np.array_equal(convert_matrix(_w(seed=2), "nibble", n_probes=16).probes, s)
 
 
-@pytest.mark.parametrize("packing,tol", [("fp32", 0.0), ("nibble", 2 ** -11), ("crumb", 2 ** -11),
-                                         ("nearest", 2 ** -7), ("truncate", 2 ** -6)])
+@pytest.mark.parametrize("packing,tol", [("fp32", 0.0), ("nibble", 2 ** -11), ("nearest", 2 ** -7),
+                                         ("truncate", 2 ** -6)])
 def test_dense_roundtrip(packing, tol):
     w = _w(seed=3)
-    d = convert_matrix(w, packing, bucket=_bucket(packing)).dense()
+    d = convert_matrix(w, packing).dense()
     assert (np.abs(d - w) <= tol * np.abs(w) + 1e-7).all()
 
 

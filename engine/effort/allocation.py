@@ -22,13 +22,6 @@ constraint holds exactly).  The result is a table ``[G, M]`` of local efforts.  
 is exactly ``e``, so effort stays honest) and ``Allocation.request(e)`` maps it through the
 inverse of ``achieved`` to the effort to hand to ``cutoff_for_effort`` for each matrix.
 Runtime cost: one interpolation of M numbers per token.
-
-``dense_above`` (the CPU kernels): a local effort above it would be slower through the effort
-kernel than the dense kernel, so a matrix either stays at or below it or runs dense (1.0).  The
-calibration levels stop there, and blends (between the two bracketing allocations, and between
-grid rows at run time) move whole matrices from one allocation to the other instead of averaging
-them, so no matrix lands between the two; one matrix per blend may stay a little short, so the
-budget holds to within one matrix's share.
 """
 
 from __future__ import annotations
@@ -46,7 +39,6 @@ class Allocation:
     table: np.ndarray      # [G, M] local effort of each matrix at each grid point
     levels: np.ndarray     # [J] requested probe efforts used at calibration
     achieved: np.ndarray   # [M, J] measured share actually dispatched (non-decreasing in j)
-    dense_above: float | None = None  # local efforts in (dense_above, 1) are never used
 
     def local(self, effort: float) -> np.ndarray:
         """Per-matrix local effort (share of its weights to multiply) for a global effort."""
@@ -56,7 +48,7 @@ class Allocation:
             return self.table[0] * (e / g[0])
         j = min(int(np.searchsorted(g, e, side="right")) - 1, len(g) - 2)
         a = (e - g[j]) / (g[j + 1] - g[j])
-        return blend(self.table[j], self.table[j + 1], a, self.sizes, self.dense_above)
+        return (1 - a) * self.table[j] + a * self.table[j + 1]
 
     def request(self, effort: float) -> np.ndarray:
         """Per-matrix effort to pass to ``cutoff_for_effort`` so that the achieved share is ``local``."""
@@ -74,39 +66,13 @@ class Allocation:
         return float((self.sizes * local).sum() / self.sizes.sum())
 
     def to_arrays(self) -> dict:
-        arrays = {"names": np.array(self.names), "sizes": self.sizes, "grid": self.grid,
-                  "table": self.table, "levels": self.levels, "achieved": self.achieved}
-        if self.dense_above is not None:
-            arrays["dense_above"] = np.array([self.dense_above])
-        return arrays
+        return {"names": np.array(self.names), "sizes": self.sizes, "grid": self.grid,
+                "table": self.table, "levels": self.levels, "achieved": self.achieved}
 
     @classmethod
     def from_arrays(cls, a: dict) -> "Allocation":
-        dense_above = float(np.asarray(a["dense_above"])[0]) if "dense_above" in a else None
         return cls([str(n) for n in a["names"]], np.asarray(a["sizes"]), np.asarray(a["grid"]),
-                   np.asarray(a["table"]), np.asarray(a["levels"]), np.asarray(a["achieved"]), dense_above)
-
-
-def blend(lo: np.ndarray, hi: np.ndarray, a: float, sizes: np.ndarray, dense_above: float | None) -> np.ndarray:
-    """The allocation a share ``a`` of the way from ``lo`` to ``hi`` (size-weighted budget).
-
-    Without ``dense_above``: the linear blend.  With it: matrices move from their ``lo`` value to
-    their ``hi`` value one at a time (in index order) until the budget is met; the one that would
-    cross the budget takes a value in between unless one of its two values is dense (1.0)."""
-    if dense_above is None or a <= 0.0 or a >= 1.0:
-        return (1 - a) * lo + a * hi if 0.0 < a < 1.0 else (hi if a >= 1.0 else lo).astype(float)
-    sizes = np.asarray(sizes, float)
-    need = a * float((sizes * (hi - lo)).sum())      # budget to add on top of `lo`
-    out = lo.astype(float).copy()
-    for m in np.nonzero(hi != lo)[0]:
-        gain = sizes[m] * (hi[m] - lo[m])
-        if abs(gain) <= abs(need):
-            out[m], need = hi[m], need - gain
-            continue
-        if max(lo[m], hi[m]) < 1.0:   # between two routed levels: fine; next to dense: stay put
-            out[m] = lo[m] + need / sizes[m]
-        break
-    return out
+                   np.asarray(a["table"]), np.asarray(a["levels"]), np.asarray(a["achieved"]))
 
 
 def error_curves(bm, X: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,11 +125,10 @@ def _hull(levels: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 def lagrangian_table(cost: np.ndarray, share: np.ndarray, sizes: np.ndarray,
-                     grid: np.ndarray, dense_above: float | None = None) -> np.ndarray:
+                     grid: np.ndarray) -> np.ndarray:
     """Optimal local efforts [G, M] for each global effort in ``grid`` (exact budget).
 
-    cost [M, J] at shares ``share`` [M, J] (or [J]) of each matrix's weights, non-decreasing in j.
-    With ``dense_above`` the shares must avoid (dense_above, 1) and so do the blends (see `blend`)."""
+    cost [M, J] at shares ``share`` [M, J] (or [J]) of each matrix's weights, non-decreasing in j."""
     sizes = np.asarray(sizes, float)
     total = sizes.sum()
     share = np.broadcast_to(np.asarray(share, float), cost.shape)
@@ -190,5 +155,5 @@ def lagrangian_table(cost: np.ndarray, share: np.ndarray, sizes: np.ndarray,
         e_hi, e_lo = choose(lo), choose(hi)    # effort above / below g
         s_hi, s_lo = (sizes * e_hi).sum() / total, (sizes * e_lo).sum() / total
         a = 0.0 if s_hi == s_lo else (g - s_lo) / (s_hi - s_lo)
-        table[gi] = blend(e_lo, e_hi, a, sizes, dense_above)
+        table[gi] = a * e_hi + (1 - a) * e_lo
     return table

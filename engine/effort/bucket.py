@@ -4,11 +4,9 @@ Layout (the single definition; everything else in the engine refers to this docs
 --------------------------------------------------------------------------------------
 A projection ``W`` is given as ``[out, in]`` (HF / GGUF row order, ``y = W @ x``).
 With bucket size ``B``, ``nb = out // B`` buckets; bucket ``c`` holds outputs ``c*B .. c*B+B-1``.
-The bucket size is a property of the matrix (``BucketMatrix.bucket``): the GPU kernels take
-``B = 16`` (``GPU_BUCKET``); the CPU kernels take ``B = 4`` (``CPU_BUCKET``): a 16-lane AVX-512
-register then holds four buckets, so one permute routes four kept weights into their lanes
-(metal/cpu/effort_cpu.c; with B = 8 a permute routes two, and the routing, not the memory,
-bounds the CPU kernel).  Everything below holds for any size.
+The bucket size is a property of the matrix (``BucketMatrix.bucket``); every kernel in the project
+takes ``B = 16`` (the CPU kernels rank their own fp16 copy the same way), and everything below
+holds for 8 as well (the tests check both).
 
 For every input ``i`` and bucket ``c`` the ``B`` weights ``W[c*B + p, i]`` (p = 0..B-1) are
 sorted by descending ``|w|`` (stable: ties keep ascending ``p``).  The rank-th of them goes to
@@ -25,9 +23,6 @@ Packings (how value and 4-bit position are stored), ``BucketMatrix.packing``:
 * ``"nibble"``  (default) values fp16, round-to-nearest from fp32 (exact up to fp16 rounding);
   positions in a separate nibble array ``pos_packed [in*B, nb//2]`` uint8, low nibble = even
   column, high nibble = odd column.  Memory 1.25x fp16.
-* ``"crumb"``   (``B = 4``) values fp16 as in ``nibble``; positions 2 bits each in
-  ``pos_packed [in*B, nb//4]``: bucket ``4q + j`` of a row in bits ``2j, 2j+1`` of byte ``q``.
-  Memory 1.125x fp16.  The CPU kernels read exactly these two arrays.
 * ``"nearest"`` one fp16 word per weight; the low 4 mantissa bits ARE the position (``B = 16`` only).  The value
   is the fp16 number nearest to the fp32 weight among those whose low 4 bits equal the
   position (error <= 8 ulp of fp16, <= ~0.8% relative).  Memory 1.0x fp16.
@@ -60,25 +55,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GPU_BUCKET = 16
-CPU_BUCKET = 4
-# The CPU effort kernel beats the dense one only while it routes fewer than about 40 % of a
-# matrix's weights (measured on SmolLM2 shapes, Zen 4, 2 threads, weights from DRAM: 1.3-1.5x the
-# dense speed at 25 %, 0.9x at 50 %, 0.5x at 100 %), so the CPU allocation never asks for more:
-# a matrix either stays at or below it or runs dense (engine/effort/allocation.py).
-CPU_DENSE_ABOVE = 0.25
-B = GPU_BUCKET   # the default bucket size (the GPU kernels' and the MLX reference path's)
-PACKINGS = ("nibble", "crumb", "nearest", "truncate", "fp32")
-
-
-def bucket_for_runtime(kind: str) -> int:
-    """The bucket size the kernels of a runtime kind ("cpu" or "mlx") read."""
-    return CPU_BUCKET if kind == "cpu" else GPU_BUCKET
-
-
-def packing_for(bucket: int) -> str:
-    """The packing the kernels of that bucket size read: 2-bit positions for 4, nibbles otherwise."""
-    return "crumb" if bucket == 4 else "nibble"
+B = 16            # the bucket size of every kernel
+PACKINGS = ("nibble", "nearest", "truncate", "fp32")
 
 
 @dataclass
@@ -86,8 +64,8 @@ class BucketMatrix:
     out_dim: int
     in_dim: int
     packing: str
-    data: np.ndarray          # fp16 [in*B, nb] (nibble/crumb/nearest/truncate) or fp32 [in*B, nb] (fp32)
-    pos_packed: np.ndarray | None  # uint8 [in*B, nb//2] (nibble/fp32), [in*B, nb//4] (crumb), None in the mantissa
+    data: np.ndarray          # fp16 [in*B, nb] (nibble/nearest/truncate) or fp32 [in*B, nb] (fp32)
+    pos_packed: np.ndarray | None  # uint8 [in*B, nb//2] for nibble/fp32, None when in the mantissa
     stats: np.ndarray         # float32 [in*B]
     probes: np.ndarray        # float32 [P, in]
     bucket: int = B           # outputs per bucket = ranks per input and bucket
@@ -106,10 +84,6 @@ class BucketMatrix:
         if self.pos_packed is None:
             return (self.data.view(np.uint16) & 0xF).astype(np.uint8)
         p = np.empty(self.data.shape, np.uint8)
-        if self.packing == "crumb":
-            for j in range(4):
-                p[:, j::4] = (self.pos_packed >> (2 * j)) & 3
-            return p
         p[:, 0::2] = self.pos_packed & 0xF
         p[:, 1::2] = self.pos_packed >> 4
         return p
@@ -143,29 +117,6 @@ class BucketMatrix:
         return r
 
 
-def cpu_tile_units(out_dim: int) -> int:
-    """Units of 64 outputs per CPU tile: the largest of 4, 3, 2 that divides the units and leaves at
-    least two tiles (so two threads share even a lone matrix), else 1 (metal/cpu ecpu_effort_units)."""
-    n = out_dim // 64
-    return next((u for u in (4, 3, 2) if n % u == 0 and n // u >= 2), 1)
-
-
-def cpu_tiles(bm: BucketMatrix) -> tuple[np.ndarray, np.ndarray]:
-    """The bucket list re-ordered for the CPU kernels (bucket size 4, crumb packing): tile t holds
-    units tU..tU+U-1 of 64 outputs, as ``vals uint16 [nt, ranks, in, 16U]`` (fp16 bits) and
-    ``pos uint8 [nt, ranks, in, 4U]``.  The same values and positions as ``bm.data`` and
-    ``bm.pos_packed``, only ordered so that a tile's rank-r rows of consecutive inputs are one
-    contiguous stream (``ranks`` = the rows loaded, see --load-ranks)."""
-    if bm.bucket != CPU_BUCKET or bm.packing != "crumb" or bm.out_dim % 64:
-        raise ValueError("the CPU tiles take bucket size 4, crumb packing and out % 64 == 0")
-    units = cpu_tile_units(bm.out_dim)
-    ranks = bm.data.shape[0] // bm.in_dim
-    nt = bm.out_dim // 64 // units
-    vals = np.ascontiguousarray(bm.data).view(np.uint16).reshape(ranks, bm.in_dim, nt, 16 * units)
-    pos = np.ascontiguousarray(bm.pos_packed).reshape(ranks, bm.in_dim, nt, 4 * units)
-    return (np.ascontiguousarray(vals.transpose(2, 0, 1, 3)), np.ascontiguousarray(pos.transpose(2, 0, 1, 3)))
-
-
 def _pack_low_bits(w: np.ndarray, pos: np.ndarray, mode: str) -> np.ndarray:
     """fp16 words whose low 4 bits equal ``pos``; ``nearest`` picks the closest such value."""
     h = w.astype(np.float16)
@@ -195,9 +146,8 @@ def convert_matrix(w: np.ndarray, packing: str = "nibble", n_probes: int = 4, bu
     """Convert a dense ``[out, in]`` matrix to the bucket-list layout (see module docstring)."""
     if packing not in PACKINGS:
         raise ValueError(f"packing must be one of {PACKINGS}")
-    if bucket not in (4, 8, 16) or (bucket != 16 and packing in ("nearest", "truncate")) or \
-            (packing == "crumb") != (bucket == 4):
-        raise ValueError("bucket must be 4 (crumb packing), 8 or 16 (16 for the mantissa packings)")
+    if bucket not in (8, 16) or (bucket != 16 and packing in ("nearest", "truncate")):
+        raise ValueError("bucket must be 8 or 16 (16 for the mantissa packings)")
     B = bucket
     w = np.asarray(w, np.float32)
     out_dim, in_dim = w.shape
@@ -225,10 +175,7 @@ def convert_matrix(w: np.ndarray, packing: str = "nibble", n_probes: int = 4, bu
     probes = (0.5 * (stats2d[starts + lo] + stats2d[starts + hi])).astype(np.float32)
 
     pos_packed = None
-    if packing == "crumb":
-        data = vals.astype(np.float16)
-        pos_packed = (pos[:, 0::4] | (pos[:, 1::4] << 2) | (pos[:, 2::4] << 4) | (pos[:, 3::4] << 6)).astype(np.uint8)
-    elif packing in ("nibble", "fp32"):
+    if packing in ("nibble", "fp32"):
         data = vals.astype(np.float16) if packing == "nibble" else vals.copy()
         pos_packed = (pos[:, 0::2] | (pos[:, 1::2] << 4)).astype(np.uint8)
     else:

@@ -27,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 
 from engine.effort.allocation import Allocation, error_curves, lagrangian_table
-from engine.effort.bucket import CPU_BUCKET, CPU_DENSE_ABOVE, BucketMatrix
+from engine.effort.bucket import BucketMatrix
 from engine.events import LoadProgress
 from engine.model.decoder import PROJECTIONS, Cache, Model, weight_name
 
@@ -35,15 +35,6 @@ CALIBRATION_TEXT = Path(__file__).resolve().parents[1] / "data" / "calibration.t
 CALIBRATION_TOKENS = 128
 LEVELS = np.array([0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
 GRID = np.round(np.arange(0.05, 1.0001, 0.05), 4)
-
-
-def levels_for(bucket: int) -> tuple[np.ndarray, float | None]:
-    """The local efforts the allocation may use for a bucket size, and its dense_above: on the
-    CPU (bucket 4) routing more than CPU_DENSE_ABOVE of a matrix's weights is slower than the dense
-    kernel, so the levels stop there and a matrix above it runs dense."""
-    if bucket == CPU_BUCKET:
-        return LEVELS[(LEVELS <= CPU_DENSE_ABOVE + 1e-9) | (LEVELS >= 1.0)], CPU_DENSE_ABOVE
-    return LEVELS, None
 
 ProgressFn = Callable[[LoadProgress], None]
 
@@ -86,22 +77,21 @@ def calibrate(
     progress(LoadProgress("calibrate", 0, len(names) + 1, "", "sensitivity (one backward pass)"))
     fisher, inputs = output_fisher(model, tokens)
     sizes = np.array([buckets[n].out_dim * buckets[n].in_dim for n in names], float)
-    levels, dense_above = levels_for(buckets[names[0]].bucket)
-    cost = np.zeros((len(names), len(levels)))
+    cost = np.zeros((len(names), len(LEVELS)))
     achieved = np.zeros_like(cost)
     for m, name in enumerate(names, 0):
         bm, X = buckets[name], inputs[name]
-        relerr, achieved[m] = error_curves(bm, X, levels)
+        relerr, achieved[m] = error_curves(bm, X, LEVELS)
         y = X @ np.array(model.w[name].astype(mx.float32)).T
         energy = float((y.astype(np.float64) ** 2).sum()) / len(X)
         cost[m] = fisher[name] * relerr * energy
         progress(LoadProgress("calibrate", m + 1, len(names) + 1, "", f"error curves ({time.monotonic() - start:.0f}s)"))
-    cost[:, levels >= 1.0] = 0.0
+    cost[:, LEVELS >= 1.0] = 0.0
     cost = np.maximum.accumulate(cost[:, ::-1], axis=1)[:, ::-1]  # never cheaper at lower effort
     achieved = np.maximum.accumulate(achieved, axis=1)
-    achieved[:, levels >= 1.0] = 1.0
-    table = lagrangian_table(cost, achieved, sizes, GRID, dense_above)
-    return Allocation(names, sizes, GRID, table, levels.copy(), achieved, dense_above)
+    achieved[:, LEVELS >= 1.0] = 1.0
+    table = lagrangian_table(cost, achieved, sizes, GRID)
+    return Allocation(names, sizes, GRID, table, LEVELS.copy(), achieved)
 
 
 def calibration_tokens(tokenizer, limit: int = CALIBRATION_TOKENS) -> list[int]:

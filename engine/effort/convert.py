@@ -1,8 +1,7 @@
 """The converted model: every projection in the bucketMul layout, cached on disk.
 
 `effort convert` (or the first use of a model under effort) writes one
-safetensors file per source model and bucket size (8 for the CPU kernels, 16 for
-the GPU ones) into the cache, keyed by the source's content fingerprint and the
+safetensors file per source model and bucket size into the cache, keyed by the source's content fingerprint and the
 format version, through a temporary file and an atomic rename. Loading reads only the first `load_ranks` ranks of every bucket list
 (rank-major rows: the least important weights are at the end), so a truncated
 load never touches the rest of the file.
@@ -23,14 +22,15 @@ from safetensors.numpy import save_file
 from engine.effort.allocation import Allocation
 from engine.io import checksum
 from engine.io.atomic import atomic_path, clean_stale
-from engine.effort.bucket import B, CPU_BUCKET, CPU_DENSE_ABOVE, BucketMatrix, convert_matrix, packing_for
+from engine.effort.bucket import B, BucketMatrix, convert_matrix
 from engine.errors import EngineError
 from engine.events import LoadProgress
 from engine.io.loader import ModelFiles
 from engine.model.decoder import PROJECTIONS, weight_name
 from engine.io.paths import converted_dir
 
-FORMAT_VERSION = 2  # 2: bucket size in the name and metadata, dense_above in the allocation
+FORMAT_VERSION = 2  # 2: bucket size in the name and metadata
+PACKING = "nibble"  # exact fp16 values + a separate 4-bit position (see engine/effort/bucket.py)
 N_PROBES = 4
 
 ProgressFn = Callable[[LoadProgress], None]
@@ -59,10 +59,8 @@ def projection_names(num_layers: int) -> list[str]:
 
 
 def converted_path(files: ModelFiles, bucket: int = B) -> Path:
-    """Keyed by the source's fingerprint, the format, the bucket size and, on the CPU, the
-    allocation's dense_above (a different crossover is a different calibration)."""
-    rule = f"-d{round(CPU_DENSE_ABOVE * 100)}" if bucket == CPU_BUCKET else ""
-    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{bucket}{rule}.safetensors"
+    """Keyed by the source's fingerprint, the format version and the bucket size."""
+    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{bucket}.safetensors"
 
 
 def convert(
@@ -88,7 +86,7 @@ def convert(
     buckets: dict[str, BucketMatrix] = {}
     start = time.monotonic()
     for n, name in enumerate(names, 1):
-        bm = convert_matrix(files.tensors.get(name), packing_for(bucket), N_PROBES, bucket)
+        bm = convert_matrix(files.tensors.get(name), PACKING, N_PROBES, bucket)
         buckets[name] = bm
         tensors[f"{name}.values"] = bm.data
         tensors[f"{name}.positions"] = bm.pos_packed
@@ -101,7 +99,7 @@ def convert(
             tensors[f"allocation.{key}"] = np.ascontiguousarray(value)
     metadata = {
         "format_version": str(FORMAT_VERSION),
-        "packing": packing_for(bucket),
+        "packing": PACKING,
         "bucket": str(bucket),
         "source": str(files.path),
         "fingerprint": files.fingerprint,

@@ -15,7 +15,7 @@ from typing import Sequence
 import mlx.core as mx
 import numpy as np
 
-from engine.effort.bucket import CPU_BUCKET, BucketMatrix, cpu_tiles, packing_for
+from engine.effort.bucket import B
 from engine.effort.convert import Converted, projection_names
 from engine.model.decoder import PROJECTIONS, Model, rope_inverse_frequencies, weight_name
 
@@ -31,7 +31,7 @@ class Dims(ctypes.Structure):
 
 class Bucket(ctypes.Structure):
     _fields_ = [
-        ("dense", c_ptr), ("vals", c_ptr), ("pos", c_ptr), ("stats", c_ptr), ("probes", c_ptr),
+        ("blk", c_ptr), ("stats", c_ptr), ("probes", c_ptr),
         ("n_probes", ctypes.c_int), ("out", ctypes.c_int), ("in_", ctypes.c_int), ("max_rank", ctypes.c_int),
     ]
 
@@ -52,12 +52,6 @@ def _ptr(a: np.ndarray) -> int:
 
 def _numpy(w: mx.array, dtype) -> np.ndarray:
     return np.ascontiguousarray(np.array(w.astype(mx.float32)), dtype=dtype)
-
-
-def check_layout(bm: BucketMatrix) -> None:
-    """The kernels read bucket lists of bucket size 4 with 2-bit positions and fp16 values."""
-    if bm.bucket != CPU_BUCKET or bm.packing != packing_for(CPU_BUCKET) or bm.out_dim % 64:
-        raise ValueError(f"the CPU kernels need bucket size {CPU_BUCKET}, {packing_for(CPU_BUCKET)} packing, out % 64 == 0")
 
 
 class CPURuntime:
@@ -88,13 +82,12 @@ class CPURuntime:
         self.vcache = np.zeros(self.kcache.shape, np.float32)  # np.zeros maps fresh pages lazily; zeros_like would write (and keep resident) all of them
         layers = (Layer * c.num_layers)()
         self._structs: dict[str, Bucket] = {}  # ctypes structs the layers point to, by weight name
-        self._last_used: dict[str, float] = {}  # weights multiplied by the last `project`, by name
         self._shapes: dict[str, tuple[int, int]] = {}
         for i in range(c.num_layers):
             layer = layers[i]
             for p, proj in enumerate(PROJECTIONS):
                 name = weight_name(i, proj)
-                layer.bucket[p] = self._layout(name, keep)
+                layer.bucket[p] = self._layout(name, _numpy(model.w[name], np.float16), keep)
             if c.attention_bias:
                 for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
                     layer.bias[j] = keep(_numpy(model.w[f"model.layers.{i}.self_attn.{proj}.bias"], np.float32))
@@ -131,29 +124,25 @@ class CPURuntime:
             self._order = np.array([index[n] for n in projection_names(c.num_layers)])
         self.length = 0  # positions valid in the C cache
 
-    def _layout(self, name: str, keep) -> int:
-        """One projection for the kernels: the fp16 matrix for the dense kernel and, when the model
-        is converted, its bucket list (engine.effort.bucket, bucket size 4) in the CPU tiles of
-        `bucket.cpu_tiles` with stats and probes for the effort kernel. A truncated load (--load-ranks)
-        keeps the bucket list only: the effort is capped below 1, so nothing runs dense."""
-        out_dim, in_dim = (int(n) for n in self.model.w[name].shape)
-        dense = vals = pos = stats = probes = None
-        n_probes, max_rank = 0, CPU_BUCKET
-        if self.converted is None or self.converted.load_ranks == CPU_BUCKET:
-            w16 = _numpy(self.model.w[name], np.float16)
-            tiles = np.empty(out_dim * in_dim, np.uint16)
-            self.lib.ecpu_dense_tiles(_ptr(w16), out_dim, in_dim, _ptr(tiles))
-            dense = keep(tiles)
-        if self.converted is not None:
-            bm = self.converted.buckets[name]
-            check_layout(bm)
-            tiled_vals, tiled_pos = cpu_tiles(bm)
-            vals, pos = keep(tiled_vals), keep(tiled_pos)
-            stats = keep(np.ascontiguousarray(bm.stats, np.float32))
-            probes = keep(np.ascontiguousarray(bm.probes, np.float32))
-            n_probes, max_rank = bm.probes.shape[0], self.converted.load_ranks
-        struct = Bucket(dense, vals, pos, stats, probes, n_probes, out_dim, in_dim, max_rank)
+    def _layout(self, name: str, dense: np.ndarray, keep) -> int:
+        """The kernel layout of one projection, built in C from its fp16 weights. It serves the
+        dense product (every rank) and, with the converted stats and probes, the effort path."""
+        out_dim, in_dim = dense.shape
+        lib = self.lib
+        blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
+        scratch_stats = np.zeros(B * in_dim, np.float32)
+        lib.ecpu_effort_build(_ptr(dense), out_dim, in_dim, _ptr(blk), _ptr(scratch_stats))
         self._shapes[name] = (out_dim, in_dim)
+        if self.converted is None:
+            struct = Bucket(keep(blk), None, None, 0, out_dim, in_dim, B)
+        else:
+            bm = self.converted.buckets[name]
+            stats = np.ascontiguousarray(bm.stats, np.float32)
+            probes = np.ascontiguousarray(bm.probes, np.float32)
+            struct = Bucket(
+                keep(blk), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
+                self.converted.load_ranks,
+            )
         self._structs[name] = struct
         return ctypes.addressof(struct)
 
@@ -165,7 +154,6 @@ class CPURuntime:
         y = np.zeros(out_dim, np.float32)
         e = float(effort) if self.converted is not None else 1.0
         used = self.lib.ee_project(self._handle, ctypes.addressof(self._structs[name]), _ptr(x), _ptr(y), e)
-        self._last_used[name] = used
         return y, used / (out_dim * in_dim)
 
     def time_projection(self, name: str, x: np.ndarray, effort: float, repeats: int = 20) -> float:
@@ -176,11 +164,12 @@ class CPURuntime:
         return (time.perf_counter() - start) / repeats
 
     def bytes_read(self, name: str) -> float:
-        """Weight bytes the last `project` of this matrix read: 2 per weight when it ran dense,
-        else the kept rank rows only, 2.25 bytes per kept weight (fp16 value + 2-bit position)."""
+        """Weight bytes the last `project` of this matrix read: the kernel reads the whole
+        (masked) row of every input it uses, so this follows active inputs, not kept weights."""
         out_dim, in_dim = self._shapes[name]
-        used = self._last_used.get(name, 0.0)
-        return 2.0 * used if used >= out_dim * in_dim else 2.25 * used
+        active = self.lib.ee_active_inputs(self._handle, in_dim)
+        layout = self.lib.ecpu_effort_blk_bytes(out_dim, in_dim)
+        return layout * active / in_dim
 
     def set_strategy(self, strategy: str) -> None:
         """"bucket" (bucketMul) or "activation" (whole input columns by |x|, the TEAL-like baseline)."""

@@ -41,15 +41,14 @@ def _library_name() -> str:
     return "libeffort.dylib" if sys.platform == "darwin" else "libeffort.so"
 
 
-VARIANTS = {"native": [], "avx2": ["-DECPU_MAX_ISA=1"], "portable": ["-DECPU_NO_SIMD"]}
+VARIANTS = {"native": [], "portable": ["-DECPU_NO_SIMD"]}
 
 
 def build(force: bool = False, variant: str = "native") -> Path:
     """Compile the kernels (or reuse the cached build); raises RuntimeError with the compiler's message.
 
-    "native" picks the kernel family at run time from the CPU (AVX-512, AVX2 or plain C); "avx2"
-    caps that at AVX2 (what a Zen 3 runs); "portable" compiles the plain-C kernels only (what a
-    non-x86 machine, e.g. an Apple Silicon Mac, runs). The tests check every build the machine can
+    "native" picks the kernel family at run time from the CPU (AVX2 or plain C); "portable"
+    compiles the plain-C kernels only (what a non-x86 machine, e.g. an Apple Silicon Mac, runs). The tests check every build the machine can
     execute against the reference."""
     cc = _compiler()
     if cc is None:
@@ -88,10 +87,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ecpu_attend": (None, [p, p, p, i, i, f, p, p]),
         "ee_active_inputs": (i, [p, i]),
         "ecpu_dense_f16": (None, [p, p, p, i, i]),
-        "ecpu_dense_tiles": (None, [p, i, i, p]),
+        "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
+        "ecpu_effort_build": (None, [p, i, i, p, p]),
         "ecpu_effort_k": (ctypes.c_long, [p, p, i, f, p]),
-        "ecpu_effort_matvec": (None, [p, p, i, i, p, p, p]),
-        "ecpu_effort_units": (i, [i]),
+        "ecpu_effort_matvec": (None, [p, i, i, p, p, p]),
         "ecpu_isa": (ctypes.c_char_p, []),
     }
     for name, (restype, argtypes) in signatures.items():

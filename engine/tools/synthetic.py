@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.effort.allocation import Allocation, blend
-from engine.effort.bucket import B, CPU_BUCKET, CPU_DENSE_ABOVE, BucketMatrix, convert_matrix, packing_for
-from engine.effort.convert import N_PROBES, Converted, projection_names
+from engine.effort.allocation import Allocation
+from engine.effort.bucket import B, BucketMatrix, convert_matrix
+from engine.effort.convert import N_PROBES, PACKING, Converted, projection_names
 from engine.errors import EngineError
 from engine.model.decoder import PROJECTIONS, weight_name
 from engine.model.config import ModelConfig
@@ -66,19 +66,13 @@ def random_matrix(rng: np.random.Generator, out_dim: int, in_dim: int) -> np.nda
     return w.astype(np.float32)
 
 
-def uniform_allocation(names: list[str], sizes: np.ndarray, dense_above: float | None = None) -> Allocation:
-    """Every matrix at the global effort (no calibration data exists for random weights); with
-    `dense_above` (the CPU), efforts above it put whole matrices at 1.0 and the rest at dense_above."""
+def uniform_allocation(names: list[str], sizes: np.ndarray) -> Allocation:
+    """Every matrix at the global effort (no calibration data exists for random weights)."""
     grid = np.linspace(0.05, 1.0, 20)
     levels = np.linspace(0.0, 1.0, 21)
-    sizes = np.asarray(sizes, np.float64)
-    table = np.repeat(grid[:, None], len(names), axis=1)
-    if dense_above is not None:
-        low, full = np.full(len(names), dense_above), np.ones(len(names))
-        for g, e in enumerate(grid):
-            if dense_above < e < 1.0:
-                table[g] = blend(low, full, (e - dense_above) / (1.0 - dense_above), sizes, dense_above)
-    return Allocation(list(names), sizes, grid, table, levels, np.repeat(levels[None, :], len(names), axis=0), dense_above)
+    return Allocation(list(names), np.asarray(sizes, np.float64), grid,
+                      np.repeat(grid[:, None], len(names), axis=1), levels,
+                      np.repeat(levels[None, :], len(names), axis=0))
 
 
 def build(name: str, layers: int | None = None, seed: int = 0, progress=None, bucket: int = B) -> tuple[ModelConfig, dict[str, np.ndarray], Converted]:
@@ -96,7 +90,7 @@ def build(name: str, layers: int | None = None, seed: int = 0, progress=None, bu
         out_dim, in_dim = shapes[weight_name(0, proj)]
         note(f"bucketing a random {out_dim}x{in_dim} {proj}")
         one_layer[proj] = random_matrix(rng, out_dim, in_dim)
-        buckets_one[proj] = convert_matrix(one_layer[proj], packing_for(bucket), N_PROBES, bucket)
+        buckets_one[proj] = convert_matrix(one_layer[proj], PACKING, N_PROBES, bucket)
     weights = {
         "model.embed_tokens.weight": rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32),
         "lm_head.weight": random_matrix(rng, c.vocab_size, c.hidden_size),
@@ -111,19 +105,17 @@ def build(name: str, layers: int | None = None, seed: int = 0, progress=None, bu
             buckets[weight_name(i, proj)] = buckets_one[proj]
     names = projection_names(c.num_layers)
     sizes = np.array([buckets[n].out_dim * buckets[n].in_dim for n in names])
-    dense_above = CPU_DENSE_ABOVE if bucket == CPU_BUCKET else None
-    return config, weights, Converted(buckets, uniform_allocation(names, sizes, dense_above), bucket, None, bucket)
+    return config, weights, Converted(buckets, uniform_allocation(names, sizes), bucket, None, bucket)
 
 
 def load(name: str, layers: int | None, runtime: str = "auto", progress=None):
     """(runtime, model, backend) for a synthetic model, on the detected backend."""
     from engine.runtime import backend as backends
     from engine.model.decoder import Model, to_mlx
-    from engine.effort.bucket import bucket_for_runtime
     from engine.session import make_runtime, runtime_kind
 
     be = backends.detect()
     kind = runtime_kind(runtime, be.name, config_for(name, layers))
-    config, weights, converted = build(name, layers, progress=progress, bucket=bucket_for_runtime(kind))
+    config, weights, converted = build(name, layers, progress=progress)
     model = Model(config, {n: to_mlx(w, be.dtype) for n, w in weights.items()})
     return make_runtime(model, config.context_length, kind, converted), model, be

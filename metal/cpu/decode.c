@@ -3,10 +3,8 @@
  *
  * Python builds the weight pointers once (numpy owns the memory) and calls
  * ee_step() per token: embedding -> 30x (attention + SwiGLU MLP) -> norm -> head.
- * Every projection is held twice: as the file's fp16 matrix (in 64-output tiles, the dense kernel) and as
- * the bucket list of engine/effort/bucket.py (bucket size EFFORT_B = 4) for the effort kernel. A
- * projection at local effort 1 runs the dense kernel; below 1 the effort kernel multiplies the ranks
- * its selection keeps. See effort_cpu.h for the kernels.
+ * Every projection is either dense (fp16 weights, fp32 math) or a bucketMul
+ * under the effort the caller asks for; see effort_cpu.h for the kernels.
  */
 #include <math.h>
 #include <stdint.h>
@@ -27,13 +25,11 @@ typedef struct {
 
 /* One projection in the bucketMul layout (see effort_cpu.h and engine/bucket.py). */
 typedef struct {
-    const uint16_t *dense; /* fp16 dense tiles [out/64][in][64] (ecpu_dense_tiles), or NULL (a truncated load) */
-    const uint16_t *vals; /* fp16 [4*in][out/4]: the bucket list's values, or NULL (dense only) */
-    const uint8_t *pos;   /* [4*in][out/16]: its positions, four per byte */
-    const float *stats;   /* [4][in]: mean |w| of each bucket-list row; NULL: dense only */
+    const uint16_t *blk;  /* values, kernel layout */
+    const float *stats;   /* [16][in]: mean |w| of each bucket-list row; NULL: dense only */
     const float *probes;  /* [n_probes][in]: sampled |w| per input, aligned with x */
     int n_probes, out, in;
-    int max_rank;         /* ranks loaded (4, or fewer with --load-ranks): k is clipped to it */
+    int max_rank;         /* ranks loaded (16, or fewer with --load-ranks): k is clipped to it */
 } ee_bucket;
 
 typedef struct {
@@ -57,7 +53,7 @@ typedef struct {
     uint8_t *ranks;  /* k[i] of the last projection run through ee_project */
     float *group_products[MAX_GROUP]; /* per matrix of a group sharing x: selection scratch */
     uint8_t *group_ranks[MAX_GROUP];  /* and its k */
-    uint8_t *all_ranks; /* k[i] = EFFORT_B everywhere: the dense product through the same kernel */
+    uint8_t *all_ranks; /* k[i] = 16 everywhere: the dense product through the same kernel */
     int strategy;    /* EE_BUCKET or EE_ACTIVATION */
 } ee_model;
 
@@ -117,11 +113,11 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     int widest_in = d->ffn > widest ? d->ffn : widest;
     m->ranks = (uint8_t *)calloc(widest_in, 1);
     for (int g = 0; g < MAX_GROUP; g++) {
-        m->group_products[g] = alloc_f((size_t)2 * EFFORT_B * widest_in);
+        m->group_products[g] = alloc_f((size_t)16 * widest_in);
         m->group_ranks[g] = (uint8_t *)calloc(widest_in, 1);
     }
     m->all_ranks = (uint8_t *)malloc(widest_in);
-    memset(m->all_ranks, EFFORT_B, widest_in);
+    memset(m->all_ranks, 16, widest_in);
     ecpu_init(0);
     return m;
 }
@@ -219,7 +215,7 @@ static float cutoff_above(const float *values, int n, float share, float *scratc
  * returns its sum.
  * bucketMul: cutoff = the probe product leaving round(effort * probes) products above it,
  *            k[i] = ranks of input i whose stat * |x[i]| beat it;
- * activation: k[i] = EFFORT_B (every rank) for the round(effort * in) inputs with the largest |x[i]|, else 0.
+ * activation: k[i] = 16 for the round(effort * in) inputs with the largest |x[i]|, else 0.
  * `products` is scratch for 2 * n_probes * in floats. Thread-safe for distinct scratch. */
 static long select_k(int strategy, const ee_bucket *b, const float *x, float effort, float *products,
                      uint8_t *ranks) {
@@ -228,7 +224,7 @@ static long select_k(int strategy, const ee_bucket *b, const float *x, float eff
         for (int i = 0; i < b->in; i++) products[i] = fabsf(x[i]);
         float cutoff = cutoff_above(products, b->in, effort, products + b->in);
         for (int i = 0; i < b->in; i++) {
-            ranks[i] = fabsf(x[i]) > cutoff ? EFFORT_B : 0;
+            ranks[i] = fabsf(x[i]) > cutoff ? 16 : 0;
             total += ranks[i];
         }
     } else {
@@ -237,7 +233,7 @@ static long select_k(int strategy, const ee_bucket *b, const float *x, float eff
             for (int i = 0; i < b->in; i++) products[j * b->in + i] = b->probes[j * b->in + i] * fabsf(x[i]);
         total = ecpu_effort_k(b->stats, x, b->in, cutoff_above(products, n, effort, products + n), ranks);
     }
-    if (b->max_rank < EFFORT_B) {
+    if (b->max_rank < 16) {
         total = 0;
         for (int i = 0; i < b->in; i++) {
             if (ranks[i] > b->max_rank) ranks[i] = (uint8_t)b->max_rank;
@@ -269,15 +265,7 @@ static void select_worker(void *arg, int tid) {
 }
 
 /* A projection runs its selection only under effort and when it has the stats to select with. */
-/* Dense when asked for every weight (the allocation snaps a local effort that routing would make
- * slower than the dense kernel to 1.0: engine/effort/allocation.py), or when there is nothing to
- * select with. */
-static int runs_dense(const ee_bucket *b, float effort) {
-    return b->dense && (!b->stats || !b->vals || effort >= 1.0f);
-}
-static int under_effort(const ee_bucket *b, float effort) {
-    return !runs_dense(b, effort) && b->stats && (effort < 1.0f || b->max_rank < EFFORT_B);  /* a truncated load is capped even at 1.0 */
-}
+static int under_effort(const ee_bucket *b, float effort) { return effort < 1.0f && b->stats; }
 
 /* Up to MAX_GROUP projections of the same input x, dense (effort >= 1 or no stats: every rank)
  * or under effort: the selections run in parallel on the pool, then ONE multiply over all their
@@ -292,25 +280,21 @@ static double project_group(ee_model *m, const ee_bucket *const *bs, float *cons
     if (J.n_todo == 1) select_worker(&J, 0);
     else if (J.n_todo > 1) ecpu_parallel(select_worker, &J);
     ecpu_eff_mat mats[MAX_GROUP];
-    ecpu_dense_mat dense[MAX_GROUP];
-    int n_eff = 0, n_dense = 0;
     double used = 0.0;
     for (int j = 0, t = 0; j < count; j++) {
         const ee_bucket *b = bs[j];
         int selected = t < J.n_todo && J.todo[t] == j;
-        used += selected ? (double)J.total[j] * (b->out / EFFORT_B) : (double)b->out * b->in;
+        const uint8_t *k = selected ? m->group_ranks[j] : m->all_ranks;
+        used += selected ? (double)J.total[j] * (b->out / 16) : (double)b->out * b->in;
         t += selected;
-        if (runs_dense(b, effort[j])) dense[n_dense++] = (ecpu_dense_mat){b->dense, b->out, ys[j]};
-        else mats[n_eff++] = (ecpu_eff_mat){b->vals, b->pos, b->out, b->max_rank,
-                                            selected ? m->group_ranks[j] : m->all_ranks, ys[j]};
+        mats[j] = (ecpu_eff_mat){b->blk, b->out, k, ys[j]};
     }
-    if (n_dense) ecpu_dense_tiles_multi(n_dense, dense, bs[0]->in, x);
-    if (n_eff) ecpu_effort_matvec_multi(n_eff, mats, bs[0]->in, x);
+    ecpu_effort_matvec_multi(count, mats, bs[0]->in, x);
     return used;
 }
 
 /* Runs one projection, dense (every rank of every input) or under effort; returns the
- * number of weights multiplied. Effort 1.0 is the same kernel with every rank everywhere. */
+ * number of weights multiplied. Effort 1.0 is the same kernel with k = 16 everywhere. */
 double ee_project(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
     double used = project_group(m, &b, &y, 1, x, &effort);
     memcpy(m->ranks, under_effort(b, effort) ? m->group_ranks[0] : m->all_ranks, (size_t)b->in);

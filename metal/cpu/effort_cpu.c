@@ -5,11 +5,23 @@
  *   gcc -O2 -fPIC -shared -pthread effort_cpu.c -o libeffort_cpu.so -lm
  *   (macOS/arm64: clang -O2 -fPIC -shared effort_cpu.c -o libeffort_cpu.dylib   -> scalar C path)
  *
- * Kernel families (per-function target attributes, chosen at run time with __builtin_cpu_supports):
- * AVX-512 (F/BW/VL/DQ) for the effort matvec, AVX2+FMA+F16C for the dense, head and attention
- * kernels, and portable scalar C for everything (what a non-x86 machine compiles).
+ * Kernel families: AVX2+FMA+F16C (per-function target attributes, chosen with
+ * __builtin_cpu_supports) and portable scalar C. They run unchanged on AVX-512 machines (Zen 4).
  *
- * EFFORT LAYOUT: see the effort section below (the bucket list of engine/effort/bucket.py, B = 4).
+ * EFFORT LAYOUT ("masked-dense tiles", per matrix W[out][in], out % 64 == 0):
+ *   bucket c = outputs 16c..16c+15; the 16 weights of (input i, bucket c) are ranked by |w| descending
+ *   (fp16 bits & 0x7fff, ties: lower position first).  Input i keeps the weights with rank < k[i].
+ *   tile t = outputs 64t..64t+63 (nt = out/64).  blk (uint16): blk[0] = offset (uint16 units, 1..32) of the
+ *   64-byte aligned data start D (blk_bytes = 2.5*out*in + 64 B); per tile, from D + t*80*in:
+ *        [64*i + o]          fp16 w[64t+o][i], o = 0..63  (one 128-byte row per input, input-major)
+ *        bytes of [64*in ..) rank nibbles, 32 B per input: byte 32*i + 16*(o/32) + o%16 holds the rank of
+ *                            output 64t+o in its low nibble if o%32 < 16, else in its high nibble.
+ *   Memory: 2.5 B per weight, nothing else (also serves k = 16 everywhere).
+ * Kernel (AVX2): per tile, 8 ymm accumulators (64 outputs) stay in registers over the inputs with k > 0
+ *   (in increasing order, rows software-prefetched ECPU_PD ahead).  k = 16 only: 8 x (vcvtph2ps + FMA) per
+ *   row.  Otherwise (mixed list): 32 rank nibbles -> vpcmpgtb against k -> byte masks -> vpunpck to 16-bit
+ *   masks -> vpand on the fp16 bits before the conversion, + FMA.  Inputs with k = 0 are skipped.
+ *   (A hybrid with tile4/chunk4 blocks for 0 < k < T was measured slower than this at every T.)
  */
 #include "effort_cpu.h"
 #include <stdlib.h>
@@ -37,31 +49,21 @@ static float h2f(uint16_t h) {
 }
 
 /* ------------------------------------------------------------------ isa */
-/* 0 scalar, 1 AVX2+FMA+F16C, 2 the same plus AVX-512 F/BW/VL/DQ (Zen 4, Ice Lake and later).
- * ECPU_ISA=scalar|avx2 caps it (tests run every build the machine can execute). */
+/* 0 scalar, 1 AVX2+FMA+F16C; ECPU_ISA=scalar forces the plain-C kernels. An AVX-512 routing kernel for a 4-output
+ * bucket list was built and measured on Zen 4 and lost to these (docs/measurements.md). */
 static int g_isa = -1;
-static void init_posmask(void);
 static void detect_isa(void) {
     if (g_isa >= 0) return;
     int isa = 0;
 #if ECPU_X86 && defined(__GNUC__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-        isa = 1;
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) isa = 2;
-    }
-#endif
-#ifdef ECPU_MAX_ISA
-    if (isa > ECPU_MAX_ISA) isa = ECPU_MAX_ISA;   /* a build capped at compile time (the tests' AVX2 build) */
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) isa = 1;
 #endif
     const char *cap = getenv("ECPU_ISA");
     if (cap && strcmp(cap, "scalar") == 0) isa = 0;
-    if (cap && strcmp(cap, "avx2") == 0 && isa > 1) isa = 1;
-    init_posmask();
     g_isa = isa;
 }
-const char *ecpu_isa(void) { detect_isa(); return g_isa == 2 ? "avx512" : g_isa == 1 ? "avx2" : "scalar"; }
+const char *ecpu_isa(void) { detect_isa(); return g_isa == 1 ? "avx2" : "scalar"; }
 
 /* ------------------------------------------------------------------ thread pool */
 #define ECPU_MAXT 64
@@ -222,7 +224,7 @@ static void dense_worker(void *p, int tid) {
         int r0 = atomic_fetch_add(&J->next, J->chunk); if (r0 >= J->out) break;
         int r1 = r0 + J->chunk < J->out ? r0 + J->chunk : J->out;
 #if ECPU_X86
-        if (g_isa >= 1) dense_rows_avx2((const uint16_t *)J->W, J->x, J->y, r0, r1, J->in); else
+        if (g_isa == 1) dense_rows_avx2((const uint16_t *)J->W, J->x, J->y, r0, r1, J->in); else
 #endif
         dense_rows_scalar((const uint16_t *)J->W, J->x, J->y, r0, r1, J->in);
     }
@@ -232,65 +234,6 @@ void ecpu_dense_f16(const uint16_t *W, const float *x, float *y, int out, int in
     dense_job J = {W, NULL, x, y, out, in, 32, 0};
     if ((size_t)out * in < 65536) { J.chunk = out; }
     pool_run(dense_worker, &J);
-}
-/* ---- dense tiles: the dense kernel's copy of a projection ----
- * tile t = outputs 64t..64t+63; tiles[(t*in + i)*64 + o] = W[64t + o][i] (fp16): one 128-byte row per
- * input, so a tile is a single sequential stream and its 64 sums stay in registers over all inputs
- * (row-major dot products read four rows at once and ran at a third of this from DRAM). */
-void ecpu_dense_tiles(const uint16_t *W, int out, int in, uint16_t *tiles) {
-    for (int t = 0; t < out / 64; t++)
-        for (int o = 0; o < 64; o++) {
-            const uint16_t *row = W + (size_t)(64 * t + o) * in;
-            uint16_t *dst = tiles + (size_t)t * in * 64 + o;
-            for (int i = 0; i < in; i++) dst[(size_t)i * 64] = row[i];
-        }
-}
-static void tile_dense_scalar(const uint16_t *T, const float *x, float *y, int in) {
-    float acc[64] = {0};
-    for (int i = 0; i < in; i++)
-        for (int o = 0; o < 64; o++) acc[o] += h2f(T[(size_t)i * 64 + o]) * x[i];
-    memcpy(y, acc, sizeof acc);
-}
-#if ECPU_X86
-#ifndef ECPU_TILE_PD
-#define ECPU_TILE_PD 12   /* rows prefetched ahead */
-#endif
-#define DFMA(A, off) A = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(R + (off)))), xb, A)
-TGT static void tile_dense_avx2(const uint16_t *T, const float *x, float *y, int in) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    for (int i = 0; i < in; i++) {
-        const char *pf = (const char *)(T + (size_t)64 * (i + ECPU_TILE_PD < in ? i + ECPU_TILE_PD : in - 1));
-        _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + 64, _MM_HINT_T0);
-        const uint16_t *R = T + (size_t)64 * i; __m256 xb = _mm256_broadcast_ss(x + i);
-        DFMA(a0, 0); DFMA(a1, 8); DFMA(a2, 16); DFMA(a3, 24); DFMA(a4, 32); DFMA(a5, 40); DFMA(a6, 48); DFMA(a7, 56);
-    }
-    _mm256_storeu_ps(y, a0); _mm256_storeu_ps(y + 8, a1); _mm256_storeu_ps(y + 16, a2); _mm256_storeu_ps(y + 24, a3);
-    _mm256_storeu_ps(y + 32, a4); _mm256_storeu_ps(y + 40, a5); _mm256_storeu_ps(y + 48, a6); _mm256_storeu_ps(y + 56, a7);
-}
-#undef DFMA
-#endif
-typedef struct { int n, in; const ecpu_dense_mat *mats; const float *x; int tstart[65]; atomic_int next; } dense_multi_job;
-static void dense_multi_worker(void *p, int tid) {
-    (void)tid; dense_multi_job *J = (dense_multi_job *)p; int total = J->tstart[J->n], m = 0;
-    for (;;) {
-        int t = atomic_fetch_add(&J->next, 1); if (t >= total) break;
-        while (t >= J->tstart[m + 1]) m++;
-        const ecpu_dense_mat *M = J->mats + m; int tt = t - J->tstart[m];
-        const uint16_t *T = M->tiles + (size_t)tt * J->in * 64;
-#if ECPU_X86
-        if (g_isa >= 1) tile_dense_avx2(T, J->x, M->y + 64 * tt, J->in); else
-#endif
-        tile_dense_scalar(T, J->x, M->y + 64 * tt, J->in);
-    }
-}
-void ecpu_dense_tiles_multi(int n, const ecpu_dense_mat *mats, int in, const float *x) {
-    detect_isa();
-    for (int base = 0; base < n; base += 64) {
-        int cnt = n - base < 64 ? n - base : 64;
-        dense_multi_job J; J.n = cnt; J.in = in; J.mats = mats + base; J.x = x; atomic_init(&J.next, 0); J.tstart[0] = 0;
-        for (int q = 0; q < cnt; q++) J.tstart[q + 1] = J.tstart[q] + mats[base + q].out / 64;
-        pool_run(dense_multi_worker, &J);
-    }
 }
 
 /* ------------------------------------------------------------------ Q8_0 head */
@@ -333,7 +276,7 @@ static void q8_worker(void *p, int tid) {
         int r0 = atomic_fetch_add(&J->next, J->chunk); if (r0 >= J->out) break;
         int r1 = r0 + J->chunk < J->out ? r0 + J->chunk : J->out;
 #if ECPU_X86
-        if (g_isa >= 1) q8_rows_avx2((const int8_t *)J->W, (const float *)J->S, J->x, J->y, r0, r1, J->in); else
+        if (g_isa == 1) q8_rows_avx2((const int8_t *)J->W, (const float *)J->S, J->x, J->y, r0, r1, J->in); else
 #endif
         q8_rows_scalar((const int8_t *)J->W, (const float *)J->S, J->x, J->y, r0, r1, J->in);
     }
@@ -416,35 +359,38 @@ void ecpu_q8_row(const int8_t *qs, const float *scales, int row, int in, float *
     for (int j = 0; j < in; j++) x[j] = s[j / 32] * (float)q[j];
 }
 
-/* ------------------------------------------------------------------ effort (bucketMul) matvec */
-/* The layout is engine/effort/bucket.py's bucket list with bucket size EFFORT_B = 4, "crumb" packing
- * (read as it is stored in the converted cache; nothing is rebuilt here):
- *   vals uint16 [4*in][nb]   fp16 bits; row r*in + i holds the rank-r weight of every bucket (nb = out/4)
- *   pos  uint8  [4*in][nb/4] positions, 2 bits each: bucket 4q + j in bits 2j..2j+1 of byte q
- * Input i keeps its ranks 0..k[i]-1; y[4b + pos] += x[i] * value.
- * Kernel (AVX-512): a job owns up to 4 units of 64 outputs (16 zmm accumulators, 4 per unit; an
- * accumulator = 4 buckets). For every input with k > 0 (grouped by k, ascending input order inside a
- * group, so the rank loop never mispredicts), each kept rank row of a unit (16 fp16 values, one per
- * bucket) is converted once (vcvtph2ps) and routed into the unit's 4 registers: one vpermps with a
- * static index puts bucket b's value in each of its 4 lanes, and a mask built from the byte of four
- * positions (one 256-entry table) keeps only the lane it belongs to; all k ranks merge into the same
- * registers, then one FMA per accumulator with x[i]. Exact fp16 weights, fp32 products and sums.
- * Cost: about one cycle per permute, i.e. four kept weights per cycle-ish; with 8-output buckets a
- * permute places two and the kernel was twice as slow per kept weight (measured). */
-#define EB EFFORT_B
-static uint16_t g_posmask[256];   /* byte of four 2-bit positions -> lanes 4j + p_j */
-static void init_posmask(void) {
-    for (int b = 0; b < 256; b++) {
-        unsigned m = 0;
-        for (int j = 0; j < 4; j++) m |= 1u << (4 * j + ((b >> (2 * j)) & 3));
-        g_posmask[b] = (uint16_t)m;
-    }
+/* ------------------------------------------------------------------ effort layout */
+#define ECPU_TS(in) ((size_t)(in) * 80)     /* uint16 per tile: 64 fp16 + 16 uint16 of nibbles per input */
+size_t ecpu_effort_blk_bytes(int out, int in) { return (size_t)(out / 64) * ECPU_TS(in) * 2 + 64; }
+static inline const uint16_t *eff_data(const uint16_t *blk) { return blk + blk[0]; }
+void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, float *stats) {
+    int nb = out / 16;
+    double *st = (double *)calloc((size_t)16 * in, sizeof(double));
+    blk[0] = (uint16_t)((64 - ((uintptr_t)blk & 63)) / 2);   /* data start: first 64-byte boundary after blk[0] */
+    uint16_t *D = blk + blk[0];
+    for (int i = 0; i < in; i++)
+        for (int c = 0; c < nb; c++) {
+            int ord[16], rank[16]; uint16_t a[16];
+            for (int p = 0; p < 16; p++) { ord[p] = p; a[p] = W[(size_t)(16 * c + p) * in + i] & 0x7fff; }
+            for (int s = 1; s < 16; s++) { int t = ord[s], u = s - 1; while (u >= 0 && a[ord[u]] < a[t]) { ord[u + 1] = ord[u]; u--; } ord[u + 1] = t; }
+            for (int r = 0; r < 16; r++) { rank[ord[r]] = r; st[(size_t)r * in + i] += fabsf(h2f(a[ord[r]])); }
+            uint16_t *T0 = D + (size_t)(c / 4) * ECPU_TS(in);
+            uint8_t *nib = (uint8_t *)(T0 + (size_t)64 * in) + 32 * (size_t)i;
+            for (int p = 0; p < 16; p++) {
+                int o = 16 * (c % 4) + p, sh = (o & 31) >= 16 ? 4 : 0; uint8_t *bp = nib + 16 * (o >> 5) + (o & 15);
+                T0[(size_t)64 * i + o] = W[(size_t)(16 * c + p) * in + i];
+                *bp = (uint8_t)((*bp & ~(0xf << sh)) | (rank[p] << sh));
+            }
+        }
+    for (size_t r = 0; r < (size_t)16 * in; r++) stats[r] = (float)(st[r] / nb);
+    free(st);
 }
-
-/* k[i] = #{ r : stats[r*in+i]*|x[i]| > cutoff }  (0..EB) ; returns sum(k) */
+/* k[i] = the ranks r whose stats[r*in + i] * |x[i]| beat the cutoff. Stats do not increase with
+   the rank, so counting every rank that passes equals counting the leading ones; done rank by
+   rank, the loads are contiguous and the loop vectorises. */
 long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uint8_t *k) {
     memset(k, 0, (size_t)in);
-    for (int r = 0; r < EB; r++) {
+    for (int r = 0; r < 16; r++) {
         const float *s = stats + (size_t)r * in;
         for (int i = 0; i < in; i++) k[i] += (uint8_t)(s[i] * fabsf(x[i]) > cutoff);
     }
@@ -453,134 +399,124 @@ long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uin
     return tot;
 }
 
-int ecpu_effort_units(int out) {
-    int n = out / 64;
-    for (int u = 4; u > 1; u--)
-        if (n % u == 0 && n / u >= 2) return u;
-    return 1;
-}
-static void eff_tile_scalar(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int t) {
-    int U = ecpu_effort_units(M->out);
-    size_t vplane = (size_t)in * 16 * U, pplane = (size_t)in * 4 * U;
-    const uint16_t *Vt = M->vals + (size_t)t * M->ranks * vplane;
-    const uint8_t *Pt = M->pos + (size_t)t * M->ranks * pplane;
-    float *y = M->y + 64 * (size_t)U * t;
-    for (int o = 0; o < 64 * U; o++) y[o] = 0.0f;
-    float acc[256];
-    for (int i = 0; i < in; i++) {
-        int kk = k[i] > EB ? EB : k[i];
-        if (!kk) continue;
-        memset(acc, 0, sizeof acc);
-        for (int r = 0; r < kk; r++) {
-            const uint16_t *V = Vt + r * vplane + (size_t)i * 16 * U;
-            const uint8_t *P = Pt + r * pplane + (size_t)i * 4 * U;
-            for (int b = 0; b < 16 * U; b++) acc[4 * b + ((P[b / 4] >> (2 * (b & 3))) & 3)] = h2f(V[b]);
-        }
-        for (int o = 0; o < 64 * U; o++) y[o] += acc[o] * x[i];
+/* per-matrix work list: the inputs with k > 0 in increasing order, with x and k (clamped to 16);
+   all16: every listed k is 16 (unmasked rows).  Padded by ECPU_PD entries for the prefetch.
+   When every input has k = 16 (the dense product) the list is the identity and x and k themselves:
+   nothing is copied. */
+#ifndef ECPU_PD
+#define ECPU_PD 12
+#endif
+typedef struct {
+    int n, all16; const int32_t *idx; const float *xs; const uint8_t *ks;   /* what the kernels read */
+    int32_t *idx_buf; float *xs_buf; uint8_t *ks_buf;                      /* owned storage */
+} worklist;
+static int32_t *g_identity;   /* 0, 1, 2, ... (in + ECPU_PD entries, see ensure_wl) */
+static void make_work(int in, const float *x, const uint8_t *k, worklist *w) {
+    uint8_t low = 16;
+    for (int i = 0; i < in; i++) low = k[i] < low ? k[i] : low;   /* vectorises */
+    if (low == 16) { w->n = in; w->all16 = 1; w->idx = g_identity; w->xs = x; w->ks = k; return; }
+    int n = 0, a16 = 1;
+    for (int i = 0; i < in; i++) {   /* branch-free: k = 0 vs k > 0 is a coin flip at low effort */
+        int kk = k[i] > 16 ? 16 : k[i];
+        w->idx_buf[n] = i; w->xs_buf[n] = x[i]; w->ks_buf[n] = (uint8_t)kk;
+        a16 &= kk == 16 || kk == 0;
+        n += kk > 0;
     }
+    for (int q = 0; q < ECPU_PD; q++) w->idx_buf[n + q] = n ? w->idx_buf[n - 1] : 0;
+    w->n = n; w->all16 = a16; w->idx = w->idx_buf; w->xs = w->xs_buf; w->ks = w->ks_buf;
+}
+static void eff_tile_scalar(const uint16_t *blk, int in, const worklist *w, float *y, int t) {
+    float acc[64]; memset(acc, 0, sizeof acc);
+    const uint16_t *T0 = eff_data(blk) + (size_t)t * ECPU_TS(in);
+    const uint8_t *NB = (const uint8_t *)(T0 + (size_t)64 * in);
+    for (int n = 0; n < w->n; n++) {
+        const uint16_t *R = T0 + (size_t)64 * w->idx[n]; const uint8_t *nib = NB + 32 * (size_t)w->idx[n];
+        float xv = w->xs[n]; int kk = w->ks[n];
+        for (int o = 0; o < 64; o++) {
+            int r = (nib[16 * (o >> 5) + (o & 15)] >> ((o & 31) >= 16 ? 4 : 0)) & 15;
+            if (r < kk) acc[o] += xv * h2f(R[o]);
+        }
+    }
+    memcpy(y + 64 * (size_t)t, acc, sizeof acc);
 }
 #if ECPU_X86
-#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
-/* prefetch distance in inputs of the same k */
-#ifndef ECPU_PD
-#define ECPU_PD 8
-#endif
-/* The CPU packing of the bucket list (engine/effort/bucket.py, cpu_tiles): tile t = units
- * tU..tU+U-1 (U = ecpu_effort_units(out), 64 outputs per unit); vals [nt][4][in][16U] and
- * pos [nt][4][in][4U], so a tile's rank-r rows of consecutive inputs are one contiguous stream
- * (slices of whole rows, 128 bytes of every 768, ran at a fifth of this from DRAM), and its 4U
- * accumulators stay in registers over all inputs. */
-#define EFF_ROUTE_UNIT(u, KK, A0, A1, A2, A3)                                                         \
-    {                                                                                                 \
-        __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;                                  \
-        for (int r = 0; r < KK; r++) {                                                                \
-            __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(V + r * vplane + 16 * (u)))); \
-            const uint8_t *qr = P + r * pplane + 4 * (u);                                             \
-            t0 = _mm512_mask_permutexvar_ps(t0, g_posmask[qr[0]], IDX0, w);                           \
-            t1 = _mm512_mask_permutexvar_ps(t1, g_posmask[qr[1]], IDX1, w);                           \
-            t2 = _mm512_mask_permutexvar_ps(t2, g_posmask[qr[2]], IDX2, w);                           \
-            t3 = _mm512_mask_permutexvar_ps(t3, g_posmask[qr[3]], IDX3, w);                           \
-        }                                                                                             \
-        A0 = _mm512_fmadd_ps(t0, xb, A0); A1 = _mm512_fmadd_ps(t1, xb, A1);                           \
-        A2 = _mm512_fmadd_ps(t2, xb, A2); A3 = _mm512_fmadd_ps(t3, xb, A3);                           \
+#define DFMA(A, off) A = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(R + (off)))), xb, A)
+#define MFMA(A, off, M) A = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_and_si128(_mm_loadu_si128((const __m128i *)(R + (off))), M)), xb, A)
+/* outputs 32h..32h+31: 16 nibble bytes -> byte masks (rank < k) -> 16-bit masks (unpack) -> and on the fp16 bits */
+#define MHALF(h, A0, A1, A2, A3) { __m128i Rn = _mm_loadu_si128((const __m128i *)(Np + 16 * h)); \
+    __m128i ml = _mm_cmpgt_epi8(K, _mm_and_si128(Rn, nib)), mh = _mm_cmpgt_epi8(K, _mm_and_si128(_mm_srli_epi16(Rn, 4), nib)); \
+    MFMA(A0, 32 * h, _mm_unpacklo_epi8(ml, ml)); MFMA(A1, 32 * h + 8, _mm_unpackhi_epi8(ml, ml)); \
+    MFMA(A2, 32 * h + 16, _mm_unpacklo_epi8(mh, mh)); MFMA(A3, 32 * h + 24, _mm_unpackhi_epi8(mh, mh)); }
+__attribute__((target("avx2,fma,f16c")))
+static void eff_tile_avx2(const uint16_t *blk, int in, const worklist *w, float *y, int t) {
+    const uint16_t *T0 = eff_data(blk) + (size_t)t * ECPU_TS(in);
+    const uint8_t *NB = (const uint8_t *)(T0 + (size_t)64 * in);
+    __m256 a0l = _mm256_setzero_ps(), a0h = a0l, a1l = a0l, a1h = a0l, a2l = a0l, a2h = a0l, a3l = a0l, a3h = a0l;
+    if (w->all16) {
+        for (int n = 0; n < w->n; n++) {
+            const char *pf = (const char *)(T0 + (size_t)64 * w->idx[n + ECPU_PD]);
+            _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + 64, _MM_HINT_T0);
+            const uint16_t *R = T0 + (size_t)64 * w->idx[n]; __m256 xb = _mm256_broadcast_ss(w->xs + n);
+            DFMA(a0l, 0); DFMA(a0h, 8); DFMA(a1l, 16); DFMA(a1h, 24); DFMA(a2l, 32); DFMA(a2h, 40); DFMA(a3l, 48); DFMA(a3h, 56);
+        }
+    } else {
+        const __m128i nib = _mm_set1_epi8(0x0f);
+        for (int n = 0; n < w->n; n++) {
+            size_t ip = (size_t)w->idx[n + ECPU_PD];
+            const char *pf = (const char *)(T0 + 64 * ip);
+            _mm_prefetch(pf, _MM_HINT_T0); _mm_prefetch(pf + 64, _MM_HINT_T0); _mm_prefetch((const char *)(NB + 32 * ip), _MM_HINT_T0);
+            const uint16_t *R = T0 + (size_t)64 * w->idx[n]; const uint8_t *Np = NB + 32 * (size_t)w->idx[n];
+            __m256 xb = _mm256_broadcast_ss(w->xs + n); __m128i K = _mm_set1_epi8((char)w->ks[n]);
+            MHALF(0, a0l, a0h, a1l, a1h) MHALF(1, a2l, a2h, a3l, a3h)
+        }
     }
-#define EFF_INPUT(KK)                                                                                 \
-    {                                                                                                 \
-        EFF_ROUTE_UNIT(0, KK, a0, a1, a2, a3)                                                         \
-        if (U > 1) EFF_ROUTE_UNIT(1, KK, b0, b1, b2, b3)                                              \
-        if (U > 2) EFF_ROUTE_UNIT(2, KK, c0, c1, c2, c3)                                              \
-        if (U > 3) EFF_ROUTE_UNIT(3, KK, d0, d1, d2, d3)                                              \
-    }
-/* one instance per U: the 4U accumulators live in zmm registers only when U is a constant */
-#define EFF_TILE_FN(UU)                                                                                       \
-    T512 static void eff_tile_avx512_##UU(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int t) { \
-        enum { U = UU };                                                                                     \
-        const size_t vplane = (size_t)in * 16 * U, pplane = (size_t)in * 4 * U;                             \
-        const __m512i IDX0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);               \
-        const __m512i IDX1 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(4));                                 \
-        const __m512i IDX2 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(8));                                 \
-        const __m512i IDX3 = _mm512_add_epi32(IDX0, _mm512_set1_epi32(12));                                \
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;      \
-        __m512 c0 = a0, c1 = a0, c2 = a0, c3 = a0, d0 = a0, d1 = a0, d2 = a0, d3 = a0;                       \
-        const uint16_t *Vt = M->vals + (size_t)t * M->ranks * vplane;                                        \
-        const uint8_t *Pt = M->pos + (size_t)t * M->ranks * pplane;                                          \
-        for (int i = 0; i < in; i++) {                                                                       \
-            int kk = k[i] > EB ? EB : k[i];                                                                  \
-            if (!kk) continue;                                                                               \
-            const uint16_t *V = Vt + (size_t)i * 16 * U;                                                     \
-            const uint8_t *P = Pt + (size_t)i * 4 * U;                                                       \
-            __m512 xb = _mm512_set1_ps(x[i]);                                                                \
-            switch (kk) {                                                                                    \
-            case 1: EFF_INPUT(1) break;                                                                      \
-            case 2: EFF_INPUT(2) break;                                                                      \
-            case 3: EFF_INPUT(3) break;                                                                      \
-            default: EFF_INPUT(4) break;                                                                     \
-            }                                                                                                \
-        }                                                                                                    \
-        float *y = M->y + 64 * U * (size_t)t;                                                                \
-        _mm512_storeu_ps(y, a0); _mm512_storeu_ps(y + 16, a1); _mm512_storeu_ps(y + 32, a2); _mm512_storeu_ps(y + 48, a3); \
-        if (U > 1) { _mm512_storeu_ps(y + 64, b0); _mm512_storeu_ps(y + 80, b1); _mm512_storeu_ps(y + 96, b2); _mm512_storeu_ps(y + 112, b3); } \
-        if (U > 2) { _mm512_storeu_ps(y + 128, c0); _mm512_storeu_ps(y + 144, c1); _mm512_storeu_ps(y + 160, c2); _mm512_storeu_ps(y + 176, c3); } \
-        if (U > 3) { _mm512_storeu_ps(y + 192, d0); _mm512_storeu_ps(y + 208, d1); _mm512_storeu_ps(y + 224, d2); _mm512_storeu_ps(y + 240, d3); } \
-    }
-EFF_TILE_FN(1)
-EFF_TILE_FN(2)
-EFF_TILE_FN(3)
-EFF_TILE_FN(4)
-static void eff_tile_avx512(const ecpu_eff_mat *M, int in, const uint8_t *k, const float *x, int t) {
-    switch (ecpu_effort_units(M->out)) {
-    case 1: eff_tile_avx512_1(M, in, k, x, t); break;
-    case 2: eff_tile_avx512_2(M, in, k, x, t); break;
-    case 3: eff_tile_avx512_3(M, in, k, x, t); break;
-    default: eff_tile_avx512_4(M, in, k, x, t); break;
-    }
+    float *yy = y + 64 * (size_t)t;
+    _mm256_storeu_ps(yy, a0l); _mm256_storeu_ps(yy + 8, a0h); _mm256_storeu_ps(yy + 16, a1l); _mm256_storeu_ps(yy + 24, a1h);
+    _mm256_storeu_ps(yy + 32, a2l); _mm256_storeu_ps(yy + 40, a2h); _mm256_storeu_ps(yy + 48, a3l); _mm256_storeu_ps(yy + 56, a3h);
 }
 #endif
 
-typedef struct { int n, in; const ecpu_eff_mat *mats; const float *x; int jstart[65]; atomic_int next; } eff_job;
-static int tiles_of(int out) { return out / 64 / ecpu_effort_units(out); }
+/* scratch for work lists (grown on demand; API is not reentrant) */
+static worklist *g_wl; static int g_wl_n, g_wl_in;
+static void ensure_wl(int n, int in) {
+    if (n <= g_wl_n && in <= g_wl_in) return;
+    for (int q = 0; q < g_wl_n; q++) { free(g_wl[q].idx_buf); free(g_wl[q].xs_buf); free(g_wl[q].ks_buf); }
+    free(g_wl); free(g_identity);
+    if (n < g_wl_n) n = g_wl_n;
+    if (in < g_wl_in) in = g_wl_in;
+    g_wl = (worklist *)calloc(n, sizeof(worklist));
+    for (int q = 0; q < n; q++) {
+        g_wl[q].idx_buf = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
+        g_wl[q].xs_buf = (float *)malloc(sizeof(float) * in); g_wl[q].ks_buf = (uint8_t *)malloc(in);
+    }
+    g_identity = (int32_t *)malloc(sizeof(int32_t) * (in + ECPU_PD));
+    for (int i = 0; i < in + ECPU_PD; i++) g_identity[i] = i < in ? i : in - 1;
+    g_wl_n = n; g_wl_in = in;
+}
+typedef struct { int n, in; const ecpu_eff_mat *mats; int tstart[65]; atomic_int next; } eff_job;
 static void eff_worker(void *p, int tid) {
-    (void)tid; eff_job *J = (eff_job *)p; int total = J->jstart[J->n], m = 0;
+    (void)tid; eff_job *J = (eff_job *)p; int total = J->tstart[J->n], m = 0;
     for (;;) {
         int t = atomic_fetch_add(&J->next, 1); if (t >= total) break;
-        while (t >= J->jstart[m + 1]) m++;
-        const ecpu_eff_mat *M = J->mats + m;
+        while (t >= J->tstart[m + 1]) m++;
+        const ecpu_eff_mat *M = J->mats + m; int tt = t - J->tstart[m];
 #if ECPU_X86
-        if (g_isa == 2) eff_tile_avx512(M, J->in, M->k, J->x, t - J->jstart[m]); else
+        if (g_isa == 1) eff_tile_avx2(M->blk, J->in, &g_wl[m], M->y, tt); else
 #endif
-        eff_tile_scalar(M, J->in, M->k, J->x, t - J->jstart[m]);
+        eff_tile_scalar(M->blk, J->in, &g_wl[m], M->y, tt);
     }
 }
 void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const float *x) {
     detect_isa();
     for (int base = 0; base < n; base += 64) {   /* at most 64 matrices per region */
         int cnt = n - base < 64 ? n - base : 64;
-        eff_job J; J.n = cnt; J.in = in; J.mats = mats + base; J.x = x; atomic_init(&J.next, 0); J.jstart[0] = 0;
-        for (int q = 0; q < cnt; q++) J.jstart[q + 1] = J.jstart[q] + tiles_of(mats[base + q].out);
+        ensure_wl(cnt, in);
+        eff_job J; J.n = cnt; J.in = in; J.mats = mats + base; atomic_init(&J.next, 0); J.tstart[0] = 0;
+        for (int q = 0; q < cnt; q++) { make_work(in, x, mats[base + q].k, &g_wl[q]); J.tstart[q + 1] = J.tstart[q] + mats[base + q].out / 64; }
         pool_run(eff_worker, &J);
     }
 }
-void ecpu_effort_matvec(const uint16_t *vals, const uint8_t *pos, int out, int in, const float *x, const uint8_t *k, float *y) {
-    ecpu_eff_mat M = {vals, pos, out, EB, k, y};
+void ecpu_effort_matvec(const uint16_t *blk, int out, int in, const float *x, const uint8_t *k, float *y) {
+    ecpu_eff_mat M = {blk, out, k, y};
     ecpu_effort_matvec_multi(1, &M, in, x);
 }

@@ -14,16 +14,11 @@ int  ecpu_init(int nthreads);
 void ecpu_shutdown(void);
 /* fn(arg, tid) on every pool thread (the caller is tid 0), then wait; claim work with atomics */
 void ecpu_parallel(void (*fn)(void *arg, int tid), void *arg);
-/* "avx512", "avx2" or "scalar": the kernel family chosen at run time (ECPU_ISA=scalar|avx2 caps it) */
+/* "avx2" or "scalar" : the kernel family chosen at runtime */
 const char *ecpu_isa(void);
 
 /* y[out] = W[out,in] x ; W fp16 row-major (HF orientation), fp32 accumulate. */
 void ecpu_dense_f16(const uint16_t *W, const float *x, float *y, int out, int in);
-/* the dense kernel's copy of a projection: W fp16 [out][in] (out % 64 == 0) -> tiles fp16 [out/64][in][64] */
-void ecpu_dense_tiles(const uint16_t *W, int out, int in, uint16_t *tiles);
-/* y = W x for several tiled matrices sharing x (q,k,v or gate,up) in one parallel region */
-typedef struct { const uint16_t *tiles; int out; float *y; } ecpu_dense_mat;
-void ecpu_dense_tiles_multi(int n, const ecpu_dense_mat *mats, int in, const float *x);
 
 /* Q8_0 head: qs int8 [out][in], scales fp32 [out][in/32]; y[o] = sum_b scales[o][b] * sum_j qs[o][32b+j]*x[32b+j]
    (exact Q8_0 math in fp32, activations fp32).  in % 32 == 0. */
@@ -39,24 +34,19 @@ void ecpu_attend(const float *q, const float *K, const float *V, int n, int hd, 
 void ecpu_q8_row(const int8_t *qs, const float *scales, int row, int in, float *x);
 
 /* ---- effort (bucketMul) matvec ----
-   The layout is engine/effort/bucket.py's bucket list with bucket size 4, "crumb" packing, in the CPU's
-   tiles (bucket.cpu_tiles): tile t holds units tU..tU+U-1 of 64 outputs (U = ecpu_effort_units(out));
-   vals uint16 [out/64/U][4][in][16U] fp16 bits, pos uint8 [out/64/U][4][in][4U] (2 bits per bucket,
-   bucket 4q+j of a unit in bits 2j of its byte q). out % 64 == 0. */
-int ecpu_effort_units(int out);
-#define EFFORT_B 4
-/* k[i] = #{ r : stats[r*in+i]*|x[i]| > cutoff }  (0..EFFORT_B) ; returns sum(k) */
+   Requirements: out % 64 == 0.  Sizes of the two buffers:  */
+size_t ecpu_effort_blk_bytes(int out, int in);    /* = out*in*5/2 + 64  (2.5 B / weight: fp16 + 4-bit rank; any alignment,
+                                                     may be copied/moved after the build: blk[0] records the data offset) */
+/* Build layout + stats from W fp16 [out][in] (HF).  stats: float [16*in], stats[r*in+i] = mean_c |w(rank r, input i, bucket c)|.
+   k[i] = 16 for every input gives the dense product (W x) from this layout alone. */
+void ecpu_effort_build(const uint16_t *W, int out, int in, uint16_t *blk, float *stats);
+/* k[i] = #{ r : stats[r*in+i]*|x[i]| > cutoff }  (0..16) ; returns sum(k) */
 long ecpu_effort_k(const float *stats, const float *x, int in, float cutoff, uint8_t *k);
-/* y[out] = sum_i sum_{rank<k[i]} x[i]*w(rank,i,b) at output 4b+pos; fp16 weights, fp32 math.
-   k[i] = EFFORT_B everywhere is the dense product of the layout. */
-void ecpu_effort_matvec(const uint16_t *vals, const uint8_t *pos, int out, int in,
+/* y[out] = sum_i sum_{rank<k[i]} x[i]*w(rank,i,c) at output 16c+pos.  Exact fp16 weights, fp32 accumulation. */
+void ecpu_effort_matvec(const uint16_t *blk, int out, int in,
                         const float *x, const uint8_t *k, float *y);
 /* several matrices sharing the same input x (e.g. q,k,v or gate,up) in one parallel region */
-typedef struct {
-    const uint16_t *vals; const uint8_t *pos; int out;
-    int ranks;             /* ranks held per tile (4, or fewer with --load-ranks); k must not exceed it */
-    const uint8_t *k; float *y;
-} ecpu_eff_mat;
+typedef struct { const uint16_t *blk; int out; const uint8_t *k; float *y; } ecpu_eff_mat;
 void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const float *x);
 #ifdef __cplusplus
 }
