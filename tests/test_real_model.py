@@ -105,7 +105,7 @@ def test_native_effort_path_agrees_with_the_numpy_reference(native):
         y_ref, k = reference.bucket_matvec(full.buckets[name], x, e)
         scale = float(np.abs(x).sum() * np.abs(full.buckets[name].values()).max())
         assert np.abs(y - y_ref).max() <= 1e-5 * scale, name
-        assert share == pytest.approx(reference.effective_effort(k))
+        assert share == pytest.approx(reference.effective_effort(k, full.buckets[name]))
 
 
 def test_bucket_beats_activation_and_effort_is_honest(native):
