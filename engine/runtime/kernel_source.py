@@ -25,7 +25,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import numpy as np
 
 import metal
 from engine.io.atomic import atomic_path
+from engine.runtime.native import find_compiler
 
 BACKENDS = ("metal", "cuda", "host")
 PRELUDES = {"metal": "preludes/metal.h", "cuda": "preludes/cuda.h", "host": "preludes/c.h"}
@@ -271,10 +271,7 @@ HOST_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fn
 
 
 def host_compiler() -> str | None:
-    for c in (os.environ.get("CXX"), "g++", "clang++", "c++"):
-        if c and shutil.which(c):
-            return c
-    return None
+    return find_compiler("CXX", ("g++", "clang++", "c++"))
 
 
 def build_cache_dir() -> Path:

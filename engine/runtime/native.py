@@ -30,11 +30,16 @@ _lib: ctypes.CDLL | None = None
 _error: str | None = None
 
 
-def _compiler() -> str | None:
-    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+def find_compiler(variable: str, names: tuple[str, ...]) -> str | None:
+    """The compiler named by the environment variable (CC, CXX) or the first of `names` on PATH."""
+    for candidate in (os.environ.get(variable), *names):
         if candidate and shutil.which(candidate):
             return candidate
     return None
+
+
+def _compiler() -> str | None:
+    return find_compiler("CC", ("cc", "gcc", "clang"))
 
 
 def _library_name() -> str:
