@@ -12,7 +12,6 @@ from engine.runtime import backend as backends
 from engine import quality
 from engine.effort import convert
 from engine.io import registry
-from engine.effort.bucket import B
 from engine.effort.convert import Converted
 from engine.api import ModelInfo
 from engine.errors import EngineError
@@ -37,7 +36,6 @@ class LoadedModel:
     tokenizer: Tokenizer
     generator: Generator
     converted: Converted | None = None
-    kind: str = "mlx"  # the runtime: "cpu" (native C) or "mlx"
 
 
 def display_name(spec: str | None, path: Path) -> str:
@@ -82,15 +80,15 @@ def make_runtime(
 
 
 def prepare_effort(
-    files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int | None, bucket: int = B,
-    values: bool = True, force: bool = False,
+    files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int | None, values: bool = True,
+    force: bool = False,
 ) -> Converted:
     """Convert the model on first use (cached), then load its bucketMul side."""
     from engine.effort import calibrate
 
     tokens = calibrate.calibration_tokens(files.tokenizer)
-    convert.convert(files, lambda bms, p: calibrate.calibrate(model, bms, tokens, p), progress, force=force, bucket=bucket)
-    return convert.load(files, load_ranks, values=values, bucket=bucket)
+    convert.convert(files, lambda bms, p: calibrate.calibrate(model, bms, tokens, p), progress, force=force)
+    return convert.load(files, load_ranks, values=values)
 
 
 def load(
@@ -125,7 +123,7 @@ def load(
     if notice:
         progress(LoadProgress("notice", 0, 0, "", notice))
     # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
-    converted = prepare_effort(files, model, progress, load_ranks, B, values=kind != "cpu") if effort else None
+    converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
     run = make_runtime(model, context, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:
@@ -141,7 +139,7 @@ def load(
         quality=quality.load(files.fingerprint) if converted else (),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
-    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted, kind)
+    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
 
 
 def model_sampling(files: ModelFiles):

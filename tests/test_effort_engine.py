@@ -39,7 +39,7 @@ def test_conversion_is_cached_atomically_and_deterministic(tiny_gguf, cache):
     before = load_file(str(path))
     second = session.load(str(model), runtime="cpu")  # reuses the cache
     assert path.stat().st_mtime_ns == stamp
-    session.prepare_effort(second.files, second.model, lambda p: None, None, first.converted.bucket, force=True)
+    session.prepare_effort(second.files, second.model, lambda p: None, None, force=True)
     after = load_file(str(path))  # same input, same content (the header's key order is not fixed)
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
