@@ -36,6 +36,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     generator: Generator
     converted: Converted | None = None
+    effort_pending: bool = False  # loaded dense; the effort conversion is still to be made
 
 
 def display_name(spec: str | None, path: Path) -> str:
@@ -98,10 +99,14 @@ def load(
     effort: bool = True,
     load_ranks: int | None = None,
     keep_mlx_weights: bool = True,
+    defer_effort: bool = False,
 ) -> LoadedModel:
     """Resolve, fetch if needed, read and load a model for the detected backend.
 
     `effort=False` skips the bucketMul side (conversion, layouts): dense only.
+    `defer_effort=True` (the chat) does not wait for a first conversion on the native CPU path:
+    the model loads dense and `effort_pending` says the conversion is still to be made (the
+    engine worker makes it in the background and attaches it with `CPURuntime.attach`).
     `keep_mlx_weights=False` lets the native CPU runtime drop the MLX copy of the weights once it
     has built its own layouts (chat and generate need nothing else; eval and bench keep them to
     capture per-matrix inputs)."""
@@ -122,8 +127,9 @@ def load(
     context, notice = context_for_memory(files.config)
     if notice:
         progress(LoadProgress("notice", 0, 0, "", notice))
+    pending = effort and defer_effort and kind == "cpu" and load_ranks is None and not convert.is_converted(files)
     # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
-    converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort else None
+    converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort and not pending else None
     run = make_runtime(model, context, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:
@@ -136,10 +142,10 @@ def load(
         effort_cap=converted.effort_cap if converted else 1.0,
         resident_bytes=resident_bytes(model, converted, run),
         sampling=model_sampling(files),
-        quality=quality.load(files.fingerprint) if converted else (),
+        quality=quality.load(files.fingerprint) if converted or pending else (),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
-    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
+    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted, pending)
 
 
 def model_sampling(files: ModelFiles):

@@ -3,14 +3,25 @@
 MLX streams are per thread, so loading and generating on one long-lived
 thread keeps all arrays on the stream that made them. Jobs run one at a time
 in submission order; a cancel takes effect before the next token.
+
+A model that has never been converted loads dense on the native CPU path and is
+usable at once; its effort conversion and calibration (a minute or more) run in
+a child process (`effort convert`, so MLX work never shares this thread), and
+the worker attaches the result between jobs. Until then every token is dense;
+the front end hears LoadProgress("effort", ...) as it goes.
 """
 
 from __future__ import annotations
 
+import os
 import queue
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 import traceback
-from typing import Callable
+from typing import IO, Callable
 
 from engine.api import ChatRequest, EffortSetting, ModelInfo
 from engine.errors import EngineError
@@ -42,6 +53,9 @@ def failed_result(request_ids: list[int], message: str) -> GenerationResult:
     )
 
 
+EFFORT_PREPARE_S = 75  # what a first conversion + calibration of SmolLM2 takes on 2 cores (measured 67 s)
+
+
 class EngineWorker:
     """The real `ChatEngine`."""
 
@@ -50,13 +64,70 @@ class EngineWorker:
         self.debug = debug
         self.load_ranks = load_ranks
         self.loaded = None  # engine.session.LoadedModel once a load succeeded
+        self._conversion: tuple[subprocess.Popen, IO[bytes], float, Callable[[LoadProgress], None]] | None = None
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="effort-engine", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=0.5 if self._conversion else None)
+            except queue.Empty:
+                self._poll_conversion()
+                continue
+            if job is None:
+                break
             job()
+            self._poll_conversion()
+        self._stop_conversion()
+
+    # -- the effort conversion of a model loaded dense ------------------------------------------
+
+    def _start_conversion(self, on_progress: Callable[[LoadProgress], None]) -> None:
+        path = str(self.loaded.files.path)
+        log = tempfile.TemporaryFile()  # a pipe could fill up with progress lines and stall the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "convert", "--model", path],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ),
+        )
+        self._conversion = (proc, log, time.monotonic(), on_progress)
+        on_progress(LoadProgress("effort", 0, EFFORT_PREPARE_S, "s", "preparing the effort dial in the background"))
+
+    def _poll_conversion(self) -> None:
+        if self._conversion is None:
+            return
+        proc, log, started, on_progress = self._conversion
+        elapsed = time.monotonic() - started
+        if proc.poll() is None:
+            on_progress(LoadProgress("effort", min(elapsed, EFFORT_PREPARE_S - 1), EFFORT_PREPARE_S, "s",
+                                     "preparing the effort dial in the background"))
+            return
+        self._conversion = None
+        log.seek(0)
+        lines = [ln for ln in log.read().decode("utf-8", "replace").replace("\r", "\n").splitlines() if ln.strip()]
+        log.close()
+        try:
+            if proc.returncode != 0:
+                raise EngineError(lines[-1] if lines else f"effort convert exited with {proc.returncode}")
+            from engine.effort import convert
+
+            converted = convert.load(self.loaded.files, self.load_ranks, values=False)
+            self.loaded.runtime.attach(converted)
+            self.loaded.converted = converted
+            self.loaded.effort_pending = False
+        except Exception as exc:  # noqa: BLE001 - the chat goes on dense
+            on_progress(LoadProgress("effort", 0, 0, "failed", f"the effort dial is unavailable: {self._explain(exc)}"))
+            return
+        on_progress(LoadProgress("effort", 1, 1, "", f"the effort dial is ready ({elapsed:.0f} s)"))
+
+    def _stop_conversion(self) -> None:
+        if self._conversion is not None:
+            proc, log, _, _ = self._conversion
+            proc.terminate()  # its cache write is atomic: nothing half-written stays
+            proc.wait(timeout=5)
+            log.close()
+            self._conversion = None
 
     def _explain(self, exc: BaseException) -> str:
         if isinstance(exc, EngineError):
@@ -75,11 +146,15 @@ class EngineWorker:
             from engine import session  # imported here so constructing a worker stays cheap
 
             try:
-                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks, keep_mlx_weights=False)
+                self._stop_conversion()  # a conversion for the previous model
+                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks, keep_mlx_weights=False,
+                                           defer_effort=True)
             except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
                 on_done(None, self._explain(exc))
                 return
             self.effort.set_cap(self.loaded.info.effort_cap)
+            if self.loaded.effort_pending:
+                self._start_conversion(on_progress)
             on_done(self.loaded.info, None)
 
         self._jobs.put(job)

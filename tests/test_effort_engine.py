@@ -281,3 +281,43 @@ def test_bad_input_is_one_line(argv, message, capsys, cache):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_first_use_loads_dense_and_attaches_the_effort_conversion_made_in_the_background(tiny_gguf, cache):
+    """The chat's worker: a model that was never converted is usable at once (dense); `effort
+    convert` runs in a child process and its result is attached between jobs."""
+    import threading
+
+    from engine.events import LoadProgress
+    from engine.api import ChatRequest
+    from engine.worker import EngineWorker
+
+    model = str(tiny_gguf("F16"))
+    worker = EngineWorker()
+    events: list[LoadProgress] = []
+    done, ready = threading.Event(), threading.Event()
+    infos = []
+
+    def progress(p: LoadProgress) -> None:
+        events.append(p)
+        if p.stage == "effort" and p.total <= 1:
+            ready.set()
+
+    try:
+        worker.load(model, progress, lambda info, error: (infos.append((info, error)), done.set()))
+        assert done.wait(60) and infos[0][1] is None
+        assert worker.loaded.effort_pending and worker.loaded.converted is None
+        assert any(p.stage == "effort" and p.total > 1 for p in events)  # announced
+        assert ready.wait(180), "the background conversion did not finish"
+        final = [p for p in events if p.stage == "effort"][-1]
+        assert final.unit != "failed", final.message
+        finished = threading.Event()
+        results = []
+        worker.effort.set(0.5)
+        request = ChatRequest(messages=[{"role": "user", "content": "hello"}], sampling=SamplingSettings(max_tokens=4))
+        worker.generate(request, lambda e: None, lambda r: (results.append(r), finished.set()))
+        assert finished.wait(60) and results[0].error is None, results[0].error
+        assert worker.loaded.converted is not None
+        assert all(e < 0.7 for e in results[0].effective_trace[1:]), results[0].effective_trace  # the dial acts now (the first token comes from the dense prefill)
+    finally:
+        worker.close()

@@ -98,6 +98,8 @@ class ChatScreen(Screen):
         self._sampled: SamplingSettings | None = None  # what ctrl+g goes back to from greedy
         self._context_warned: set[int | None] = set()
         self.quality_hint_shown = False  # the one-time "quality collapses below N%" hint
+        self.effort_preparing: bool | None = None  # None: never heard of; True while the conversion runs
+        self._effort_eta = 0.0  # seconds until the effort dial is ready, as last reported
 
     @property
     def effort_app(self) -> EffortApp:
@@ -176,7 +178,9 @@ class ChatScreen(Screen):
         latest: LoadProgress | None = None
         done: _LoadDone | None = None
         for item in message.inbox.drain():
-            if isinstance(item, LoadProgress) and item.stage == "notice":
+            if isinstance(item, LoadProgress) and item.stage == "effort":
+                self._effort_progress(item)
+            elif isinstance(item, LoadProgress) and item.stage == "notice":
                 self.notify(item.message, title="Note", severity="warning", timeout=12)
             elif isinstance(item, LoadProgress):
                 latest = item
@@ -214,6 +218,25 @@ class ChatScreen(Screen):
         stats = SpeedStats(context_limit=info.context_limit)
         self.status.set_stats(stats, streaming=False)
         self._show_effort()
+
+    def _effort_progress(self, item: LoadProgress) -> None:
+        """The effort conversion of a model that was loaded dense, running in the background."""
+        was = self.effort_preparing
+        self.effort_preparing = item.total > 1 and item.unit != "failed"
+        self._effort_eta = max(0.0, item.total - item.done) if self.effort_preparing else 0.0
+        if self.effort_preparing and was is None:
+            self.notify("The chat runs at full effort until the effort dial is ready "
+                        f"(about {self._effort_eta:.0f} s, done in the background).", title="Effort", timeout=8)
+        elif not self.effort_preparing and item.unit == "failed":
+            self.notify(item.message, title="Effort", severity="warning", timeout=12)
+        elif not self.effort_preparing:
+            self.notify(item.message.capitalize() + ".", title="Effort", timeout=6)
+        self._show_effort()
+
+    def _effort_not_ready(self) -> None:
+        if self.effort_preparing:
+            self.notify(f"Effort ready in about {self._effort_eta:.0f} s; until then every token runs at full effort.",
+                        title="Effort", timeout=4)
 
     # -- sending and answering -----------------------------------------------------------------
 
@@ -378,6 +401,7 @@ class ChatScreen(Screen):
     # -- effort --------------------------------------------------------------------------------
 
     def action_effort_step(self, points: int) -> None:
+        self._effort_not_ready()
         effort = self.effort_app.engine.effort
         before = effort.get()
         value = effort.step(points / 100)
@@ -386,6 +410,7 @@ class ChatScreen(Screen):
         self._show_effort()
 
     def action_effort_set(self, percent_value: int) -> None:
+        self._effort_not_ready()
         effort = self.effort_app.engine.effort
         value = effort.set(percent_value / 100)
         if value < percent_value / 100 - 1e-9:

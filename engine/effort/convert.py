@@ -63,6 +63,11 @@ def converted_path(files: ModelFiles, bucket: int = B) -> Path:
     return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{bucket}.safetensors"
 
 
+def is_converted(files: ModelFiles, bucket: int = B) -> bool:
+    """Whether the conversion is in the cache already (its checksum is checked when it is used)."""
+    return converted_path(files, bucket).is_file()
+
+
 def convert(
     files: ModelFiles,
     calibrate: Callable[[dict[str, BucketMatrix], ProgressFn], Allocation],

@@ -146,6 +146,22 @@ class CPURuntime:
         self._structs[name] = struct
         return ctypes.addressof(struct)
 
+    def attach(self, converted: Converted) -> None:
+        """Give a runtime that was loaded dense its effort side (a conversion made afterwards, in the
+        background): the stats and probes go into the structs the C layers already point to, so the
+        next step selects. Call between steps, from the thread that runs them."""
+        for name, struct in self._structs.items():
+            bm = converted.buckets[name]
+            stats = np.ascontiguousarray(bm.stats, np.float32)
+            probes = np.ascontiguousarray(bm.probes, np.float32)
+            self._keep.extend((stats, probes))
+            struct.stats, struct.probes = _ptr(stats), _ptr(probes)
+            struct.n_probes, struct.max_rank = probes.shape[0], converted.load_ranks
+        index = {n: j for j, n in enumerate(converted.allocation.names)}
+        self._order = np.array([index[n] for n in projection_names(self.model.config.num_layers)])
+        self._efforts = {}
+        self.converted = converted
+
     def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
         """One projection (HF weight name) of input `x` at a local effort, outside a decode step:
         (output, share of its weights used). Effort 1.0 (or no conversion) is the dense product."""

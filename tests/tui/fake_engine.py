@@ -100,6 +100,7 @@ class FakeEngine:
         gated_load: bool = False,
         fail_generation: str | None = None,
         prompt_tokens: int = 40,
+        after_load: tuple[LoadProgress, ...] = (),
     ) -> None:
         self.effort = EffortSetting(1.0, 1.0)
         self.info = ModelInfo(**{**info.__dict__, "effort_cap": effort_cap})
@@ -113,6 +114,7 @@ class FakeEngine:
         self.gated_load = gated_load
         self.fail_generation = fail_generation
         self.prompt_tokens = prompt_tokens
+        self.after_load = after_load  # progress after the load (the effort conversion in the background)
         self.requests: list[ChatRequest] = []
         self.loaded_models: list[str] = []
         self.handles: list[FakeHandle] = []
@@ -169,6 +171,8 @@ class FakeEngine:
             return
         self.effort.set_cap(self._cap)
         on_done(self.info, None)
+        for p in self.after_load:
+            on_progress(p)
 
     def _wait_load_step(self) -> bool:
         if not self.gated_load:

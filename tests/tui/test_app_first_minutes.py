@@ -172,3 +172,23 @@ async def test_copy_rename_search(make_app) -> None:
         assert app.store.conversation(chat.conversation_id).title == "Lighthouses"
         assert [c.title for c in app.store.search_conversations("LIGHTHOUSE")] == ["Lighthouses"]
         assert app.store.search_conversations("zebra") == []
+
+
+async def test_first_launch_chats_at_once_while_the_effort_dial_is_prepared(make_app) -> None:
+    """A model never converted loads dense; the effort conversion runs behind it: the chat says so,
+    effort keys say when they will act, and the end is announced."""
+    from engine.events import LoadProgress
+
+    engine = FakeEngine(after_load=(LoadProgress("effort", 10, 75, "s", "preparing the effort dial in the background"),))
+    app = make_app(engine)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        chat = await ready(app, pilot)
+        await wait_until(pilot, lambda: chat.effort_preparing is True, what="effort preparing")
+        await wait_until(pilot, lambda: any("full effort until the effort dial is ready" in n.message for n in app._notifications))
+        await pilot.press("ctrl+down")
+        await wait_until(pilot, lambda: any("Effort ready in about 65 s" in n.message for n in app._notifications))
+        chat._effort_progress(LoadProgress("effort", 1, 1, "", "the effort dial is ready (70 s)"))
+        assert chat.effort_preparing is False
+        await wait_until(pilot, lambda: any("The effort dial is ready" in n.message for n in app._notifications))
+        chat._effort_progress(LoadProgress("effort", 0, 0, "failed", "the effort dial is unavailable: disk full"))
+        await wait_until(pilot, lambda: any(n.severity == "warning" and "disk full" in n.message for n in app._notifications))
