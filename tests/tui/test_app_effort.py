@@ -108,7 +108,7 @@ async def test_effort_from_config_and_from_the_command_line(make_app, config_pat
 async def test_keys_respond_while_tokens_flood(make_app) -> None:
     """An ungated engine streams as fast as it can; a key press still lands mid-answer."""
     reply = " ".join(f"w{i}" for i in range(3000))
-    engine = FakeEngine(reply=reply, token_delay_s=0.002)
+    engine = FakeEngine(reply=reply, token_delay_s=0.006)  # ~3 s of tokens: room for the key on a loaded machine
     app = make_app(engine)
     async with app.run_test(size=SIZE) as pilot:
         chat = await ready(app, pilot)
