@@ -13,7 +13,6 @@ the front end hears LoadProgress("effort", ...) as it goes.
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
@@ -89,7 +88,7 @@ class EngineWorker:
         log = tempfile.TemporaryFile()  # a pipe could fill up with progress lines and stall the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "convert", "--model", path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
         )
         self._conversion = (proc, log, time.monotonic(), on_progress)
         on_progress(LoadProgress("effort", 0, EFFORT_PREPARE_S, "s", "preparing the effort dial in the background"))
@@ -125,7 +124,10 @@ class EngineWorker:
         if self._conversion is not None:
             proc, log, _, _ = self._conversion
             proc.terminate()  # its cache write is atomic: nothing half-written stays
-            proc.wait(timeout=5)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
             log.close()
             self._conversion = None
 
