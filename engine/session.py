@@ -12,6 +12,7 @@ from engine.runtime import backend as backends
 from engine import quality
 from engine.effort import convert
 from engine.io import registry
+from engine.effort.bucket import B
 from engine.effort.convert import Converted
 from engine.api import ModelInfo
 from engine.errors import EngineError
@@ -122,7 +123,7 @@ def load(
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
     kind = runtime_kind(runtime, be.name, files.config)
-    if load_ranks is not None and be.name != "cpu":
+    if load_ranks is not None and load_ranks < B and be.name != "cpu":
         raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
     context, notice = context_for_memory(files.config)
     if notice:

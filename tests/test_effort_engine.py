@@ -33,7 +33,7 @@ def test_conversion_is_cached_atomically_and_deterministic(tiny_gguf, cache):
     model = tiny_gguf("F16")
     first = session.load(str(model), runtime="cpu")
     path = first.converted.path
-    assert path == convert.converted_path(first.files, first.converted.bucket)
+    assert path == convert.converted_path(first.files)
     assert path.is_file() and not list(path.parent.glob("*.part"))
     stamp = path.stat().st_mtime_ns
     before = load_file(str(path))

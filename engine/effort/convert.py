@@ -1,7 +1,7 @@
 """The converted model: every projection in the bucketMul layout, cached on disk.
 
 `effort convert` (or the first use of a model under effort) writes one
-safetensors file per source model and bucket size into the cache, keyed by the source's content fingerprint and the
+safetensors file per source model into the cache, keyed by the source's content fingerprint and the
 format version, through a temporary file and an atomic rename. Loading reads only the first `load_ranks` ranks of every bucket list
 (rank-major rows: the least important weights are at the end), so a truncated
 load never touches the rest of the file.
@@ -44,11 +44,10 @@ class Converted:
     allocation: Allocation
     load_ranks: int
     path: Path
-    bucket: int = B
 
     @property
     def effort_cap(self) -> float:
-        return self.load_ranks / self.bucket
+        return self.load_ranks / B
 
     def nbytes(self) -> int:
         return sum(bm.nbytes() for bm in self.buckets.values())
@@ -58,14 +57,14 @@ def projection_names(num_layers: int) -> list[str]:
     return [weight_name(i, p) for i in range(num_layers) for p in PROJECTIONS]
 
 
-def converted_path(files: ModelFiles, bucket: int = B) -> Path:
+def converted_path(files: ModelFiles) -> Path:
     """Keyed by the source's fingerprint, the format version and the bucket size."""
-    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{bucket}.safetensors"
+    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{B}.safetensors"
 
 
-def is_converted(files: ModelFiles, bucket: int = B) -> bool:
+def is_converted(files: ModelFiles) -> bool:
     """Whether the conversion is in the cache already (its checksum is checked when it is used)."""
-    return converted_path(files, bucket).is_file()
+    return converted_path(files).is_file()
 
 
 def convert(
@@ -73,10 +72,9 @@ def convert(
     calibrate: Callable[[dict[str, BucketMatrix], ProgressFn], Allocation],
     on_progress: ProgressFn | None = None,
     force: bool = False,
-    bucket: int = B,
 ) -> Path:
     """Write the converted model to the cache (no-op when it is there already)."""
-    target = converted_path(files, bucket)
+    target = converted_path(files)
     progress = on_progress or (lambda p: None)
     clean_stale(target.parent)  # what a killed conversion left behind
     if target.exists() and not force:
@@ -91,7 +89,7 @@ def convert(
     buckets: dict[str, BucketMatrix] = {}
     start = time.monotonic()
     for n, name in enumerate(names, 1):
-        bm = convert_matrix(files.tensors.get(name), PACKING, N_PROBES, bucket)
+        bm = convert_matrix(files.tensors.get(name), PACKING, N_PROBES)
         buckets[name] = bm
         tensors[f"{name}.values"] = bm.data
         tensors[f"{name}.positions"] = bm.pos_packed
@@ -105,7 +103,7 @@ def convert(
     metadata = {
         "format_version": str(FORMAT_VERSION),
         "packing": PACKING,
-        "bucket": str(bucket),
+        "bucket": str(B),
         "source": str(files.path),
         "fingerprint": files.fingerprint,
         "allocation_names": json.dumps(allocation.names),
@@ -117,16 +115,16 @@ def convert(
     return target
 
 
-def load(files: ModelFiles, load_ranks: int | None = None, values: bool = True, bucket: int = B) -> Converted:
+def load(files: ModelFiles, load_ranks: int | None = None, values: bool = True) -> Converted:
     """Read a converted model, keeping only ranks 0..load_ranks-1 of every bucket list (all of
     them by default).
 
     `values=False` reads only stats, probes and the allocation (what calibration tools need).
     Stats stay whole: they are tiny, and the selection is clipped to `load_ranks` instead."""
-    load_ranks = bucket if load_ranks is None else load_ranks
-    if not 1 <= load_ranks <= bucket:
-        raise EngineError(f"--load-ranks must be between 1 and {bucket} on this backend, got {load_ranks}")
-    path = converted_path(files, bucket)
+    load_ranks = B if load_ranks is None else load_ranks
+    if not 1 <= load_ranks <= B:
+        raise EngineError(f"--load-ranks must be between 1 and {B}, got {load_ranks}")
+    path = converted_path(files)
     if not path.exists():
         raise EngineError(f"{files.path.name} has not been converted; run `effort convert --model {files.path}`")
     if checksum.verify(path) is False:
@@ -142,11 +140,10 @@ def load(files: ModelFiles, load_ranks: int | None = None, values: bool = True, 
                 rows = load_ranks * in_dim
                 buckets[name] = BucketMatrix(
                     out_dim, in_dim, meta["packing"],
-                    f.get_slice(f"{name}.values")[:rows] if values else np.zeros((0, out_dim // bucket), np.float16),
+                    f.get_slice(f"{name}.values")[:rows] if values else np.zeros((0, out_dim // B), np.float16),
                     f.get_slice(f"{name}.positions")[:rows] if values else None,
                     f.get_tensor(f"{name}.stats"),
                     f.get_tensor(f"{name}.probes"),
-                    int(meta.get("bucket", B)),
                 )
             arrays = {k.split(".", 1)[1]: f.get_tensor(k) for k in f.keys() if k.startswith("allocation.")}
             arrays["names"] = json.loads(meta["allocation_names"])
@@ -154,4 +151,4 @@ def load(files: ModelFiles, load_ranks: int | None = None, values: bool = True, 
         raise
     except Exception as exc:  # a truncated or foreign file: convert again
         raise EngineError(f"{path}: unreadable conversion ({exc}); run `effort convert --force`") from exc
-    return Converted(buckets, Allocation.from_arrays(arrays), load_ranks, path, bucket)
+    return Converted(buckets, Allocation.from_arrays(arrays), load_ranks, path)

@@ -75,7 +75,7 @@ def uniform_allocation(names: list[str], sizes: np.ndarray) -> Allocation:
                       np.repeat(levels[None, :], len(names), axis=0))
 
 
-def build(name: str, layers: int | None = None, seed: int = 0, progress=None, bucket: int = B) -> tuple[ModelConfig, dict[str, np.ndarray], Converted]:
+def build(name: str, layers: int | None = None, seed: int = 0, progress=None) -> tuple[ModelConfig, dict[str, np.ndarray], Converted]:
     """(config, float32 numpy weights by HF name, converted bucket side).
 
     Layers share the numpy arrays; runtimes upload each layer to its own buffers."""
@@ -90,7 +90,7 @@ def build(name: str, layers: int | None = None, seed: int = 0, progress=None, bu
         out_dim, in_dim = shapes[weight_name(0, proj)]
         note(f"bucketing a random {out_dim}x{in_dim} {proj}")
         one_layer[proj] = random_matrix(rng, out_dim, in_dim)
-        buckets_one[proj] = convert_matrix(one_layer[proj], PACKING, N_PROBES, bucket)
+        buckets_one[proj] = convert_matrix(one_layer[proj], PACKING, N_PROBES)
     weights = {
         "model.embed_tokens.weight": rng.standard_normal((c.vocab_size, c.hidden_size), dtype=np.float32),
         "lm_head.weight": random_matrix(rng, c.vocab_size, c.hidden_size),
@@ -105,7 +105,7 @@ def build(name: str, layers: int | None = None, seed: int = 0, progress=None, bu
             buckets[weight_name(i, proj)] = buckets_one[proj]
     names = projection_names(c.num_layers)
     sizes = np.array([buckets[n].out_dim * buckets[n].in_dim for n in names])
-    return config, weights, Converted(buckets, uniform_allocation(names, sizes), bucket, None, bucket)
+    return config, weights, Converted(buckets, uniform_allocation(names, sizes), B, None)
 
 
 def load(name: str, layers: int | None, runtime: str = "auto", progress=None):
@@ -114,8 +114,8 @@ def load(name: str, layers: int | None, runtime: str = "auto", progress=None):
     from engine.model.decoder import Model, to_mlx
     from engine.session import make_runtime, runtime_kind
 
-    be = backends.detect()
-    kind = runtime_kind(runtime, be.name, config_for(name, layers))
     config, weights, converted = build(name, layers, progress=progress)
+    be = backends.detect()
     model = Model(config, {n: to_mlx(w, be.dtype) for n, w in weights.items()})
+    kind = runtime_kind(runtime, be.name, config)
     return make_runtime(model, config.context_length, kind, converted), model, be
