@@ -70,7 +70,7 @@ class CPURuntime:
         """`head_q8`: the head's Q8_0 blocks as stored in the file (see session.stored_q8_head); the
         head (and a tied embedding) is then multiplied from them instead of an fp16 copy."""
         self.lib = lib
-        self.converted = converted
+        self.converted: Converted | None = None  # set by `attach`
         self.strategy = "bucket"
         self.model = model
         self.context_limit = context_limit
@@ -120,36 +120,27 @@ class CPURuntime:
         self._efforts: dict[tuple[str, float], np.ndarray] = {}
         self.logits = np.zeros(c.vocab_size, np.float32)
         if converted is not None:
-            index = {n: j for j, n in enumerate(converted.allocation.names)}
-            self._order = np.array([index[n] for n in projection_names(c.num_layers)])
+            self.attach(converted)
         self.length = 0  # positions valid in the C cache
 
     def _layout(self, name: str, dense: np.ndarray, keep) -> int:
         """The kernel layout of one projection, built in C from its fp16 weights. It serves the
-        dense product (every rank) and, with the converted stats and probes, the effort path."""
+        dense product (every rank) and, once `attach` gives it stats and probes, the effort path."""
         out_dim, in_dim = dense.shape
         lib = self.lib
         blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
         scratch_stats = np.zeros(B * in_dim, np.float32)
         lib.ecpu_effort_build(_ptr(dense), out_dim, in_dim, _ptr(blk), _ptr(scratch_stats))
         self._shapes[name] = (out_dim, in_dim)
-        if self.converted is None:
-            struct = Bucket(keep(blk), None, None, 0, out_dim, in_dim, B)
-        else:
-            bm = self.converted.buckets[name]
-            stats = np.ascontiguousarray(bm.stats, np.float32)
-            probes = np.ascontiguousarray(bm.probes, np.float32)
-            struct = Bucket(
-                keep(blk), keep(stats), keep(probes), probes.shape[0], out_dim, in_dim,
-                self.converted.load_ranks,
-            )
+        struct = Bucket(keep(blk), None, None, 0, out_dim, in_dim, B)
         self._structs[name] = struct
         return ctypes.addressof(struct)
 
     def attach(self, converted: Converted) -> None:
-        """Give a runtime that was loaded dense its effort side (a conversion made afterwards, in the
-        background): the stats and probes go into the structs the C layers already point to, so the
-        next step selects. Call between steps, from the thread that runs them."""
+        """Give the runtime its effort side: the stats and probes go into the structs the C layers
+        already point to, so the next step selects. At construction, or later for a model loaded
+        dense whose conversion was made in the background; call between steps, from the thread
+        that runs them."""
         for name, struct in self._structs.items():
             bm = converted.buckets[name]
             stats = np.ascontiguousarray(bm.stats, np.float32)
