@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -159,13 +160,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from engine import session
 
     progress = ProgressLine()
-    loaded = session.load(args.model, progress, effort=False)
-    from engine.effort.convert import converted_path
-
-    session.prepare_effort(loaded.files, loaded.model, progress, None, values=False, force=args.force)
+    loaded = session.load(args.model, progress, effort=False, relayout=args.force)
+    paths = session.prepare_effort(loaded, progress, force=args.force)
     progress.close()
-    path = converted_path(loaded.files)
-    print(f"{path}  ({human_bytes(path.stat().st_size)})")
+    for path in paths:
+        print(f"{path}  ({human_bytes(path.stat().st_size)})")
     return 0
 
 
@@ -200,23 +199,28 @@ def _eval_texts(paths: Sequence[str] | None) -> list[tuple[str, str]]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine import session
     from engine.tools import evaluate
-    from engine.model.decoder import projection_inputs
 
     efforts = parse_efforts(args.efforts)
     texts = _eval_texts(args.text_file)
+    strategies = parse_strategies(args.strategy)
     progress = ProgressLine()
     loaded = session.load(args.model, progress, runtime=args.runtime)
+    runners = _runners(loaded, strategies, args, progress)  # strategy -> the loaded model that runs it
     calibration = _calibration_ids(loaded.tokenizer)
-    strategies = ["bucket", "activation"] if args.strategy == "both" else [args.strategy]
     scored = []  # (name, tokens, ppl_dense, results)
     for name, text in texts:
         ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
         if calibration is not None and ids == calibration[: len(ids)]:
             progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
-        inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)])
-        dense_outputs: dict = {}
-        cosine = (lambda e, s, inputs=inputs, d=dense_outputs: evaluate.matrix_cosines(loaded.runtime, inputs, e, s, d)) if inputs else None
-        results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
+        results, ppl_dense = [], 0.0
+        for runner in dict.fromkeys(runners.values()):
+            mine = [s for s in strategies if runners[s] is runner]
+            inputs = runner.runtime.projection_inputs(ids[: min(len(ids), 33)]) if args.cosine else {}
+            dense_outputs: dict = {}
+            cosine = (lambda e, s, rt=runner.runtime, inputs=inputs, d=dense_outputs: evaluate.matrix_cosines(rt, inputs, e, s, d)) if inputs else None
+            rows, ppl = evaluate.evaluate(runner.runtime, ids, efforts, mine, cosine, progress)
+            results += rows
+            ppl_dense = ppl_dense or ppl
         scored.append((name, len(ids) - 1, ppl_dense, results))
     mean = evaluate.mean_results([results for *_, results in scored])
     speed = {}
@@ -224,12 +228,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from engine.tools import bench
 
         prompt = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
-        timed = [e for e in dict.fromkeys(efforts) if e < 1.0]  # effort 1.0 is the dense run itself
         for strategy in strategies:
-            loaded.runtime.set_strategy(strategy)
+            runtime = runners[strategy].runtime
+            runtime.set_strategy(strategy)
             note = lambda text, s=strategy: progress(LoadProgress("speed", 0, 0, "", f"{s}: {text}"))  # noqa: E731
-            speed[strategy] = bench.run(loaded.runtime, prompt, timed, args.speed_tokens, None, note, rounds=args.rounds)
-        loaded.runtime.set_strategy("bucket")
+            speed[strategy] = bench.run(runtime, prompt, efforts, args.speed_tokens, None, note, rounds=args.rounds)
+            runtime.set_strategy(runtime.strategies[0])
     progress.close()
     for name, tokens, _, results in scored:
         print(evaluate.format_table(results, loaded.info.name, tokens, f"text '{name}'"))
@@ -245,8 +249,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
         from engine import quality
 
+        own = loaded.runtime.strategies[0]  # what the chat's dial runs on this machine
         quality.save(loaded.files.fingerprint, loaded.info.name,
-                     [(r.effort, r.top1_agreement) for r in mean if r.strategy == "bucket"])
+                     [(r.effort, r.top1_agreement) for r in mean if r.strategy == own])
     if args.plot:
         if points:
             evaluate.plot_frontier(points, args.plot, loaded.info.name)
@@ -276,9 +281,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+STRATEGIES = ("planes", "bucket", "activation")
+
+
+def parse_strategies(text: str) -> list[str]:
+    """"planes,bucket,activation" (any of them, in any order); "all" for every one."""
+    names = list(STRATEGIES) if text == "all" else [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        raise EngineError(f"unknown strategy {unknown[0] if unknown else text!r} (known: {', '.join(STRATEGIES)}, all)")
+    return list(dict.fromkeys(names))
+
+
+def _runners(loaded, strategies: list[str], args: argparse.Namespace, progress) -> dict:
+    """Which loaded model runs each strategy: the one loaded, or, for bucketMul on a CPU (the seed's
+    GPU algorithm, kept as a reference), the same file on the MLX runtime."""
+    from engine import session
+
+    runners, other = {}, None
+    for strategy in strategies:
+        if strategy in loaded.runtime.strategies:
+            runners[strategy] = loaded
+            continue
+        if other is None:
+            kind = "mlx" if strategy == "bucket" else "cpu"
+            other = session.load(args.model, progress, runtime=kind)
+        if strategy not in other.runtime.strategies:
+            raise EngineError(f"no runtime here runs the {strategy!r} strategy")
+        runners[strategy] = other
+    return runners
+
+
 def _calibration_ids(tokenizer) -> list[int] | None:
     """The calibration text's token ids, to warn when it is scored as if it were held out."""
-    from engine.effort.calibrate import CALIBRATION_TEXT
+    from engine.effort.planes.calibrate import CALIBRATION_TEXT
 
     try:
         return tokenizer.encode(CALIBRATION_TEXT.read_text(encoding="utf-8"))
@@ -288,26 +324,28 @@ def _calibration_ids(tokenizer) -> list[int] | None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.tools import bench
-    from engine.model.decoder import projection_inputs
 
     efforts = parse_efforts(args.efforts)
     progress = ProgressLine()
     if args.synthetic:
-        runtime, model, info, ids = _synthetic_bench_model(args, progress)
+        runtime, info, ids = _synthetic_bench_model(args, progress)
     else:
         from engine import session
 
         loaded = session.load(args.model, progress, runtime=args.runtime)
-        runtime, model, info = loaded.runtime, loaded.model, loaded.info
+        runtime, info = loaded.runtime, loaded.info
         ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
-    runtime.set_strategy(args.strategy)
-    captured = projection_inputs(model, ids)
+    strategy = args.strategy or runtime.strategies[0]
+    if strategy not in runtime.strategies:
+        raise EngineError(f"this runtime runs the strategies {', '.join(runtime.strategies)}, not {strategy!r}")
+    runtime.set_strategy(strategy)
+    captured = runtime.projection_inputs(ids)
     inputs = {name: x[-1] for name, x in captured.items()}
     note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
     dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
-    print(bench.format_table(dense, results, info, peak, args.strategy))
+    print(bench.format_table(dense, results, info, peak, strategy))
     if args.json:
         def speed(r) -> dict:
             return {
@@ -323,7 +361,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "device": info.device,
             "model": info.name,
             "runtime": type(runtime).__name__,
-            "strategy": args.strategy,
+            "strategy": strategy,
             "dense": speed(dense),
             "results": [speed(r) for r in results],
             "peak_memory_bytes": peak,
@@ -340,16 +378,15 @@ def _synthetic_bench_model(args: argparse.Namespace, progress: "ProgressLine"):
     def note(text: str) -> None:
         progress(LoadProgress("convert", 0, 0, "", text))
 
-    runtime, model, be = synthetic.load(args.synthetic, args.layers, args.runtime, note)
-    name = f"random {args.synthetic} ({model.config.num_layers} layers)"
-    c = model.config
+    runtime, c, be = synthetic.load(args.synthetic, args.layers, args.runtime, note, args.dtype)
+    name = f"random {args.synthetic} ({c.num_layers} layers, {args.dtype})"
     info = ModelInfo(
         name=name, path="", architecture=c.architecture, backend=be.name, device=be.device,
-        context_limit=c.context_length, parameters=sum(int(w.size) for w in model.w.values()),
-        resident_bytes=runtime.layout_bytes() + sum(int(w.nbytes) for w in model.w.values()),
+        context_limit=c.context_length, parameters=sum(math.prod(s) for s in c.expected_shapes().values()),
+        resident_bytes=runtime.layout_bytes(),
     )
-    ids = [(17 * n + 5) % model.config.vocab_size for n in range(32)]
-    return runtime, model, info, ids
+    ids = [(17 * n + 5) % c.vocab_size for n in range(32)]
+    return runtime, info, ids
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -505,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = add("models", help="list known and cached models")
     models.set_defaults(func=cmd_models)
 
-    conv = add("convert", help="convert a model to the bucketMul layout (done automatically on first use)")
+    conv = add("convert", help="lay a model out for the effort dial and calibrate it (done automatically on first use)")
     conv.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder")
     conv.add_argument("--force", action="store_true", help="convert again even if cached")
     conv.set_defaults(func=cmd_convert)
@@ -522,7 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "the speed-quality frontier")
     ev.add_argument("--speed-tokens", type=positive_int, default=48, help="with --speed: decode steps timed per effort and round")
     ev.add_argument("--rounds", type=positive_int, default=3, help="with --speed: rounds, every effort timed once per round, in turn")
-    ev.add_argument("--strategy", choices=("bucket", "activation", "both"), default="both")
+    ev.add_argument("--strategy", default="all", help="comma-separated: planes (the CPU dial), bucket "
+                    "(bucketMul, the seed's algorithm; on a CPU it runs on MLX), activation (whole input "
+                    "rows by |x|, TEAL-like); default all")
+    ev.add_argument("--cosine", action="store_true", help="also compare every matrix's output with its dense output")
     ev.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
     ev.add_argument("--plot", metavar="FILE", help="write a picture (PNG): KL against speedup with --speed "
                     "(the frontier), else KL and top-1 against effort")
@@ -535,12 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tokens", type=positive_int, default=48, help="decode steps timed per effort and round")
     be.add_argument("--rounds", type=positive_int, default=3, help="rounds: every effort is timed once per round, in turn")
     be.add_argument("--runtime", choices=("auto", "mlx", "cpu"), default="auto", help=argparse.SUPPRESS)
-    be.add_argument("--strategy", choices=("bucket", "activation"), default="bucket",
-                    help="what effort skips: bucketMul's weights (default) or, for comparison, whole "
-                    "input columns by |x| (the TEAL-like baseline of `effort eval`)")
+    be.add_argument("--strategy", choices=STRATEGIES, default=None,
+                    help="what effort skips: the runtime's own (planes on a CPU, bucketMul on MLX) by default, or, "
+                    "for comparison, whole input rows by |x| (activation, the TEAL-like baseline)")
     be.add_argument("--synthetic", metavar="SHAPE", help="time a random model of this shape instead "
-                    "(mistral-7b, llama-3-8b, smollm2-135m): speed only, no quality")
+                    "(llama-1b, mistral-7b, llama-3-8b, smollm2-135m): speed only, no quality")
     be.add_argument("--layers", type=positive_int, help="layers of the --synthetic model (default: all)")
+    be.add_argument("--dtype", choices=("q8_0", "q4_0", "q4_1", "f16"), default="q8_0",
+                    help="the precision the --synthetic model is stored at (default q8_0)")
     be.add_argument("--json", action="store_true", help="end with one JSON line of results")
     be.set_defaults(func=cmd_bench)
     return parser

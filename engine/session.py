@@ -32,12 +32,12 @@ ProgressFn = Callable[[LoadProgress], None]
 class LoadedModel:
     info: ModelInfo
     files: ModelFiles
-    model: Model
+    model: Model | None  # the MLX decoder (None on the native CPU path, which runs from its own layout)
     runtime: Runtime
     tokenizer: Tokenizer
     generator: Generator
-    converted: Converted | None = None
-    effort_pending: bool = False  # loaded dense; the effort conversion is still to be made
+    converted: Converted | None = None  # the bucketMul side (MLX path)
+    effort_pending: bool = False  # the effort's calibration (or, on MLX, conversion) is still to be made
 
 
 def display_name(spec: str | None, path: Path) -> str:
@@ -45,17 +45,22 @@ def display_name(spec: str | None, path: Path) -> str:
     return spec if spec in registry.KNOWN_MODELS else path.name
 
 
-NATIVE_OUT_MULTIPLE = 64  # the native effort kernel works on tiles of 4 buckets of 16 outputs
+NATIVE_OUT_MULTIPLE = 64  # the planes layout reads outputs in chunks of 64 (metal/cpu/planes.h)
+NATIVE_IN_MULTIPLE = 32  # and inputs in blocks of 32
 
 
 def runtime_kind(requested: str, backend: str, config: ModelConfig) -> str:
     """"mlx" or "cpu" (the native C decode path): "auto" takes the native path on a CPU when it builds
-    and every projection's output size suits its kernels."""
+    and every projection's sizes suit its layout."""
     c = config
     outs = {c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size, c.intermediate_size}
-    fits = all(o % NATIVE_OUT_MULTIPLE == 0 for o in outs)
+    ins = {c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size}
+    fits = all(o % NATIVE_OUT_MULTIPLE == 0 for o in outs) and all(i % NATIVE_IN_MULTIPLE == 0 for i in ins)
     if requested == "cpu" and not fits:
-        raise EngineError(f"the native CPU path needs projection sizes that are multiples of {NATIVE_OUT_MULTIPLE}")
+        raise EngineError(
+            f"the native CPU path needs projection outputs in multiples of {NATIVE_OUT_MULTIPLE} "
+            f"and inputs in multiples of {NATIVE_IN_MULTIPLE}"
+        )
     if requested == "mlx" or (requested == "auto" and (backend != "cpu" or not fits)):
         return "mlx"
     from engine.runtime import native
@@ -81,11 +86,26 @@ def make_runtime(
     return MLXRuntime(model, context_limit, path)
 
 
-def prepare_effort(
+def prepare_effort(loaded: LoadedModel, progress: ProgressFn, force: bool = False) -> list[Path]:
+    """Make the effort side of a loaded model now (`effort convert`), again with `force`; returns the
+    cached files. The CPU path: its layout was made at load, the calibration is made here. MLX: the
+    bucketMul conversion."""
+    if loaded.model is None:
+        from engine.effort.planes import calibrate, store
+
+        if force or not loaded.runtime.calibrated:
+            loaded.runtime.attach(calibrate.calibrate_model(loaded.files, loaded.runtime, progress))
+            loaded.effort_pending = False
+        return [store.layout_path(loaded.files), calibrate.allocation_path(loaded.files)]
+    prepare_bucket(loaded.files, loaded.model, progress, None, values=False, force=force)
+    return [convert.converted_path(loaded.files)]
+
+
+def prepare_bucket(
     files: ModelFiles, model: Model, progress: ProgressFn, load_ranks: int | None, values: bool = True,
     force: bool = False,
 ) -> Converted:
-    """Convert the model on first use (cached), then load its bucketMul side."""
+    """Convert the model to the bucketMul layout on first use (cached), then load its bucketMul side."""
     from engine.effort import calibrate
 
     tokens = calibrate.calibration_tokens(files.tokenizer)
@@ -101,6 +121,7 @@ def load(
     load_ranks: int | None = None,
     keep_mlx_weights: bool = True,
     defer_effort: bool = False,
+    relayout: bool = False,
 ) -> LoadedModel:
     """Resolve, fetch if needed, read and load a model for the detected backend.
 
@@ -108,6 +129,7 @@ def load(
     `defer_effort=True` (the chat) does not wait for a first conversion on the native CPU path:
     the model loads dense and `effort_pending` says the conversion is still to be made (the
     engine worker makes it in the background and attaches it with `CPURuntime.attach`).
+    `relayout=True` lays the CPU layout out again even when one is cached.
     `keep_mlx_weights=False` lets the native CPU runtime drop the MLX copy of the weights once it
     has built its own layouts (chat and generate need nothing else; eval and bench keep them to
     capture per-matrix inputs)."""
@@ -116,13 +138,17 @@ def load(
     progress(LoadProgress("read", 0, 0, "", f"reading {path.name}"))
     files = open_model(path)
     be = backends.detect()
+    kind = runtime_kind(runtime, be.name, files.config)
+    if kind == "cpu":
+        if load_ranks is not None:
+            raise EngineError("--load-ranks applies to the bucketMul layout (MLX); the CPU path reads planes")
+        return load_cpu(spec, files, progress, effort, defer_effort, relayout)
     names = files.tensors.names()
     weights = {}
     for n, name in enumerate(names, 1):
         weights[name] = to_mlx(files.tensors.get(name), be.dtype)
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
-    kind = runtime_kind(runtime, be.name, files.config)
     if load_ranks is not None and load_ranks < B and be.name != "cpu":
         raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
     context, notice = context_for_memory(files.config)
@@ -130,7 +156,7 @@ def load(
         progress(LoadProgress("notice", 0, 0, "", notice))
     pending = effort and defer_effort and kind == "cpu" and load_ranks is None and not convert.is_converted(files)
     # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
-    converted = prepare_effort(files, model, progress, load_ranks, values=kind != "cpu") if effort and not pending else None
+    converted = prepare_bucket(files, model, progress, load_ranks) if effort and not pending else None
     run = make_runtime(model, context, kind, converted, stored_q8_head(files))
     params = sum(int(w.size) for w in weights.values())
     if kind == "cpu" and not keep_mlx_weights:
@@ -147,6 +173,44 @@ def load(
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
     return LoadedModel(info, files, model, run, files.tokenizer, generator, converted, pending)
+
+
+def load_cpu(spec: str | None, files: ModelFiles, progress: ProgressFn, effort: bool = True,
+             defer_effort: bool = False, relayout: bool = False) -> LoadedModel:
+    """The native CPU path: the file streamed into the planes layout (cached, then memory-mapped),
+    embeddings read from the file itself, no MLX and no float copy of the model.
+
+    The dial works from the first token (a per-token byte budget in every matrix); the calibrated
+    allocation, when there is one, spends the budget where it costs least. Without one, `effort`
+    calibrates now, or with `defer_effort` (the chat) leaves `effort_pending` for the worker to
+    calibrate in the background."""
+    from engine.effort.planes import calibrate, store
+    from engine.runtime.cpu_runtime import CPURuntime
+
+    be = backends.detect()
+    store.convert(files, progress, force=relayout)
+    planes = store.open_layout(files)
+    context, notice = context_for_memory(files.config)
+    if notice:
+        progress(LoadProgress("notice", 0, 0, "", notice))
+    allocation = calibrate.load(files)
+    embed_name = "model.embed_tokens.weight"
+    run = CPURuntime(planes, lambda ids: files.tensors.rows(embed_name, ids), context, allocation)
+    pending = effort and allocation is None
+    if pending and not defer_effort:
+        run.attach(calibrate.calibrate_model(files, run, progress))
+        pending = False
+    from engine.runtime import native
+
+    info = ModelInfo(
+        name=display_name(spec, files.path), path=str(files.path), architecture=files.config.architecture,
+        backend=be.name, device=f"{be.device} · {native.library().ee_isa().decode()} kernels",
+        context_limit=context, parameters=files.parameters, effort_cap=1.0,
+        resident_bytes=planes.nbytes(), sampling=model_sampling(files),
+        quality=quality.load(files.fingerprint),
+    )
+    generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
+    return LoadedModel(info, files, None, run, files.tokenizer, generator, None, pending)
 
 
 def model_sampling(files: ModelFiles):

@@ -303,6 +303,23 @@ class GGUFFile:
         flat = self._memmap()[info.offset : info.offset + info.n_bytes]
         return flat.reshape(*info.shape[:-1], row_bytes)
 
+    def read(self, name: str) -> np.ndarray:
+        """The tensor's bytes (rows..., bytes_per_row) read into memory: a copy, so nothing of the file
+        stays mapped (and counted as resident) after the caller drops it."""
+        info = self.tensors[name]
+        block, block_bytes = _TYPE_SIZES[info.ggml_type]
+        row_bytes = info.shape[-1] // block * block_bytes
+        out = np.empty(info.n_bytes, np.uint8)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(info.offset)
+            view, done = memoryview(out), 0
+            while done < info.n_bytes:
+                n = f.readinto(view[done:])
+                if not n:
+                    raise GGUFFormatError(f"truncated GGUF file (tensor {name!r} ends early)")
+                done += n
+        return out.reshape(*info.shape[:-1], row_bytes)
+
     def dequantize(self, name: str) -> np.ndarray:
         """The tensor as a fresh float32 array in numpy order (rows, ..., cols)."""
         from gguf import GGMLQuantizationType
@@ -536,6 +553,37 @@ def gguf_model_config(g: GGUFFile, source: str):
     )
 
 
+@dataclass
+class StoredMatrix:
+    """A 2-D weight [out, in] as its file stores it, read into memory (not mapped): GGUF blocks, or floats.
+
+    `columns` gives the inputs [start, stop) of every output (start and stop on block boundaries),
+    as stored (`blocks`) or as float32 (`floats`), so a converter can work through a large matrix
+    in slices of inputs without ever holding all of it as floats."""
+
+    type_name: str  # the GGML type ("Q4_1", "F16", ...) or the safetensors dtype ("BF16", ...)
+    out_dim: int
+    in_dim: int
+    block: int  # inputs per stored block (1 for plain floats)
+    block_bytes: int
+    data: np.ndarray  # GGUF: uint8 [out, row bytes]; safetensors: float32 [out, in]
+
+    def blocks(self, start: int, stop: int) -> np.ndarray:
+        if self.data.dtype != np.uint8:
+            raise ValueError(f"{self.type_name} weights are not stored in blocks")
+        return self.data[:, start // self.block * self.block_bytes : stop // self.block * self.block_bytes]
+
+    def floats(self, start: int, stop: int) -> np.ndarray:
+        if self.data.dtype != np.uint8:
+            return np.ascontiguousarray(self.data[:, start:stop], np.float32)
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        qtype = GGMLQuantizationType[self.type_name]
+        raw = np.ascontiguousarray(self.blocks(start, stop))
+        return np.asarray(dequantize(raw, qtype), np.float32).reshape(self.out_dim, stop - start)
+
+
 class GGUFTensorSource:
     """TensorSource over a GGUF file: HF names, float32, HF orientation, Q/K un-permuted (llama)."""
 
@@ -573,6 +621,23 @@ class GGUFTensorSource:
     def gguf_type(self, name: str) -> str:
         """The GGML type name of the stored tensor, e.g. "Q4_1"."""
         return self.gguf.tensors[self._map[name]].type_name
+
+    def stored(self, name: str) -> StoredMatrix:
+        info = self.gguf.tensors[self._map[name]]
+        raw = self.gguf.read(self._map[name])
+        heads = self._heads.get(name)
+        if heads is not None:
+            raw = np.ascontiguousarray(unpermute_rows(raw, heads))
+        block, block_bytes = _TYPE_SIZES[info.ggml_type]
+        return StoredMatrix(info.type_name, info.shape[0], info.shape[1], block, block_bytes, raw)
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        info = self.gguf.tensors[self._map[name]]
+        raw = self.gguf.raw(self._map[name])[np.asarray(ids, np.int64)]
+        return np.asarray(dequantize(raw, GGMLQuantizationType(info.ggml_type)), np.float32).reshape(len(ids), -1)
 
     def q8_0_blocks(self, name: str) -> np.ndarray | None:
         """The stored Q8_0 blocks of a 2-D tensor (rows, 34 * cols/32 bytes, memory-mapped), or None

@@ -209,6 +209,23 @@ class SafetensorsSource:
     def get(self, name: str) -> np.ndarray:
         return self._where[name].read(name)
 
+    def stored(self, name: str):
+        from engine.io.gguf_file import StoredMatrix
+
+        w = self.get(name)
+        return StoredMatrix(self.dtype(name), w.shape[0], w.shape[1], 1, 0, w)
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        dtype, shape, start, end = self._where[name].entries[name]
+        f = self._where[name]
+        if f._mm is None:
+            f._mm = np.memmap(f.path, dtype=np.uint8, mode="r")
+        width = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+        table = f._mm[start:end].reshape(shape[0], shape[1] * width)[np.asarray(ids, np.int64)]
+        if dtype == "BF16":
+            return (table.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(len(ids), shape[1])
+        return table.view(_NUMPY_DTYPES[dtype]).astype(np.float32).reshape(len(ids), shape[1])
+
     def q8_0_blocks(self, name: str) -> None:
         """Safetensors hold no GGUF Q8_0 blocks: the CPU path uses an fp16 head."""
         return None

@@ -27,6 +27,7 @@ from engine.errors import ModelFileError
 from engine.model.config import ModelConfig
 
 if TYPE_CHECKING:
+    from engine.io.gguf_file import StoredMatrix
     from engine.io.tokenizer import Tokenizer
 
 
@@ -40,6 +41,10 @@ class TensorSource(Protocol):
     def get(self, name: str) -> np.ndarray: ...  # float32, HF orientation ([out, in] for linears)
 
     def q8_0_blocks(self, name: str) -> np.ndarray | None: ...  # stored GGUF Q8_0 rows, else None
+
+    def stored(self, name: str) -> "StoredMatrix": ...  # a 2-D weight as stored (GGUF blocks or floats), in memory
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray: ...  # float32 rows of a 2-D weight (embeddings)
 
 
 @dataclass

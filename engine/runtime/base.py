@@ -2,8 +2,10 @@
 session, `effort bench`, `effort eval`, the CLI) may use of one: no caller probes a runtime with
 `hasattr`/`getattr`.
 
-Implementations: `engine.runtime.cpu_runtime.CPURuntime` (the native C decode step) and
-`engine.runtime.mlx_runtime.MLXRuntime` (MLX, with the effort path of `engine.runtime.effort_mlx`).
+Implementations: `engine.runtime.cpu_runtime.CPURuntime` (the native C decode step over the planes
+layout) and `engine.runtime.mlx_runtime.MLXRuntime` (MLX, with the bucketMul effort path of
+`engine.runtime.effort_mlx`). The effort a caller passes is always the one global effort the user
+chose; each runtime alone turns it into per-matrix work.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from engine.model.decoder import Model
+    from engine.model.config import ModelConfig
 
 
 class Runtime(Protocol):
@@ -21,7 +23,7 @@ class Runtime(Protocol):
     single projections outside a decode step for measurement."""
 
     context_limit: int
-    model: Model  # the loaded decoder (its config; its weights unless the runtime released them)
+    config: ModelConfig
     times_own_calls: bool  # True: `time_projection` times queued device calls (a GPU); False: time `project` on the host
 
     # -- the token loop (engine.generate) ---------------------------------------------------------
@@ -35,15 +37,19 @@ class Runtime(Protocol):
         """Append one token at `effort`; return (logits, effective effort)."""
 
     # -- effort ------------------------------------------------------------------------------------
-    def set_strategy(self, strategy: str) -> None:
-        """"bucket" (bucketMul) or "activation" (whole input columns by |x|, the TEAL-like baseline)."""
+    strategies: tuple[str, ...]  # what `set_strategy` takes; the first is the runtime's own
 
-    def local_efforts(self, effort: float) -> np.ndarray | None:
-        """Per-(layer, projection) effort handed to the kernels, or None for the dense model."""
+    def set_strategy(self, strategy: str) -> None:
+        """One of `strategies`: "planes" (CPU), "bucket" (bucketMul, MLX), or "activation" (whole input
+        rows by |x|, the TEAL-like baseline, on both)."""
 
     # -- one projection, outside a decode step (bench, eval) ----------------------------------------
+    def projection_inputs(self, tokens: Sequence[int]) -> dict[str, np.ndarray]:
+        """Every projection's input at each position of `tokens` (one dense pass from position 0)."""
+
     def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
-        """One projection (HF weight name) of `x` at a local effort: (output, share of its weights used)."""
+        """One projection (HF weight name) of `x` as a decode step at global `effort` runs it:
+        (output, share of its weights or bytes used)."""
 
     def bytes_read(self, name: str) -> float:
         """Weight bytes the last `project` of this matrix read."""

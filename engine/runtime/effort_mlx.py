@@ -35,6 +35,7 @@ class MLXEffortPath:
         self.strategy = "bucket"
         index = {n: j for j, n in enumerate(converted.allocation.names)}
         self.order = np.array([index[n] for n in projection_names(num_layers)])
+        self._positions = {n: j for j, n in enumerate(projection_names(num_layers))}
         self.total_size = sum(self.size(n) for n in projection_names(num_layers))
         self.gpu = effort_gpu.available()
         self.layouts = {}
@@ -52,6 +53,10 @@ class MLXEffortPath:
         if self.strategy == "activation":
             return np.full(len(self.order), effort)
         return self.converted.allocation.request(effort)[self.order]
+
+    def index_of(self, name: str) -> int:
+        """Position of a matrix in `local_efforts`' array."""
+        return self._positions[name]
 
     def size(self, name: str) -> int:
         bm = self.converted.buckets[name]

@@ -18,10 +18,12 @@ class MLXRuntime:
     when one is plugged in."""
 
     times_own_calls = True  # time_projection queues the calls and waits once (the kernels' time on a GPU)
+    strategies = ("bucket", "activation")
 
     def __init__(self, model: Model, context_limit: int, effort_path=None) -> None:
         """`effort_path`: an `engine.runtime.effort_mlx.MLXEffortPath`, or None for the dense model only."""
         self.model = model
+        self.config = model.config
         self.context_limit = context_limit
         self.effort_path = effort_path
         self.cache = Cache.for_model(model.config)
@@ -52,9 +54,22 @@ class MLXRuntime:
             done = done.item()
         return np.array(logits[-1]), float(done) / self.effort_path.total_size
 
+    def projection_inputs(self, tokens: Sequence[int]) -> dict[str, np.ndarray]:
+        from engine.model.decoder import projection_inputs
+
+        return projection_inputs(self.model, list(tokens))
+
+    def _local(self, name: str, effort: float) -> float:
+        """The local effort a decode step at global `effort` gives this matrix."""
+        local = None if self.effort_path is None else self.effort_path.local_efforts(effort)
+        if local is None:
+            return 1.0
+        return float(local[self.effort_path.index_of(name)])
+
     def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
-        """One projection (HF weight name) at a local effort, outside a decode step: (output,
+        """One projection (HF weight name) as a decode step at global `effort` runs it: (output,
         share of its weights used). Effort 1.0 (or no effort path) is MLX's dense product."""
+        effort = self._local(name, effort)
         y, done = self._project(name, mx.array(np.asarray(x, np.float32)).astype(self.model.dtype), effort)
         mx.eval(y, done if isinstance(done, mx.array) else y)
         self._last_share[name] = float(done.item() if isinstance(done, mx.array) else done) / self._size(name)
@@ -63,6 +78,7 @@ class MLXRuntime:
     def time_projection(self, name: str, x: np.ndarray, effort: float, repeats: int = 20) -> float:
         """Seconds per call of one projection. On a GPU the calls are queued together and waited
         for once, so the figure is the kernels' time rather than a round trip per call."""
+        effort = self._local(name, effort)
         xm = mx.array(np.asarray(x, np.float32)).astype(self.model.dtype)
         mx.eval(xm)
         for _ in range(2):
@@ -97,9 +113,6 @@ class MLXRuntime:
     def set_strategy(self, strategy: str) -> None:
         if self.effort_path is not None:
             self.effort_path.strategy = strategy
-
-    def local_efforts(self, effort: float):
-        return None if self.effort_path is None else self.effort_path.local_efforts(effort)
 
     def layout_bytes(self) -> int:
         """MLX runs from the model's own weights (and the converted arrays): nothing of its own."""

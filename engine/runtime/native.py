@@ -1,9 +1,12 @@
-"""Building and loading the CPU kernels (C), compiled on first use with the system compiler.
+"""The CPU kernels (C): built on first use with the system compiler, and their C interface, declared once.
 
-The library is cached under the cache dir, keyed by a hash of the sources and
-the compiler command, and written atomically, so a crash mid-build never leaves
-a broken library behind. Without a C compiler the engine still runs (on MLX
-alone), just without the fast CPU path; `build_error()` says why.
+The library is cached under the cache dir, keyed by a hash of the sources and the compiler command,
+and written atomically, so a crash mid-build never leaves a broken library behind. Without a C compiler
+the engine still runs (on MLX alone), just without the fast CPU path; `build_error()` says why.
+
+Everything Python passes to C is declared here: the structs of `metal/cpu/planes.h` and
+`metal/cpu/decode.c` as ctypes structures, and every function's signature. The projection order of the
+per-matrix arrays is read from the library itself (`ee_projections`), not assumed.
 """
 
 from __future__ import annotations
@@ -21,13 +24,125 @@ import metal
 from engine.io.atomic import atomic_path
 from engine.io.paths import cache_dir
 
-SOURCES = ("cpu/effort_cpu.c", "cpu/decode.c")
-HEADERS = ("cpu/effort_cpu.h",)
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fno-math-errno", "-D_GNU_SOURCE"]
+# The planes decode step (the product), and the bucketMul CPU path kept for comparison until it is deleted.
+LIBRARIES = {
+    "planes": (("cpu/pool.c", "cpu/planes.c", "cpu/decode.c"), ("cpu/planes.h", "cpu/pool.h")),
+    "bucket": (("cpu/pool.c", "cpu/effort_cpu.c", "cpu/decode_bucket.c"), ("cpu/effort_cpu.h", "cpu/pool.h")),
+}
+VARIANTS = {"native": [], "portable": ["-DECPU_NO_SIMD"]}
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
+_libs: dict[str, ctypes.CDLL] = {}
+_errors: dict[str, str] = {}
+
+c_ptr, c_int, c_float, c_long, c_double = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long, ctypes.c_double
+
+
+# -- the C structs --------------------------------------------------------------------------------
+
+
+class Dims(ctypes.Structure):
+    _fields_ = [
+        *[(n, c_int) for n in ("dim", "ffn", "n_layers", "n_heads", "n_kv", "head_dim", "vocab", "max_ctx", "window")],
+        ("eps", c_float),
+    ]
+
+
+class Planes(ctypes.Structure):
+    """ee_planes: one matrix in the planes layout (pointers into numpy arrays)."""
+
+    _fields_ = [("kind", c_int), ("out", c_int), ("in_", c_int), ("plane", c_ptr * 2), ("d", c_ptr), ("m", c_ptr),
+                ("gain", c_ptr * 2)]
+
+
+N_PROJ = 7
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [("proj", Planes * N_PROJ), ("bias", c_ptr * 3), ("attn_norm", c_ptr), ("ffn_norm", c_ptr)]
+
+
+class Effort(ctypes.Structure):
+    """ee_effort: per-matrix thresholds, or per-token budgets, or neither (dense)."""
+
+    _fields_ = [("tau", c_ptr), ("share", c_ptr), ("whole_rows", c_int)]
+
+
+class Stats(ctypes.Structure):
+    _fields_ = [("hist", c_ptr), ("unread", c_ptr), ("energy", c_ptr), ("residual", c_ptr)]
+
+
+HIST_BINS, HIST_PER_OCTAVE, HIST_LOW = 1024, 8, -96  # decode.c's EE_HIST_*
+
+
+class MatVec(ctypes.Structure):
+    _fields_ = [("P", c_ptr), ("w", c_ptr), ("y", c_ptr)]
+
+
+def _declare_planes(lib: ctypes.CDLL) -> None:
+    signatures = {
+        "ee_projections": (ctypes.c_char_p, []),
+        "ee_isa": (ctypes.c_char_p, []),
+        "ee_model_new": (c_ptr, [c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_int]),
+        "ee_model_free": (None, [c_ptr]),
+        "ee_set_stats": (None, [c_ptr, c_ptr]),
+        "ee_set_capture": (None, [c_ptr, c_ptr, c_ptr]),
+        "ee_step": (c_int, [c_ptr, c_ptr, c_int, c_ptr, c_ptr]),
+        "ee_project": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_float, c_int]),
+        "ee_bytes_read": (c_double, [c_ptr]),
+        "ee_bytes_total": (c_double, [c_ptr]),
+        "ee_work_new": (c_ptr, [c_int]),
+        "ee_work_free": (None, [c_ptr]),
+        "ee_quantize_x": (None, [c_ptr, c_int, c_ptr, c_ptr]),
+        "ee_select": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_int, c_int, c_ptr, c_ptr]),
+        "ee_work_from_levels": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_ptr]),
+        "ee_budget_tau": (c_float, [c_ptr, c_ptr, c_long, c_int, c_int, c_ptr]),
+        "ee_matvec": (None, [c_ptr, c_ptr, c_ptr]),
+        "ee_matvec_multi": (None, [c_int, c_ptr]),
+        "ecpu_init": (c_int, [c_int]),
+        "ecpu_threads": (c_int, []),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    order = tuple(lib.ee_projections().decode().split(","))
+    from engine.model.decoder import PROJECTIONS
+
+    if order != PROJECTIONS:
+        raise RuntimeError(f"the CPU kernels order the projections {order}, the engine {PROJECTIONS}")
+
+
+def _declare_bucket(lib: ctypes.CDLL) -> None:
+    p, i, f = c_ptr, c_int, c_float
+    signatures = {
+        "ee_model_new": (p, [p] * 8),
+        "ee_model_free": (None, [p]),
+        "ee_step": (c_double, [p, i, i, p, p]),
+        "ee_set_strategy": (None, [p, i]),
+        "ee_project": (c_double, [p, p, p, p, f]),
+        "ee_set_head_q8": (None, [p, p, p, i]),
+        "ecpu_q8_from_gguf": (None, [p, i, i, p, p]),
+        "ecpu_head_q8": (None, [p, p, p, p, i, i]),
+        "ecpu_q8_row": (None, [p, p, i, i, p]),
+        "ecpu_attend": (None, [p, p, p, i, i, f, p, p]),
+        "ee_active_inputs": (i, [p, i]),
+        "ecpu_dense_f16": (None, [p, p, p, i, i]),
+        "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
+        "ecpu_effort_build": (None, [p, i, i, p, p]),
+        "ecpu_effort_k": (c_long, [p, p, i, f, p]),
+        "ecpu_effort_matvec": (None, [p, i, i, p, p, p]),
+        "ecpu_isa": (ctypes.c_char_p, []),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+
+
+_DECLARE = {"planes": _declare_planes, "bucket": _declare_bucket}
+
+
+# -- building -------------------------------------------------------------------------------------
 
 
 def find_compiler(variable: str, names: tuple[str, ...]) -> str | None:
@@ -42,30 +157,28 @@ def _compiler() -> str | None:
     return find_compiler("CC", ("cc", "gcc", "clang"))
 
 
-def _library_name() -> str:
-    return "libeffort.dylib" if sys.platform == "darwin" else "libeffort.so"
+def _library_name(which: str) -> str:
+    return f"libeffort-{which}." + ("dylib" if sys.platform == "darwin" else "so")
 
 
-VARIANTS = {"native": [], "portable": ["-DECPU_NO_SIMD"]}
-
-
-def build(force: bool = False, variant: str = "native") -> Path:
+def build(force: bool = False, variant: str = "native", which: str = "planes") -> Path:
     """Compile the kernels (or reuse the cached build); raises RuntimeError with the compiler's message.
 
-    "native" picks the kernel family at run time from the CPU (AVX2 or plain C); "portable"
-    compiles the plain-C kernels only (what a non-x86 machine, e.g. an Apple Silicon Mac, runs). The tests check every build the machine can
-    execute against the reference."""
+    "native" picks the kernel family at run time from the CPU (AVX-512 VNNI, AVX2 or plain C);
+    "portable" compiles the plain-C kernels only (what a non-x86 machine, e.g. an Apple Silicon Mac,
+    runs). The tests check every build the machine can execute against the reference."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
-    files = [metal.path(s) for s in SOURCES]
+    sources, headers = LIBRARIES[which]
+    files = [metal.path(s) for s in sources]
     include = metal.path("cpu")
     digest = hashlib.sha256()
-    for f in [*files, *(metal.path(h) for h in HEADERS)]:
+    for f in [*files, *(metal.path(h) for h in headers)]:
         digest.update(f.read_bytes())
     command = [cc, *FLAGS, *VARIANTS[variant], f"-I{include}", *map(str, files), "-o"]
     digest.update(" ".join(command).encode())
-    target = cache_dir() / "native" / digest.hexdigest()[:16] / _library_name()
+    target = cache_dir() / "native" / digest.hexdigest()[:16] / _library_name(which)
     if target.exists() and not force:
         return target
     with atomic_path(target) as tmp:
@@ -76,55 +189,39 @@ def build(force: bool = False, variant: str = "native") -> Path:
     return target
 
 
-def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """The C ABI of metal/cpu (decode.c, effort_cpu.h), declared once for every caller."""
-    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    signatures = {
-        "ee_model_new": (p, [p] * 8),
-        "ee_model_free": (None, [p]),
-        "ee_step": (ctypes.c_double, [p, i, i, p, p]),
-        "ee_set_strategy": (None, [p, i]),
-        "ee_project": (ctypes.c_double, [p, p, p, p, f]),
-        "ee_set_head_q8": (None, [p, p, p, i]),
-        "ecpu_q8_from_gguf": (None, [p, i, i, p, p]),
-        "ecpu_head_q8": (None, [p, p, p, p, i, i]),
-        "ecpu_q8_row": (None, [p, p, i, i, p]),
-        "ecpu_attend": (None, [p, p, p, i, i, f, p, p]),
-        "ee_active_inputs": (i, [p, i]),
-        "ecpu_dense_f16": (None, [p, p, p, i, i]),
-        "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
-        "ecpu_effort_build": (None, [p, i, i, p, p]),
-        "ecpu_effort_k": (ctypes.c_long, [p, p, i, f, p]),
-        "ecpu_effort_matvec": (None, [p, i, i, p, p, p]),
-        "ecpu_isa": (ctypes.c_char_p, []),
-    }
-    for name, (restype, argtypes) in signatures.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
+def load(path: Path, which: str = "planes") -> ctypes.CDLL:
+    """A built kernel library, with its C signatures declared."""
+    lib = ctypes.CDLL(str(path))
+    _DECLARE[which](lib)
     return lib
 
 
-def load(path: Path) -> ctypes.CDLL:
-    """A built kernel library, with its C signatures declared."""
-    return _declare(ctypes.CDLL(str(path)))
-
-
-def library() -> ctypes.CDLL | None:
+def library(which: str = "planes") -> ctypes.CDLL | None:
     """The loaded kernel library, or None (see `build_error()`)."""
-    global _lib, _error
     with _lock:
-        if _lib is not None or _error is not None:
-            return _lib
+        if which in _libs or which in _errors:
+            return _libs.get(which)
         if os.environ.get("EFFORT_NATIVE", "1") == "0":
-            _error = "disabled by EFFORT_NATIVE=0"
+            _errors[which] = "disabled by EFFORT_NATIVE=0"
             return None
         try:
-            _lib = load(build())
+            _libs[which] = load(build(which=which), which)
         except (RuntimeError, OSError) as exc:
-            _error = str(exc)
-        return _lib
+            _errors[which] = str(exc)
+        return _libs.get(which)
 
 
-def build_error() -> str | None:
-    library()
-    return _error
+def build_error(which: str = "planes") -> str | None:
+    library(which)
+    return _errors.get(which)
+
+
+def threads() -> int:
+    """Threads the CPU kernels use: EFFORT_THREADS, else every core this process may run on."""
+    env = os.environ.get("EFFORT_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine.model.decoder import PROJECTIONS, weight_name
+from engine.model.decoder import split_weight_name
 
 BENCH_PROMPT = "Explain, step by step, how a bicycle stays upright while it is moving."
 
@@ -57,32 +57,34 @@ def decode_speed(runtime, prompt_ids: Sequence[int], effort: float, tokens: int,
     return float(np.median(times)), float(np.mean(used))
 
 
+def matrix_kind(name: str) -> str:
+    """"q_proj" ... "down_proj" for a projection's weight name, "head" for the output head."""
+    return split_weight_name(name)[1] if name.startswith("model.layers.") else "head"
+
+
 def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats: int = 5) -> dict[str, tuple[float, float]]:
-    """Per projection kind: (ms for all layers' matrices at `effort`, weight bytes they read).
+    """Per matrix kind: (ms for all layers' matrices as a decode step at `effort` runs them, weight
+    bytes they read).
 
     Host-timed calls sweep every matrix once per repeat, so each call finds its weights cold, as a
     decode step does (repeating one matrix back to back would time it from the cache)."""
-    local = runtime.local_efforts(effort)
-    calls = []  # (kind, weight name, local effort)
-    for i in range(runtime.model.config.num_layers):
-        for j, proj in enumerate(PROJECTIONS):
-            calls.append((proj, weight_name(i, proj), 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])))
+    names = list(inputs)
     on_device = runtime.times_own_calls  # GPU: the runtime times its own queued calls
-    nbytes, seconds = {}, {name: [] for _, name, _ in calls}
-    for _, name, e in calls:
-        runtime.project(name, inputs[name], e)  # bytes_read reports the last project call
+    nbytes, seconds = {}, {name: [] for name in names}
+    for name in names:
+        runtime.project(name, inputs[name], effort)  # bytes_read reports the last project call
         nbytes[name] = runtime.bytes_read(name)
         if on_device:
-            seconds[name].append(runtime.time_projection(name, inputs[name], e))
+            seconds[name].append(runtime.time_projection(name, inputs[name], effort))
     for _ in range(0 if on_device else repeats):
-        for _, name, e in calls:
+        for name in names:
             start = time.perf_counter()
-            runtime.project(name, inputs[name], e)
+            runtime.project(name, inputs[name], effort)
             seconds[name].append(time.perf_counter() - start)
-    totals = {p: (0.0, 0.0) for p in PROJECTIONS}
-    for proj, name, _ in calls:
-        ms, total_bytes = totals[proj]
-        totals[proj] = (ms + float(np.median(seconds[name])) * 1e3, total_bytes + nbytes[name])
+    totals: dict[str, tuple[float, float]] = {}
+    for name in names:
+        ms, total_bytes = totals.get(matrix_kind(name), (0.0, 0.0))
+        totals[matrix_kind(name)] = (ms + float(np.median(seconds[name])) * 1e3, total_bytes + nbytes[name])
     return totals
 
 
@@ -95,8 +97,10 @@ def run(
     on_step: Callable[[str], None] | None = None,
     rounds: int = 3,
 ) -> tuple[SpeedResult, list[SpeedResult]]:
-    """Dense and each effort, `rounds` times in turn; returns (dense, [per effort])."""
+    """Dense and each effort below 1, `rounds` times in turn; returns (dense, [per effort]). An effort of
+    1 in `efforts` is the dense run itself (timed once per round, not twice)."""
     note = on_step or (lambda s: None)
+    efforts = [e for e in dict.fromkeys(float(e) for e in efforts) if e < 1.0]
     configs = [1.0, *efforts]
     steps: dict[float, list[float]] = {e: [] for e in configs}
     shares: dict[float, list[float]] = {e: [] for e in configs}
@@ -131,7 +135,7 @@ def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_byte
     head = f"{'effort':>7}{'effective':>10}{'tok/s':>8}{'ms/tok':>8}{'spread':>8}{'vs dense':>9}{'GB/s':>7}"
     if kinds:
         head += "  kernel ms (" + " ".join(k.replace("_proj", "") for k in kinds) + ")"
-    skipping = "" if strategy == "bucket" else "; effort skips whole input columns (activation baseline)"
+    skipping = "" if strategy != "activation" else "; effort skips whole input rows (activation baseline)"
     lines = [f"decode speed — {info.name} on {info.backend} ({info.device}); peak memory {peak_bytes / 2**20:.0f} MiB{skipping}", head]
 
     def label(r: SpeedResult) -> str:

@@ -91,7 +91,7 @@ def evaluate(
         kl, top1, ppl = compare(dense_lp, lp, targets)
         cos = cosine(effort, strategy) if cosine else {}
         results.append(EffortQuality(effort, effective, strategy, kl, top1, ppl, ppl_dense, cos))
-    runtime.set_strategy("bucket")
+    runtime.set_strategy(runtime.strategies[0])
     return results, ppl_dense
 
 
@@ -172,24 +172,19 @@ def matrix_cosines(
     per projection kind, over the captured inputs (same input for both). `dense` caches the
     dense outputs across calls (they do not depend on the effort)."""
     dense = {} if dense is None else dense
-    from engine.model.decoder import PROJECTIONS, weight_name
+    from engine.tools.bench import matrix_kind
 
     runtime.set_strategy(strategy)
-    local = runtime.local_efforts(effort)
-    layers = runtime.model.config.num_layers
-    sums = {p: [] for p in PROJECTIONS}
-    for i in range(layers):
-        for j, proj in enumerate(PROJECTIONS):
-            name = weight_name(i, proj)
-            e = 1.0 if local is None else float(local[i * len(PROJECTIONS) + j])
-            for n, x in enumerate(inputs[name]):
-                y, _ = runtime.project(name, x, e)
-                if (name, n) not in dense:
-                    dense[name, n] = runtime.project(name, x, 1.0)[0]
-                d = dense[name, n]
-                denom = float(np.linalg.norm(y) * np.linalg.norm(d))
-                sums[proj].append(float(y @ d) / denom if denom > 0 else 1.0)
-    runtime.set_strategy("bucket")
+    sums: dict[str, list[float]] = {}
+    for name, rows in inputs.items():
+        for n, x in enumerate(rows):
+            y, _ = runtime.project(name, x, effort)
+            if (name, n) not in dense:
+                dense[name, n] = runtime.project(name, x, 1.0)[0]
+            d = dense[name, n]
+            denom = float(np.linalg.norm(y) * np.linalg.norm(d))
+            sums.setdefault(matrix_kind(name), []).append(float(y @ d) / denom if denom > 0 else 1.0)
+    runtime.set_strategy(runtime.strategies[0])
     return {p: round(float(np.mean(v)), 5) for p, v in sums.items()}
 
 
@@ -233,7 +228,7 @@ def _pyplot():
 
 
 def _label(strategy: str) -> str:
-    return "bucketMul" if strategy == "bucket" else "activation-only (TEAL-like)"
+    return {"bucket": "bucketMul", "planes": "planes (bytes read)"}.get(strategy, "activation-only (TEAL-like)")
 
 
 def _save(fig, plt, path: str) -> None:

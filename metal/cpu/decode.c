@@ -1,105 +1,130 @@
-/* One decode step of a Llama-family decoder on the CPU, in plain C.
+/* decode.c — one step of a Llama-family decoder on the CPU, every projection in the planes layout.
  * Run by: engine.runtime.cpu_runtime.CPURuntime (built by engine.runtime.native, called through ctypes).
  *
- * Python builds the weight pointers once (numpy owns the memory) and calls
- * ee_step() per token: embedding -> 30x (attention + SwiGLU MLP) -> norm -> head.
- * Every projection is either dense (fp16 weights, fp32 math) or a bucketMul
- * under the effort the caller asks for; see effort_cpu.h for the kernels.
+ * Python owns every buffer (the layout is memory-mapped from the converted file, the KV cache is numpy)
+ * and calls ee_step() per token with the token's embedding:
+ *   x -> n_layers x (attention + SwiGLU MLP) -> norm -> head -> logits.
+ * Each projection (and the head) reads its rows at the levels its threshold picks (planes.h); with no
+ * thresholds every row is read at its top level: the dense model, through the same kernels.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <stdatomic.h>
 #include <string.h>
 
-#include "effort_cpu.h"
+#include "planes.h"
+#include "pool.h"
 
-enum { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, N_PROJ };
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(ECPU_NO_SIMD) && defined(__GNUC__)
+#define EE_X86 1
+#include <immintrin.h>
+#else
+#define EE_X86 0
+#endif
+
+/* The projections of a layer, in the order of every per-matrix array (Python reads this string). */
+enum { P_Q, P_K, P_V, P_O, P_GATE, P_UP, P_DOWN, EE_N_PROJ };
+const char *ee_projections(void) { return "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"; }
 
 typedef struct {
     int dim, ffn, n_layers, n_heads, n_kv, head_dim, vocab, max_ctx, window;
     float eps;
 } ee_dims;
 
-#define MAX_GROUP 3 /* q/k/v share their input, as do gate/up */
-
-/* One projection in the bucketMul layout (see effort_cpu.h and engine/bucket.py). */
 typedef struct {
-    const uint16_t *blk;  /* values, kernel layout */
-    const float *stats;   /* [16][in]: mean |w| of each bucket-list row; NULL: dense only */
-    const float *probes;  /* [n_probes][in]: sampled |w| per input, aligned with x */
-    int n_probes, out, in;
-    int max_rank;         /* ranks loaded (16, or fewer with --load-ranks): k is clipped to it */
-} ee_bucket;
-
-typedef struct {
-    const ee_bucket *bucket[N_PROJ]; /* every projection, in the kernel layout (dense = all ranks) */
-    const float *bias[3];          /* q, k, v biases or NULL */
+    ee_planes proj[EE_N_PROJ];
+    const float *bias[3]; /* q, k, v biases or NULL */
     const float *attn_norm, *ffn_norm;
 } ee_layer;
+
+/* What the effort reads, per matrix (index layer * EE_N_PROJ + projection; the head last):
+ * tau: thresholds (planes.h), or share: a per-token budget as a share of the matrix's plane rows
+ * (the threshold found per token). Neither: the dense model. */
+typedef struct {
+    const float *tau;
+    const float *share;
+    int whole_rows; /* the activation baseline: rows by x^2 alone, every plane or none */
+} ee_effort;
+
+/* Calibration statistics (optional): per matrix and plane, a histogram of log2 of the row scores
+ * x^2 * gain (EE_HIST_BINS bins of 1/EE_HIST_PER_OCTAVE octave from 2^EE_HIST_LOW), the output error
+ * energy left unread, and the output energy. */
+#define EE_HIST_BINS 1024
+#define EE_HIST_PER_OCTAVE 8
+#define EE_HIST_LOW (-96)
+typedef struct {
+    uint32_t *hist;   /* [n_matrices][2][EE_HIST_BINS] */
+    double *unread;   /* [n_matrices] */
+    double *energy;   /* [n_matrices] */
+    double *residual; /* [n_layers + 1]: energy of the residual stream entering each layer (and the final norm) */
+} ee_stats;
+
+#define MAX_GROUP 3 /* q/k/v share their input, as do gate/up */
 
 typedef struct {
     ee_dims d;
     ee_layer *layers;
-    const uint16_t *embed; /* fp16 [vocab, dim] */
-    const uint16_t *head;  /* fp16 [vocab, dim] (the embedding when tied) */
-    const int8_t *head_qs;      /* or the head in the file's own Q8_0 (exact): int8 [vocab, dim], */
-    const float *head_scales;   /* one scale per 32 weights; NULL: use `head` */
-    int embed_from_head;        /* tied embedding read from the Q8_0 head (then `embed` may be NULL) */
-    const float *final_norm;
-    const float *rope_inv_freq; /* [head_dim / 2] */
-    float *kcache, *vcache;     /* [layers][n_kv][max_ctx][head_dim] */
-    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
-    uint8_t *ranks;  /* k[i] of the last projection run through ee_project */
-    float *group_products[MAX_GROUP]; /* per matrix of a group sharing x: selection scratch */
-    uint8_t *group_ranks[MAX_GROUP];  /* and its k */
-    uint8_t *all_ranks; /* k[i] = 16 everywhere: the dense product through the same kernel */
-    int strategy;    /* EE_BUCKET or EE_ACTIVATION */
+    ee_planes head;
+    const float *final_norm, *rope_inv_freq;
+    float *kcache, *vcache; /* [layers][n_kv][max_ctx][head_dim] */
+    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores, *scratch;
+    int8_t *xq;
+    float *dx;
+    ee_work *work[MAX_GROUP];
+    uint8_t *levels[MAX_GROUP]; /* each row's level, kept for the calibration statistics */
+    ee_stats *stats;
+    float *capture;          /* optional: each matrix's input x, at capture + capture_at[index] */
+    const int64_t *capture_at;
+    double read, total; /* plane bytes read / at the top level, last step */
 } ee_model;
-
-/* How the effort picks weights: bucketMul (rank prefixes chosen by stat * |x|), or the
- * activation-only baseline (whole input columns with the largest |x|, as TEAL does). */
-enum { EE_BUCKET = 0, EE_ACTIVATION = 1 };
-
-void ee_set_strategy(ee_model *m, int strategy) { m->strategy = strategy; }
 
 static float *alloc_f(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
 
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 113;
-            while (!(man & 0x400u)) { man <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
+void ee_model_free(ee_model *m) {
+    if (!m) return;
+    free(m->layers);
+    free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
+    free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores); free(m->scratch);
+    free(m->xq); free(m->dx);
+    for (int g = 0; g < MAX_GROUP; g++) {
+        ee_work_free(m->work[g]);
+        free(m->levels[g]);
     }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    free(m);
 }
 
-ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t *embed, const uint16_t *head,
-                       const float *final_norm, const float *rope_inv_freq, float *kcache, float *vcache) {
+static int valid_planes(const ee_planes *p, int out, int in) {
+    return p->out == out && p->in == in && out % 64 == 0 && in % EE_BLOCK == 0 && in <= EE_MAX_IN &&
+           p->plane[0] && p->d && p->gain[0] && (p->kind == EE_Q4 || (p->kind == EE_Q8 && !p->m));
+}
+
+/* A model over Python's buffers; NULL when a shape does not suit the kernels (checked here, not assumed). */
+ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const ee_planes *head, const float *final_norm,
+                       const float *rope_inv_freq, float *kcache, float *vcache, int threads) {
+    int qdim = d->n_heads * d->head_dim, kvdim = d->n_kv * d->head_dim;
+    if (d->dim <= 0 || d->n_layers <= 0 || d->n_heads <= 0 || d->n_kv <= 0 || d->n_heads % d->n_kv || d->max_ctx <= 0)
+        return NULL;
+    if (!valid_planes(head, d->vocab, d->dim)) return NULL;
+    for (int l = 0; l < d->n_layers; l++) {
+        const ee_planes *p = layers[l].proj;
+        if (!valid_planes(&p[P_Q], qdim, d->dim) || !valid_planes(&p[P_K], kvdim, d->dim) ||
+            !valid_planes(&p[P_V], kvdim, d->dim) || !valid_planes(&p[P_O], d->dim, qdim) ||
+            !valid_planes(&p[P_GATE], d->ffn, d->dim) || !valid_planes(&p[P_UP], d->ffn, d->dim) ||
+            !valid_planes(&p[P_DOWN], d->dim, d->ffn))
+            return NULL;
+    }
     ee_model *m = (ee_model *)calloc(1, sizeof(ee_model));
     if (!m) return NULL;
     m->d = *d;
-    m->layers = (ee_layer *)malloc(sizeof(ee_layer) * d->n_layers);
-    memcpy(m->layers, layers, sizeof(ee_layer) * d->n_layers);
-    m->embed = embed;
-    m->head = head;
+    m->layers = (ee_layer *)malloc(sizeof(ee_layer) * (size_t)d->n_layers);
+    if (m->layers) memcpy(m->layers, layers, sizeof(ee_layer) * (size_t)d->n_layers);
+    m->head = *head;
     m->final_norm = final_norm;
     m->rope_inv_freq = rope_inv_freq;
     m->kcache = kcache;
     m->vcache = vcache;
-    int qdim = d->n_heads * d->head_dim, kvdim = d->n_kv * d->head_dim;
-    int widest = d->dim > qdim ? d->dim : qdim;
+    int widest = d->dim > qdim ? d->dim : qdim, widest_in = d->ffn > widest ? d->ffn : widest;
     m->x = alloc_f(d->dim);
     m->xn = alloc_f(widest);
     m->q = alloc_f(qdim);
@@ -110,35 +135,35 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     m->gate = alloc_f(d->ffn);
     m->up = alloc_f(d->ffn);
     m->scores = alloc_f((size_t)d->n_heads * d->max_ctx);
-    int widest_in = d->ffn > widest ? d->ffn : widest;
-    m->ranks = (uint8_t *)calloc(widest_in, 1);
+    m->scratch = alloc_f(2 * (size_t)widest_in);
+    m->xq = (int8_t *)calloc((size_t)widest_in, 1);
+    m->dx = alloc_f((size_t)widest_in / EE_BLOCK);
+    int ok = m->layers && m->x && m->xn && m->q && m->k && m->v && m->att && m->proj && m->gate && m->up &&
+             m->scores && m->scratch && m->xq && m->dx;
     for (int g = 0; g < MAX_GROUP; g++) {
-        m->group_products[g] = alloc_f((size_t)16 * widest_in);
-        m->group_ranks[g] = (uint8_t *)calloc(widest_in, 1);
+        ok = ok && (m->work[g] = ee_work_new(widest_in)) != NULL;
+        ok = ok && (m->levels[g] = (uint8_t *)malloc((size_t)widest_in)) != NULL;
     }
-    m->all_ranks = (uint8_t *)malloc(widest_in);
-    memset(m->all_ranks, 16, widest_in);
-    ecpu_init(0);
+    if (!ok) {
+        ee_model_free(m);
+        return NULL;
+    }
+    ecpu_init(threads);
     return m;
 }
 
-/* Use the head (and, when tied, the embedding) in the file's Q8_0 form: 1.06 bytes per weight instead
- * of 2, and exactly the file's values (fp16 cannot hold every Q8_0 scale * int8 product). */
-void ee_set_head_q8(ee_model *m, const int8_t *qs, const float *scales, int tied_embedding) {
-    m->head_qs = qs;
-    m->head_scales = scales;
-    m->embed_from_head = tied_embedding;
+void ee_set_stats(ee_model *m, ee_stats *stats) { m->stats = stats; }
+
+/* Keep each matrix's input of the following steps (bench and eval time and compare single matrices
+ * on real activations); NULL stops it. */
+void ee_set_capture(ee_model *m, float *capture, const int64_t *capture_at) {
+    m->capture = capture;
+    m->capture_at = capture ? capture_at : NULL;
 }
 
-void ee_model_free(ee_model *m) {
-    if (!m) return;
-    free(m->layers);
-    free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
-    free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores);
-    free(m->ranks); free(m->all_ranks);
-    for (int g = 0; g < MAX_GROUP; g++) { free(m->group_products[g]); free(m->group_ranks[g]); }
-    free(m);
-}
+/* plane bytes the last step read, and what every row at its top level would have read */
+double ee_bytes_read(const ee_model *m) { return m->read; }
+double ee_bytes_total(const ee_model *m) { return m->total; }
 
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     double ss = 0.0;
@@ -162,150 +187,129 @@ static void rope(float *v, int n_heads, int head_dim, int pos, const float *inv_
     }
 }
 
-/* The nth smallest of v[0..n) (0-based), by quickselect; reorders v. */
-static float quickselect(float *v, int n, int nth) {
-    int lo = 0, hi = n - 1;
-    while (lo < hi) {
-        float pivot = v[(lo + hi) / 2];
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] < pivot) i++;
-            while (v[j] > pivot) j--;
-            if (i <= j) { float t = v[i]; v[i] = v[j]; v[j] = t; i++; j--; }
-        }
-        if (nth <= j) hi = j;
-        else if (nth >= i) lo = i;
-        else break;
-    }
-    return v[nth];
-}
+/* ------------------------------------------------------------------ one projection group */
+static int top_level(const ee_planes *p) { return p->kind == EE_Q8 && p->plane[1] ? 2 : 1; }
 
-/* float -> unsigned key with the same order */
-static inline uint32_t order_key(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-/* The nth smallest of v[0..n) (0-based), exact. One pass counts the values per top-12-bit key
- * bin; only the bin that holds the answer (a few percent of the values) is copied to scratch
- * (room for n floats) and quickselected. A quickselect over all n values spent most of its
- * time in mispredicted branches: ~20 us per matrix on SmolLM2, ~4 ms per token. */
-static float select_nth(const float *v, int n, int nth, float *scratch) {
-    uint32_t hist[4096];
-    memset(hist, 0, sizeof hist);
-    for (int i = 0; i < n; i++) hist[order_key(v[i]) >> 20]++;
-    uint32_t below = 0, bin = 0;
-    while (below + hist[bin] <= (uint32_t)nth) below += hist[bin++];
-    int c = 0;
-    for (int i = 0; i < n; i++)
-        if ((order_key(v[i]) >> 20) == bin) scratch[c++] = v[i];
-    return quickselect(scratch, c, nth - (int)below);
-}
-
-/* Cutoff leaving round(share * n) of the n values strictly above it. */
-static float cutoff_above(const float *values, int n, float share, float *scratch) {
-    int keep = (int)lrint((double)share * n);
-    if (keep >= n) return -INFINITY;
-    if (keep <= 0) return INFINITY;
-    return select_nth(values, n, n - keep - 1, scratch);
-}
-
-/* The selection of one projection (engine/reference.py is the spec): writes k into `ranks` and
- * returns its sum.
- * bucketMul: cutoff = the probe product leaving round(effort * probes) products above it,
- *            k[i] = ranks of input i whose stat * |x[i]| beat it;
- * activation: k[i] = 16 for the round(effort * in) inputs with the largest |x[i]|, else 0.
- * `products` is scratch for 2 * n_probes * in floats. Thread-safe for distinct scratch. */
-static long select_k(int strategy, const ee_bucket *b, const float *x, float effort, float *products,
-                     uint8_t *ranks) {
-    long total = 0;
-    if (strategy == EE_ACTIVATION) {
-        for (int i = 0; i < b->in; i++) products[i] = fabsf(x[i]);
-        float cutoff = cutoff_above(products, b->in, effort, products + b->in);
-        for (int i = 0; i < b->in; i++) {
-            ranks[i] = fabsf(x[i]) > cutoff ? 16 : 0;
-            total += ranks[i];
-        }
-    } else {
-        int n = b->n_probes * b->in;
-        for (int j = 0; j < b->n_probes; j++)
-            for (int i = 0; i < b->in; i++) products[j * b->in + i] = b->probes[j * b->in + i] * fabsf(x[i]);
-        total = ecpu_effort_k(b->stats, x, b->in, cutoff_above(products, n, effort, products + n), ranks);
-    }
-    if (b->max_rank < 16) {
-        total = 0;
-        for (int i = 0; i < b->in; i++) {
-            if (ranks[i] > b->max_rank) ranks[i] = (uint8_t)b->max_rank;
-            total += ranks[i];
+/* Calibration: where this token's row scores fall, what was left unread, and the output energy. */
+static void record(ee_stats *st, int index, const ee_planes *p, const float *x, const float *y,
+                   const uint8_t *levels) {
+    uint32_t *h = st->hist + (size_t)index * 2 * EE_HIST_BINS;
+    double unread = 0.0, energy = 0.0;
+    int planes = top_level(p);
+    for (int i = 0; i < p->in; i++) {
+        float s = x[i] * x[i];
+        for (int q = 0; q < planes; q++) {
+            float v = s * p->gain[q][i];
+            int bin = v > 0.0f ? (int)floorf((log2f(v) - EE_HIST_LOW) * EE_HIST_PER_OCTAVE) : 0;
+            bin = bin < 0 ? 0 : bin >= EE_HIST_BINS ? EE_HIST_BINS - 1 : bin;
+            h[q * EE_HIST_BINS + bin]++;
+            if (levels[i] <= q) unread += v;
         }
     }
-    return total;
+    for (int o = 0; o < p->out; o++) energy += (double)y[o] * y[o];
+    st->unread[index] += unread;
+    st->energy[index] += energy;
 }
 
-typedef struct {
-    const ee_model *m;
-    const ee_bucket *const *bs;
-    const float *x, *effort;
-    int todo[MAX_GROUP], n_todo;
-    long total[MAX_GROUP];
-    atomic_int next;
-} select_job;
+/* Up to MAX_GROUP matrices of the same input x: x quantized once, each matrix's rows selected at its
+ * threshold, then one parallel product over all of them. */
+static void project_group(ee_model *m, const ee_planes *const *ps, float *const *ys, const int *index, int count,
+                          const float *x, const ee_effort *e) {
+    ee_quantize_x(x, ps[0]->in, m->xq, m->dx);
+    ee_mv mv[MAX_GROUP];
+    int whole = e && e->whole_rows;
+    for (int j = 0; j < count; j++) {
+        const ee_planes *p = ps[j];
+        if (m->capture) memcpy(m->capture + m->capture_at[index[j]], x, sizeof(float) * (size_t)p->in);
+        int top = top_level(p) == 1;
+        float tau = -1.0f; /* every row at its top level */
+        if (e && e->tau) tau = e->tau[index[j]];
+        else if (e && e->share) {
+            long rows = (long)p->in * top_level(p), budget = lrintf(e->share[index[j]] * (float)rows);
+            tau = budget >= rows ? -1.0f : ee_budget_tau(p, x, budget, top, whole, m->scratch);
+        }
+        ee_select(p, x, m->xq, m->dx, tau, top, whole, m->work[j], m->stats ? m->levels[j] : NULL);
+        m->read += (double)m->work[j]->rows_read * (p->out / 2);
+        m->total += (double)p->in * top_level(p) * (p->out / 2);
+        mv[j] = (ee_mv){p, m->work[j], ys[j]};
+    }
+    ee_matvec_multi(count, mv);
+    if (m->stats)
+        for (int j = 0; j < count; j++) record(m->stats, index[j], ps[j], x, ys[j], m->levels[j]);
+}
 
-static void select_worker(void *arg, int tid) {
-    (void)tid;
-    select_job *J = (select_job *)arg;
-    for (;;) {
-        int t = atomic_fetch_add(&J->next, 1);
-        if (t >= J->n_todo) break;
-        int j = J->todo[t];
-        J->total[j] = select_k(J->m->strategy, J->bs[j], J->x, J->effort[j], J->m->group_products[j],
-                               J->m->group_ranks[j]);
+/* ------------------------------------------------------------------ attention */
+static float exp_shifted(float *scores, int n, float top) {
+    double total = 0.0;
+    for (int t = 0; t < n; t++) {
+        scores[t] = expf(scores[t] - top);
+        total += scores[t];
+    }
+    return (float)(1.0 / total);
+}
+
+/* out[hd] = softmax(scale * K q) V over n cached positions (rows of hd floats), max subtracted first */
+static void attend_scalar(const float *q, const float *K, const float *V, int n, int hd, float scale, float *scores,
+                          float *out) {
+    float top = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        const float *k = K + (size_t)t * hd;
+        float s = 0.0f;
+        for (int j = 0; j < hd; j++) s += q[j] * k[j];
+        scores[t] = s * scale;
+        if (scores[t] > top) top = scores[t];
+    }
+    float inv = exp_shifted(scores, n, top);
+    for (int j = 0; j < hd; j++) out[j] = 0.0f;
+    for (int t = 0; t < n; t++) {
+        const float *v = V + (size_t)t * hd;
+        float p = scores[t] * inv;
+        for (int j = 0; j < hd; j++) out[j] += p * v[j];
     }
 }
 
-/* A projection runs its selection only under effort and when it has the stats to select with. */
-static int under_effort(const ee_bucket *b, float effort) { return effort < 1.0f && b->stats; }
-
-/* Up to MAX_GROUP projections of the same input x, dense (effort >= 1 or no stats: every rank)
- * or under effort: the selections run in parallel on the pool, then ONE multiply over all their
- * tiles (one pool job instead of one per matrix). Returns the weights multiplied. */
-static double project_group(ee_model *m, const ee_bucket *const *bs, float *const *ys, int count,
-                            const float *x, const float *effort) {
-    select_job J;
-    J.m = m; J.bs = bs; J.x = x; J.effort = effort; J.n_todo = 0;
-    atomic_init(&J.next, 0);
-    for (int j = 0; j < count; j++)
-        if (under_effort(bs[j], effort[j])) J.todo[J.n_todo++] = j;
-    if (J.n_todo == 1) select_worker(&J, 0);
-    else if (J.n_todo > 1) ecpu_parallel(select_worker, &J);
-    ecpu_eff_mat mats[MAX_GROUP];
-    double used = 0.0;
-    for (int j = 0, t = 0; j < count; j++) {
-        const ee_bucket *b = bs[j];
-        int selected = t < J.n_todo && J.todo[t] == j;
-        const uint8_t *k = selected ? m->group_ranks[j] : m->all_ranks;
-        used += selected ? (double)J.total[j] * (b->out / 16) : (double)b->out * b->in;
-        t += selected;
-        mats[j] = (ecpu_eff_mat){b->blk, b->out, k, ys[j]};
+#if EE_X86
+__attribute__((target("avx2,fma"))) static void attend_avx2(const float *q, const float *K, const float *V, int n,
+                                                            int hd, float scale, float *scores, float *out) {
+    float top = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        const float *k = K + (size_t)t * hd;
+        __m256 a = _mm256_setzero_ps();
+        for (int j = 0; j < hd; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), _mm256_loadu_ps(k + j), a);
+        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+        float s = _mm_cvtss_f32(s4) * scale;
+        scores[t] = s;
+        if (s > top) top = s;
     }
-    ecpu_effort_matvec_multi(count, mats, bs[0]->in, x);
-    return used;
+    float inv = exp_shifted(scores, n, top);
+    __m256 acc[32]; /* hd <= 256 */
+    int nv = hd / 8;
+    for (int r = 0; r < nv; r++) acc[r] = _mm256_setzero_ps();
+    for (int t = 0; t < n; t++) {
+        const float *v = V + (size_t)t * hd;
+        __m256 p = _mm256_set1_ps(scores[t] * inv);
+        for (int r = 0; r < nv; r++) acc[r] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * r), acc[r]);
+    }
+    for (int r = 0; r < nv; r++) _mm256_storeu_ps(out + 8 * r, acc[r]);
 }
+#endif
 
-/* Runs one projection, dense (every rank of every input) or under effort; returns the
- * number of weights multiplied. Effort 1.0 is the same kernel with k = 16 everywhere. */
-double ee_project(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
-    double used = project_group(m, &b, &y, 1, x, &effort);
-    memcpy(m->ranks, under_effort(b, effort) ? m->group_ranks[0] : m->all_ranks, (size_t)b->in);
-    return used;
-}
-
-/* How many inputs the last projection used at all (k > 0): the kernel reads whole rows of those. */
-int ee_active_inputs(const ee_model *m, int in) {
-    int n = 0;
-    for (int i = 0; i < in; i++) n += m->ranks[i] > 0;
-    return n;
+static void attend(const float *q, const float *K, const float *V, int n, int hd, float scale, float *scores,
+                   float *out) {
+#if EE_X86
+    static int avx2 = -1;
+    if (avx2 < 0) {
+        __builtin_cpu_init();
+        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && strcmp(ee_isa(), "scalar") != 0;
+    }
+    if (avx2 && hd % 8 == 0 && hd <= 256) {
+        attend_avx2(q, K, V, n, hd, scale, scores, out);
+        return;
+    }
+#endif
+    attend_scalar(q, K, V, n, hd, scale, scores, out);
 }
 
 typedef struct {
@@ -326,13 +330,12 @@ static void attention_worker(void *arg, int tid) {
         int h = atomic_fetch_add(&J->next, 1);
         if (h >= d->n_heads) break;
         size_t at = layer_off + ((size_t)(h / group) * d->max_ctx + first) * hd;
-        ecpu_attend(m->q + h * hd, m->kcache + at, m->vcache + at, J->pos + 1 - first, hd,
-                    1.0f / sqrtf((float)hd), m->scores + (size_t)h * d->max_ctx, m->att + h * hd);
+        attend(m->q + h * hd, m->kcache + at, m->vcache + at, J->pos + 1 - first, hd, 1.0f / sqrtf((float)hd),
+               m->scores + (size_t)h * d->max_ctx, m->att + h * hd);
     }
 }
 
-/* Decode-time attention for one layer: stable softmax over the cached keys, heads in parallel
- * once the context is long enough to pay for the hand-off. */
+/* heads in parallel once the context is long enough to pay for the hand-off */
 static void attention(ee_model *m, int layer, int pos) {
     attention_job J = {m, layer, pos, 0};
     atomic_init(&J.next, 0);
@@ -345,24 +348,25 @@ static void add_bias(float *y, const float *b, int n) {
         for (int i = 0; i < n; i++) y[i] += b[i];
 }
 
-/* One token at position `pos`; `effort` holds one local effort per (layer, projection), or is
- * NULL for the dense model. Writes logits [vocab]; returns the share of projection weights used. */
-double ee_step(ee_model *m, int token, int pos, const float *effort, float *logits) {
+/* One token at position `pos`, from its embedding x0 [dim]: writes logits [vocab]. Returns 0, or -1 when
+ * `pos` is outside the KV cache (nothing is written then). */
+int ee_step(ee_model *m, const float *x0, int pos, const ee_effort *effort, float *logits) {
     const ee_dims *d = &m->d;
-    int dim = d->dim, hd = d->head_dim;
-    int qdim = d->n_heads * hd, kvdim = d->n_kv * hd;
-    double used = 0.0, total = 0.0;
-    if (m->embed_from_head) ecpu_q8_row(m->head_qs, m->head_scales, token, dim, m->x);
-    else for (int i = 0; i < dim; i++) m->x[i] = f16_to_f32(m->embed[(size_t)token * dim + i]);
+    if (pos < 0 || pos >= d->max_ctx) return -1;
+    const ee_effort *e = effort && (effort->tau || effort->share) ? effort : NULL;
+    int dim = d->dim, hd = d->head_dim, qdim = d->n_heads * hd, kvdim = d->n_kv * hd;
+    m->read = m->total = 0.0;
+    memcpy(m->x, x0, sizeof(float) * (size_t)dim);
     for (int li = 0; li < d->n_layers; li++) {
-        const ee_layer *l = &m->layers[li];
-        const float *e = effort ? effort + li * N_PROJ : NULL;
-#define EFF(p) (e ? e[p] : 1.0f)
+        ee_layer *l = &m->layers[li];
+        int at = li * EE_N_PROJ;
+        if (m->stats)
+            for (int i = 0; i < dim; i++) m->stats->residual[li] += (double)m->x[i] * m->x[i];
         rmsnorm(m->xn, m->x, l->attn_norm, dim, d->eps);
-        const ee_bucket *qkv[3] = {l->bucket[P_Q], l->bucket[P_K], l->bucket[P_V]};
+        const ee_planes *qkv[3] = {&l->proj[P_Q], &l->proj[P_K], &l->proj[P_V]};
         float *qkv_out[3] = {m->q, m->k, m->v};
-        float qkv_effort[3] = {EFF(P_Q), EFF(P_K), EFF(P_V)};
-        used += project_group(m, qkv, qkv_out, 3, m->xn, qkv_effort);
+        int qkv_index[3] = {at + P_Q, at + P_K, at + P_V};
+        project_group(m, qkv, qkv_out, qkv_index, 3, m->xn, e);
         add_bias(m->q, l->bias[0], qdim);
         add_bias(m->k, l->bias[1], kvdim);
         add_bias(m->v, l->bias[2], kvdim);
@@ -370,31 +374,57 @@ double ee_step(ee_model *m, int token, int pos, const float *effort, float *logi
         rope(m->k, d->n_kv, hd, pos, m->rope_inv_freq);
         size_t layer_off = (size_t)li * d->n_kv * d->max_ctx * hd;
         for (int h = 0; h < d->n_kv; h++) {
-            size_t at = layer_off + ((size_t)h * d->max_ctx + pos) * hd;
-            memcpy(m->kcache + at, m->k + h * hd, sizeof(float) * hd);
-            memcpy(m->vcache + at, m->v + h * hd, sizeof(float) * hd);
+            size_t to = layer_off + ((size_t)h * d->max_ctx + pos) * hd;
+            memcpy(m->kcache + to, m->k + h * hd, sizeof(float) * hd);
+            memcpy(m->vcache + to, m->v + h * hd, sizeof(float) * hd);
         }
         attention(m, li, pos);
-        float o_effort = EFF(P_O);
-        used += project_group(m, &l->bucket[P_O], &m->proj, 1, m->att, &o_effort);
+        const ee_planes *o[1] = {&l->proj[P_O]};
+        float *o_out[1] = {m->proj};
+        int o_index[1] = {at + P_O};
+        project_group(m, o, o_out, o_index, 1, m->att, e);
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
 
         rmsnorm(m->xn, m->x, l->ffn_norm, dim, d->eps);
-        float *gate_up_out[2] = {m->gate, m->up};
-        float gate_up_effort[2] = {EFF(P_GATE), EFF(P_UP)};
-        used += project_group(m, &l->bucket[P_GATE], gate_up_out, 2, m->xn, gate_up_effort);
+        const ee_planes *gu[2] = {&l->proj[P_GATE], &l->proj[P_UP]};
+        float *gu_out[2] = {m->gate, m->up};
+        int gu_index[2] = {at + P_GATE, at + P_UP};
+        project_group(m, gu, gu_out, gu_index, 2, m->xn, e);
         for (int i = 0; i < d->ffn; i++) {
             float g = m->gate[i];
             m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
         }
-        float down_effort = EFF(P_DOWN);
-        used += project_group(m, &l->bucket[P_DOWN], &m->proj, 1, m->gate, &down_effort);
+        const ee_planes *dn[1] = {&l->proj[P_DOWN]};
+        float *dn_out[1] = {m->proj};
+        int dn_index[1] = {at + P_DOWN};
+        project_group(m, dn, dn_out, dn_index, 1, m->gate, e);
         for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
-#undef EFF
-        total += 2.0 * qdim * dim + 2.0 * kvdim * dim + 3.0 * dim * d->ffn;
     }
+    if (m->stats)
+        for (int i = 0; i < dim; i++) m->stats->residual[d->n_layers] += (double)m->x[i] * m->x[i];
     rmsnorm(m->xn, m->x, m->final_norm, dim, d->eps);
-    if (m->head_qs) ecpu_head_q8(m->head_qs, m->head_scales, m->xn, logits, d->vocab, dim);
-    else ecpu_dense_f16(m->head, m->xn, logits, d->vocab, dim);
-    return used / total;
+    const ee_planes *head[1] = {&m->head};
+    float *head_out[1] = {logits};
+    int head_index[1] = {d->n_layers * EE_N_PROJ};
+    project_group(m, head, head_out, head_index, 1, m->xn, e);
+    return 0;
+}
+
+/* One projection outside a decode step (bench, eval, tests): y = the matrix at `tau` (or `share`) times x.
+ * Returns the plane rows it read. */
+long ee_project(ee_model *m, const ee_planes *p, const float *x, float *y, float tau, float share, int whole_rows) {
+    float t[1] = {tau}, s[1] = {share};
+    ee_effort e = {share >= 0.0f ? NULL : t, share >= 0.0f ? s : NULL, whole_rows};
+    const ee_planes *ps[1] = {p};
+    float *ys[1] = {y};
+    int index[1] = {0};
+    ee_stats *keep = m->stats;
+    float *capture = m->capture;
+    m->stats = NULL;
+    m->capture = NULL;
+    m->read = m->total = 0.0;
+    project_group(m, ps, ys, index, 1, x, &e);
+    m->stats = keep;
+    m->capture = capture;
+    return m->work[0]->rows_read;
 }

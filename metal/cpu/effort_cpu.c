@@ -24,6 +24,7 @@
  *   (A hybrid with tile4/chunk4 blocks for 0 < k < T was measured slower than this at every T.)
  */
 #include "effort_cpu.h"
+#include "pool.h"
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
@@ -64,97 +65,6 @@ static void detect_isa(void) {
     g_isa = isa;
 }
 const char *ecpu_isa(void) { detect_isa(); return g_isa == 1 ? "avx2" : "scalar"; }
-
-/* ------------------------------------------------------------------ thread pool */
-#define ECPU_MAXT 64
-typedef void (*job_fn)(void *arg, int tid);
-static int g_nthreads = 1, g_started = 0;
-static pthread_t g_th[ECPU_MAXT];
-static atomic_uint g_gen;
-static atomic_int g_open, g_active, g_stop, g_nsleep;
-/* Join protocol: a job is open from pool_run's start until the caller has finished its own share; a worker
-   registers in g_active and then joins only if the job is still open, so a worker that the OS has not
-   scheduled in time (oversubscribed machine) never makes the caller wait: all jobs claim their work units
-   with atomic counters, so the caller alone can complete any job. */
-static job_fn g_fn; static void *g_arg;
-static unsigned g_gen_at_start; /* generation seen by workers at creation (avoids a start-up race) */
-static pthread_mutex_t g_mtx = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
-
-static inline void cpu_relax(void) {
-#if ECPU_X86
-    _mm_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-static void *worker_main(void *p) {
-    int tid = (int)(intptr_t)p;
-    unsigned seen = g_gen_at_start;
-    for (;;) {
-        long spins = 0;
-        unsigned g;
-        while ((g = atomic_load_explicit(&g_gen, memory_order_acquire)) == seen && !atomic_load(&g_stop)) {
-            if (++spins < 200000) cpu_relax();
-            else { /* idle: sleep */
-                pthread_mutex_lock(&g_mtx);
-                atomic_fetch_add(&g_nsleep, 1);
-                while (atomic_load(&g_gen) == seen && !atomic_load(&g_stop)) pthread_cond_wait(&g_cv, &g_mtx);
-                atomic_fetch_sub(&g_nsleep, 1);
-                pthread_mutex_unlock(&g_mtx);
-                spins = 0;
-            }
-        }
-        if (atomic_load(&g_stop)) break;
-        seen = g;
-        atomic_fetch_add(&g_active, 1);                 /* seq_cst: pairs with the caller's g_open = 0 then g_active check */
-        if (atomic_load(&g_open)) g_fn(g_arg, tid);
-        atomic_fetch_sub_explicit(&g_active, 1, memory_order_release);
-    }
-    return NULL;
-}
-int ecpu_init(int nthreads) {
-    detect_isa();
-    if (nthreads <= 0) nthreads = 2;
-    if (nthreads > ECPU_MAXT) nthreads = ECPU_MAXT;
-    if (g_started) ecpu_shutdown();
-    atomic_store(&g_stop, 0);
-    g_nthreads = 1;
-    g_gen_at_start = atomic_load(&g_gen);
-    for (int t = 1; t < nthreads; t++) {
-        if (pthread_create(&g_th[t], NULL, worker_main, (void *)(intptr_t)t) != 0) break;
-        g_nthreads = t + 1;
-    }
-    g_started = 1;
-    return g_nthreads;
-}
-void ecpu_shutdown(void) {
-    if (!g_started) return;
-    pthread_mutex_lock(&g_mtx);
-    atomic_store(&g_stop, 1);
-    pthread_cond_broadcast(&g_cv);
-    pthread_mutex_unlock(&g_mtx);
-    for (int t = 1; t < g_nthreads; t++) pthread_join(g_th[t], NULL);
-    g_nthreads = 1; g_started = 0;
-}
-/* run fn(arg, tid) on all threads (caller is tid 0) and wait */
-static void pool_run(job_fn fn, void *arg) {
-    if (g_nthreads <= 1) { fn(arg, 0); return; }
-    g_fn = fn; g_arg = arg;
-    atomic_store(&g_open, 1);
-    atomic_fetch_add(&g_gen, 1); /* seq_cst: pairs with the sleeper's nsleep++ then gen check */
-    if (atomic_load(&g_nsleep) > 0) { pthread_mutex_lock(&g_mtx); pthread_cond_broadcast(&g_cv); pthread_mutex_unlock(&g_mtx); }
-    fn(arg, 0);                  /* returns when every work unit has been claimed and the caller's are done */
-    atomic_store(&g_open, 0);    /* late workers skip the job from here on */
-    long spins = 0;
-    while (atomic_load_explicit(&g_active, memory_order_acquire) != 0) {   /* workers inside the job: wait for their units */
-        if (++spins < 20000) cpu_relax(); else sched_yield();   /* oversubscribed machine: let the worker run */
-    }
-}
-
-/* run fn(arg, tid) on every pool thread, the caller included, and wait: work must be claimed with
-   atomic counters (any thread may end up doing all of it) */
-void ecpu_parallel(void (*fn)(void *arg, int tid), void *arg) { pool_run(fn, arg); }
 
 /* ------------------------------------------------------------------ dense fp16 */
 static void dense_rows_scalar(const uint16_t *W, const float *x, float *y, int r0, int r1, int in) {
@@ -233,7 +143,7 @@ void ecpu_dense_f16(const uint16_t *W, const float *x, float *y, int out, int in
     detect_isa();
     dense_job J = {W, NULL, x, y, out, in, 32, 0};
     if ((size_t)out * in < 65536) { J.chunk = out; }
-    pool_run(dense_worker, &J);
+    ecpu_parallel(dense_worker, &J);
 }
 
 /* ------------------------------------------------------------------ Q8_0 head */
@@ -284,7 +194,7 @@ static void q8_worker(void *p, int tid) {
 void ecpu_head_q8(const int8_t *qs, const float *scales, const float *x, float *y, int out, int in) {
     detect_isa();
     dense_job J = {qs, scales, x, y, out, in, 256, 0};
-    pool_run(q8_worker, &J);
+    ecpu_parallel(q8_worker, &J);
 }
 void ecpu_q8_from_gguf(const uint8_t *blocks, int out, int in, int8_t *qs, float *scales) {
     int nbk = in / 32;
@@ -513,7 +423,7 @@ void ecpu_effort_matvec_multi(int n, const ecpu_eff_mat *mats, int in, const flo
         ensure_wl(cnt, in);
         eff_job J; J.n = cnt; J.in = in; J.mats = mats + base; atomic_init(&J.next, 0); J.tstart[0] = 0;
         for (int q = 0; q < cnt; q++) { make_work(in, x, mats[base + q].k, &g_wl[q]); J.tstart[q + 1] = J.tstart[q] + mats[base + q].out / 64; }
-        pool_run(eff_worker, &J);
+        ecpu_parallel(eff_worker, &J);
     }
 }
 void ecpu_effort_matvec(const uint16_t *blk, int out, int in, const float *x, const uint8_t *k, float *y) {

@@ -6,14 +6,10 @@
 #define EFFORT_CPU_H
 #include <stddef.h>
 #include <stdint.h>
+#include "pool.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
-/* thread pool: nthreads total including the caller (<=0: 2). Returns the count in use. */
-int  ecpu_init(int nthreads);
-void ecpu_shutdown(void);
-/* fn(arg, tid) on every pool thread (the caller is tid 0), then wait; claim work with atomics */
-void ecpu_parallel(void (*fn)(void *arg, int tid), void *arg);
 /* "avx2" or "scalar" : the kernel family chosen at runtime */
 const char *ecpu_isa(void);
 

@@ -1,0 +1,134 @@
+"""The forward-only measurements the planes allocation is built from, run on the C decode step.
+
+On a short calibration text (never one of the evaluation texts), teacher-forced:
+
+1. one dense pass: the reference next-token distributions, and, per matrix, how its rows' scores
+   ``x_i² · gain`` are spread (histograms of log2 scores, per plane; what static thresholds need);
+2. for each kind of matrix (q, k, v, o, gate, up, down, head) and each of a few shares of its bytes,
+   one pass with every matrix of that kind reading that share (the best rows, per token) and all
+   others whole: the KL to the dense pass it costs. These are the kind's cost curve.
+
+`allocation.build` spreads each global effort over the kinds where it costs least (a convex-hull
+Lagrangian over the measured curves), every matrix of a kind at the kind's share. No backward pass and
+no second copy of the weights: only decode steps over the layout, so the cost is
+(kinds × shares + 1) × tokens decode steps, and the memory is the histograms.
+
+Why kinds and not single matrices: proxies that tell matrices apart without measuring each (their
+output energy, the residual stream's) starved single matrices and cost 2-5x the KL of a uniform
+split (docs/measurements.md); a kind measured as a whole cannot be starved by a bad proxy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.effort.planes import allocation as alloc
+from engine.effort.planes.store import HEAD, layout_path
+from engine.events import LoadProgress
+from engine.io.loader import ModelFiles
+from engine.model.decoder import PROJECTIONS
+from engine.runtime import native
+
+CALIBRATION_TEXT = Path(__file__).resolve().parents[2] / "data" / "calibration.txt"
+CALIBRATION_TOKENS = 96
+KINDS = (*PROJECTIONS, "lm_head")
+LEVELS = (0.1, 0.25, 0.5, 0.75)  # shares of a kind's bytes whose cost is measured (1.0 costs nothing)
+FORMAT_VERSION = 2
+
+ProgressFn = Callable[[LoadProgress], None]
+
+
+def allocation_path(files: ModelFiles) -> Path:
+    return layout_path(files).with_suffix(f".calibration-v{FORMAT_VERSION}.json")
+
+
+def load(files: ModelFiles) -> alloc.Allocation | None:
+    """The model's calibrated allocation, or None when it has not been calibrated (or the file is unreadable)."""
+    path = allocation_path(files)
+    try:
+        return alloc.Allocation.load(path) if path.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def calibration_tokens(tokenizer, limit: int = CALIBRATION_TOKENS) -> list[int]:
+    return tokenizer.encode(CALIBRATION_TEXT.read_text(encoding="utf-8"))[:limit]
+
+
+def token_budget(parameters: int, limit: int = CALIBRATION_TOKENS) -> int:
+    """Fewer calibration tokens for larger models, so calibration stays within a few minutes on two
+    cores: 96 up to 0.3B, down to 16 at 7B and beyond."""
+    return int(np.clip(limit * 3e8 / max(parameters, 1), 16, limit))
+
+
+def kind_of(name: str) -> str:
+    return "lm_head" if name == HEAD else name.split(".")[4]
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def calibrate(runtime, tokens: list[int], on_progress: ProgressFn | None = None) -> alloc.Allocation:
+    """Measure on `tokens` and build the allocation (`runtime`: an engine.runtime.cpu_runtime.CPURuntime)."""
+    progress = on_progress or (lambda p: None)
+    names = runtime.names
+    kinds = np.array([kind_of(n) for n in names])
+    m_count, steps = len(names), len(tokens) - 1
+    passes = 1 + len(KINDS) * len(LEVELS)
+    start = time.monotonic()
+    hist = np.zeros((m_count, 2, native.HIST_BINS), np.uint32)
+    unread = np.zeros(m_count, np.float64)
+    energy = np.zeros(m_count, np.float64)
+    residual = np.zeros(runtime.config.num_layers + 1, np.float64)
+    stats = native.Stats(hist.ctypes.data, unread.ctypes.data, energy.ctypes.data, residual.ctypes.data)
+
+    def run(effort, label: str, n: int) -> np.ndarray:
+        runtime.reset(0)
+        rows = []
+        for t, token in enumerate(tokens[:-1]):
+            runtime.run_step(int(token), effort)
+            rows.append(runtime.logits())
+            if t % 16 == 0:
+                done = n * steps + t
+                progress(LoadProgress("calibrate", done, passes * steps, "steps",
+                                      f"{label} ({time.monotonic() - start:.0f}s)"))
+        return _log_softmax(np.stack(rows))
+
+    runtime.lib.ee_set_stats(runtime._handle, ctypes.byref(stats))
+    try:
+        dense = run(None, "dense pass", 0)
+    finally:
+        runtime.lib.ee_set_stats(runtime._handle, None)
+    p = np.exp(dense)
+    cost = np.zeros((len(KINDS), len(LEVELS)))
+    try:
+        n = 1
+        for k, kind in enumerate(KINDS):
+            for j, level in enumerate(LEVELS):
+                share = np.where(kinds == kind, level, 1.0).astype(np.float32)
+                lp = run(native.Effort(None, share.ctypes.data, 0), f"what {kind} costs at {level:.0%}", n)
+                cost[k, j] = max(float((p * (dense - lp)).sum(-1).mean()), 0.0)
+                n += 1
+    finally:
+        runtime.reset(0)
+    row_bytes = np.array([runtime.planes.matrices[n].out_dim / 2 for n in names])
+    edges = native.HIST_LOW + np.arange(native.HIST_BINS + 1) / native.HIST_PER_OCTAVE
+    progress(LoadProgress("calibrate", passes * steps, passes * steps, "steps", "building the allocation"))
+    return alloc.build(names, kinds, KINDS, np.array(LEVELS), cost, hist / steps, row_bytes, edges)
+
+
+def calibrate_model(files: ModelFiles, runtime, on_progress: ProgressFn | None = None) -> alloc.Allocation:
+    """Calibrate (with the token budget for the model's size), save beside the layout, return it."""
+    parameters = sum(m.out_dim * m.in_dim for m in runtime.planes.matrices.values())
+    tokens = calibration_tokens(files.tokenizer, token_budget(parameters) + 1)
+    result = calibrate(runtime, tokens, on_progress)
+    result.save(allocation_path(files))
+    return result

@@ -1,0 +1,526 @@
+/* planes.c — the kernels of the planes layout (see planes.h for the layout and the math).
+ * Run by: metal/cpu/decode.c and engine.runtime.cpu_runtime (built by engine.runtime.native).
+ *
+ * Kernel families, chosen at run time: AVX-512 VNNI (vpdpbusd on zmm; Zen 4, Sapphire Rapids), AVX2
+ * (vpmaddubsw + vpmaddwd; Zen 3, Intel client chips), portable C. All compute the same integer sums per
+ * block; they differ only in the float rounding of the fold.
+ *
+ * Why these shapes: on a CPU time follows the bytes read in long streams, and routing single weights to
+ * their lanes costs more than reading them (docs/measurements.md). So the effort chooses whole rows at a
+ * level (contiguous reads), and the compute per weight stays well below the memory time at 4 bits: four
+ * rows of one block are interleaved in registers (two unpack steps) so that one vpdpbusd sums four rows'
+ * products per output lane; their four activations are one broadcast 32-bit word.
+ */
+#include "planes.h"
+#include "pool.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdatomic.h>
+
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(ECPU_NO_SIMD) && defined(__GNUC__)
+#define EE_X86 1
+#include <immintrin.h>
+#else
+#define EE_X86 0
+#endif
+
+/* ------------------------------------------------------------------ isa */
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+static int g_isa = -1;
+static int isa(void) {
+    if (g_isa >= 0) return g_isa;
+    int best = ISA_SCALAR;
+#if EE_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        best = ISA_AVX2;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+            best = ISA_AVX512;
+    }
+#endif
+    const char *cap = getenv("EE_ISA");
+    if (cap && strcmp(cap, "scalar") == 0) best = ISA_SCALAR;
+    if (cap && strcmp(cap, "avx2") == 0 && best > ISA_AVX2) best = ISA_AVX2;
+    g_isa = best;
+    return g_isa;
+}
+const char *ee_isa(void) {
+    static const char *names[] = {"scalar", "avx2", "avx512vnni"};
+    return names[isa()];
+}
+
+static float h2f(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, u;
+    float f;
+    if (e == 0) {
+        f = ldexpf((float)m, -24);
+        memcpy(&u, &f, 4);
+        u |= s;
+    } else if (e == 31) {
+        u = s | 0x7f800000u | (m << 13);
+    } else {
+        u = s | ((e + 112) << 23) | (m << 13);
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ------------------------------------------------------------------ activations */
+void ee_quantize_x(const float *x, int in, int8_t *xq, float *dx) {
+    for (int b = 0; b < in / EE_BLOCK; b++) {
+        const float *v = x + EE_BLOCK * b;
+        float top = 0.0f;
+        for (int j = 0; j < EE_BLOCK; j++) top = fmaxf(top, fabsf(v[j]));
+        float d = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
+        dx[b] = d;
+        for (int j = 0; j < EE_BLOCK; j++) xq[EE_BLOCK * b + j] = (int8_t)lrintf(v[j] * inv);
+    }
+}
+
+/* ------------------------------------------------------------------ work lists */
+ee_work *ee_work_new(int in) {
+    ee_work *w = (ee_work *)calloc(1, sizeof(ee_work));
+    if (!w) return NULL;
+    int nb = in / EE_BLOCK;
+    w->nb = nb;
+    w->cap = 2 * (in / 4 + nb) + 8; /* both planes of every row, each block's lists padded to quads */
+    w->quads = (ee_quad *)malloc(sizeof(ee_quad) * (size_t)w->cap);
+    w->start = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb + 1));
+    w->split = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb + 1));
+    w->dx = (float *)malloc(sizeof(float) * (size_t)(3 * nb + 1));
+    if (!w->quads || !w->start || !w->split || !w->dx) {
+        ee_work_free(w);
+        return NULL;
+    }
+    w->c0 = w->dx + nb;
+    w->c1 = w->c0 + nb;
+    return w;
+}
+
+void ee_work_free(ee_work *w) {
+    if (!w) return;
+    free(w->quads);
+    free(w->start);
+    free(w->split);
+    free(w->dx);
+    free(w);
+}
+
+/* Append the listed rows (indices `rows[0..n)` of one block) as quads; a short last quad repeats the
+ * first row with activation 0. */
+static int put_quads(ee_quad *q, const uint16_t *rows, int n, const int8_t *xq) {
+    int nq = (n + 3) / 4;
+    for (int t = 0; t < nq; t++) {
+        uint32_t word = 0;
+        for (int j = 0; j < 4; j++) {
+            int k = 4 * t + j;
+            uint16_t r = k < n ? rows[k] : rows[0];
+            int8_t a = k < n ? xq[r] : 0;
+            q[t].row[j] = r;
+            word |= (uint32_t)(uint8_t)a << (8 * j);
+        }
+        q[t].xq = (int32_t)word;
+    }
+    return nq;
+}
+
+/* Block b's lists (rows at level >= 1: l1, at level 2: l2) as quads at w->quads + at, with the fold's
+ * constants; returns the next free quad. */
+static int fill_block(const ee_planes *P, ee_work *w, int b, int at, const uint16_t *l1, int n1, const uint16_t *l2,
+                      int n2, const int8_t *xq, const float *dx) {
+    int s12 = 0, s1 = 0;
+    for (int t = 0; t < n1; t++) s12 += xq[l1[t]];
+    s1 = s12;
+    for (int t = 0; t < n2; t++) s1 -= xq[l2[t]];
+    w->start[b] = at;
+    at += n1 ? put_quads(w->quads + at, l1, n1, xq) : 0;
+    w->split[b] = at;
+    at += n2 ? put_quads(w->quads + at, l2, n2, xq) : 0;
+    w->dx[b] = dx[b];
+    if (P->kind == EE_Q8) { /* acc holds 16 u + l with u = high nibble + 8: remove the bias, add 7.5 per level-1 row */
+        w->c0[b] = dx[b] * (-128.0f * (float)s12 + 7.5f * (float)s1);
+        w->c1[b] = 0.0f;
+    } else if (!P->m) { /* Q4_0: m = -8 d, a constant in the integer sum */
+        w->c0[b] = dx[b] * (-8.0f * (float)s12);
+        w->c1[b] = 0.0f;
+    } else {
+        w->c0[b] = 0.0f;
+        w->c1[b] = dx[b] * (float)s12;
+    }
+    return at;
+}
+
+long ee_work_from_levels(const ee_planes *P, const int8_t *xq, const float *dx, const uint8_t *levels,
+                         ee_work *w) {
+    int nb = P->in / EE_BLOCK, at = 0;
+    long read = 0;
+    uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
+    for (int b = 0; b < nb; b++) {
+        int n1 = 0, n2 = 0;
+        for (int j = 0; j < EE_BLOCK; j++) {
+            int i = EE_BLOCK * b + j;
+            if (levels[i] >= 1) l1[n1++] = (uint16_t)i;
+            if (levels[i] >= 2) l2[n2++] = (uint16_t)i;
+        }
+        at = fill_block(P, w, b, at, l1, n1, l2, n2, xq, dx);
+        read += n1 + n2;
+    }
+    w->start[nb] = at;
+    w->rows_read = read;
+    return read;
+}
+
+long ee_select(const ee_planes *P, const float *x, const int8_t *xq, const float *dx, float tau, int top, int whole,
+               ee_work *w, uint8_t *levels) {
+    int nb = P->in / EE_BLOCK, planes = P->kind == EE_Q8 && P->plane[1] && !top ? 2 : 1, at = 0;
+    long read = 0;
+    uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
+    for (int b = 0; b < nb; b++) {
+        int n1 = 0, n2 = 0;
+        for (int j = 0; j < EE_BLOCK; j++) {
+            int i = EE_BLOCK * b + j, lv;
+            float s = x[i] * x[i];
+            if (tau < 0.0f) lv = planes;
+            else if (whole) lv = s > tau ? planes : 0;
+            else {
+                lv = s * P->gain[0][i] > tau;
+                if (lv && planes == 2 && s * P->gain[1][i] > tau) lv = 2;
+            }
+            if (lv >= 1) l1[n1++] = (uint16_t)i;
+            if (lv >= 2) l2[n2++] = (uint16_t)i;
+            if (levels) levels[i] = (uint8_t)lv;
+        }
+        at = fill_block(P, w, b, at, l1, n1, l2, n2, xq, dx);
+        read += n1 + n2;
+    }
+    w->start[nb] = at;
+    w->rows_read = read;
+    return read;
+}
+
+/* the k-th largest of v[0..n) (k >= 1), by quickselect on a copy in `scratch` */
+static float kth_largest(float *v, int n, int k) {
+    int lo = 0, hi = n - 1, want = k - 1; /* position in descending order */
+    while (lo < hi) {
+        float pivot = v[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > pivot) i++;
+            while (v[j] < pivot) j--;
+            if (i <= j) { float t = v[i]; v[i] = v[j]; v[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return v[want];
+}
+
+float ee_budget_tau(const ee_planes *P, const float *x, long budget, int top, int whole, float *scratch) {
+    int planes = P->kind == EE_Q8 && P->plane[1] && !top ? 2 : 1, n = 0;
+    if (whole) budget /= planes; /* whole rows: every chosen row costs all its planes */
+    for (int i = 0; i < P->in; i++) {
+        float s = x[i] * x[i];
+        if (whole) {
+            scratch[n++] = s;
+            continue;
+        }
+        scratch[n++] = s * P->gain[0][i];
+        /* level 2 needs level 1: its score never counts ahead of the row's first plane */
+        if (planes == 2) scratch[n++] = fminf(s * P->gain[1][i], s * P->gain[0][i]);
+    }
+    if (budget >= n) return -1.0f;
+    if (budget <= 0) return INFINITY;
+    /* rows with a score above the (budget+1)-th largest: at most `budget` of them */
+    return kth_largest(scratch, n, (int)budget + 1);
+}
+
+/* ------------------------------------------------------------------ the kernels */
+static inline int chunk_width(const ee_planes *P, int c) { return 128 * c + 128 <= P->out ? 128 : 64; }
+
+/* scalar: the byte order of planes.h spelled out */
+static void chunk_scalar(const ee_planes *P, const ee_work *w, float *y, int b, int c) {
+    int W = chunk_width(P, c), base = 128 * c, half = W / 2, rb = P->out / 2;
+    int32_t acc[128];
+    {
+        int q0 = w->start[b], q1 = w->start[b + 1];
+        memset(acc, 0, sizeof acc);
+        for (int q = q0; q < q1; q++) {
+            int p = q < w->split[b] ? 0 : 1, mult = (P->kind == EE_Q8 && p == 0) ? 16 : 1;
+            const ee_quad *Q = w->quads + q;
+            for (int j = 0; j < 4; j++) {
+                int a = (int8_t)(Q->xq >> (8 * j));
+                if (!a) continue;
+                const uint8_t *r = P->plane[p] + (size_t)Q->row[j] * rb + base / 2;
+                for (int t = 0; t < half; t++) {
+                    int L = t >> 4, k = (t >> 2) & 3, jj = t & 3;
+                    int lo = W == 128 ? 16 * k + 4 * L + jj : 8 * k + 4 * L + jj;
+                    acc[lo] += mult * (r[t] & 15) * a;
+                    acc[lo + half] += mult * (r[t] >> 4) * a;
+                }
+            }
+        }
+        const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
+        for (int o = 0; o < W; o++) {
+            float t = (float)acc[o] * w->dx[b] + w->c0[b];
+            float v = y[base + o] + h2f(d[o]) * t;
+            if (m) v += h2f(m[o]) * w->c1[b];
+            y[base + o] = v;
+        }
+    }
+}
+
+#if EE_X86
+#define T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define T_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* AVX2, 64 outputs: bytes [boff, boff + 32) of each row; accumulator k covers outputs lo_k + 0..7 with
+ * lo_k = S*k + eoff (low nibbles) and lo_k + H (high nibbles). */
+T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *y, int b, int base, int boff, int S,
+                              int H, int eoff) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
+    size_t rb = (size_t)P->out / 2;
+    {
+        int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
+        __m256i A[8];
+        for (int a = 0; a < 8; a++) A[a] = _mm256_setzero_si256();
+        for (int q = q0; q < q1; q++) {
+            int p = q < split ? 0 : 1;
+            const __m256i mul = (P->kind == EE_Q8 && p == 0) ? sixteen : one;
+            const ee_quad *Q = w->quads + q;
+            const uint8_t *pl = P->plane[p] + base / 2 + boff;
+            __m256i R0 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[0] * rb));
+            __m256i R1 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[1] * rb));
+            __m256i R2 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[2] * rb));
+            __m256i R3 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[3] * rb));
+            __m256i X = _mm256_set1_epi32(Q->xq);
+            __m256i U01 = _mm256_unpacklo_epi8(R0, R1), U23 = _mm256_unpacklo_epi8(R2, R3);
+            __m256i V01 = _mm256_unpackhi_epi8(R0, R1), V23 = _mm256_unpackhi_epi8(R2, R3);
+            __m256i Qk[4] = {_mm256_unpacklo_epi16(U01, U23), _mm256_unpackhi_epi16(U01, U23),
+                             _mm256_unpacklo_epi16(V01, V23), _mm256_unpackhi_epi16(V01, V23)};
+            for (int k = 0; k < 4; k++) {
+                __m256i lo = _mm256_and_si256(Qk[k], m4), hi = _mm256_and_si256(_mm256_srli_epi16(Qk[k], 4), m4);
+                A[k] = _mm256_add_epi32(A[k], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, X), mul));
+                A[4 + k] = _mm256_add_epi32(A[4 + k], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, X), mul));
+            }
+        }
+        const __m256 dx = _mm256_set1_ps(w->dx[b]), c0 = _mm256_set1_ps(w->c0[b]), c1 = _mm256_set1_ps(w->c1[b]);
+        const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
+        for (int a = 0; a < 8; a++) {
+            int o = (a < 4 ? S * a : S * (a - 4) + H) + eoff;
+            __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[a]), dx, c0);
+            __m256 v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + o))), t,
+                                       _mm256_loadu_ps(y + base + o));
+            if (m) v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + o))), c1, v);
+            _mm256_storeu_ps(y + base + o, v);
+        }
+    }
+}
+
+T_AVX2 static void chunk_avx2(const ee_planes *P, const ee_work *w, float *y, int b, int c) {
+    if (chunk_width(P, c) == 128) {
+        piece_avx2(P, w, y, b, 128 * c, 0, 16, 64, 0);
+        piece_avx2(P, w, y, b, 128 * c, 32, 16, 64, 8);
+    } else {
+        piece_avx2(P, w, y, b, 128 * c, 0, 8, 32, 0);
+    }
+}
+
+/* AVX-512 VNNI, 128 outputs in eight zmm accumulators (accumulator a: outputs 16a .. 16a + 15). */
+T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float *y, int b, int base) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
+    size_t rb = (size_t)P->out / 2;
+    {
+        int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
+        __m512i A0 = _mm512_setzero_si512(), A1 = A0, A2 = A0, A3 = A0, A4 = A0, A5 = A0, A6 = A0, A7 = A0;
+        for (int q = q0; q < q1; q++) {
+            const ee_quad *Q = w->quads + q;
+            int p = q < split ? 0 : 1;
+            const uint8_t *pl = P->plane[p] + base / 2;
+            __m512i R0 = _mm512_loadu_si512(pl + Q->row[0] * rb), R1 = _mm512_loadu_si512(pl + Q->row[1] * rb);
+            __m512i R2 = _mm512_loadu_si512(pl + Q->row[2] * rb), R3 = _mm512_loadu_si512(pl + Q->row[3] * rb);
+            __m512i X = _mm512_set1_epi32(Q->xq);
+            __m512i U01 = _mm512_unpacklo_epi8(R0, R1), U23 = _mm512_unpacklo_epi8(R2, R3);
+            __m512i V01 = _mm512_unpackhi_epi8(R0, R1), V23 = _mm512_unpackhi_epi8(R2, R3);
+            __m512i Q0 = _mm512_unpacklo_epi16(U01, U23), Q1 = _mm512_unpackhi_epi16(U01, U23);
+            __m512i Q2 = _mm512_unpacklo_epi16(V01, V23), Q3 = _mm512_unpackhi_epi16(V01, V23);
+            if (P->kind == EE_Q8 && p == 0) { /* the high plane enters as 16 u: nibbles moved to the top */
+                A0 = _mm512_dpbusd_epi32(A0, _mm512_and_si512(_mm512_slli_epi16(Q0, 4), mh), X);
+                A1 = _mm512_dpbusd_epi32(A1, _mm512_and_si512(_mm512_slli_epi16(Q1, 4), mh), X);
+                A2 = _mm512_dpbusd_epi32(A2, _mm512_and_si512(_mm512_slli_epi16(Q2, 4), mh), X);
+                A3 = _mm512_dpbusd_epi32(A3, _mm512_and_si512(_mm512_slli_epi16(Q3, 4), mh), X);
+                A4 = _mm512_dpbusd_epi32(A4, _mm512_and_si512(Q0, mh), X);
+                A5 = _mm512_dpbusd_epi32(A5, _mm512_and_si512(Q1, mh), X);
+                A6 = _mm512_dpbusd_epi32(A6, _mm512_and_si512(Q2, mh), X);
+                A7 = _mm512_dpbusd_epi32(A7, _mm512_and_si512(Q3, mh), X);
+            } else {
+                A0 = _mm512_dpbusd_epi32(A0, _mm512_and_si512(Q0, m4), X);
+                A1 = _mm512_dpbusd_epi32(A1, _mm512_and_si512(Q1, m4), X);
+                A2 = _mm512_dpbusd_epi32(A2, _mm512_and_si512(Q2, m4), X);
+                A3 = _mm512_dpbusd_epi32(A3, _mm512_and_si512(Q3, m4), X);
+                A4 = _mm512_dpbusd_epi32(A4, _mm512_and_si512(_mm512_srli_epi16(Q0, 4), m4), X);
+                A5 = _mm512_dpbusd_epi32(A5, _mm512_and_si512(_mm512_srli_epi16(Q1, 4), m4), X);
+                A6 = _mm512_dpbusd_epi32(A6, _mm512_and_si512(_mm512_srli_epi16(Q2, 4), m4), X);
+                A7 = _mm512_dpbusd_epi32(A7, _mm512_and_si512(_mm512_srli_epi16(Q3, 4), m4), X);
+            }
+        }
+        const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
+        const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
+        __m512i A[8] = {A0, A1, A2, A3, A4, A5, A6, A7};
+        for (int a = 0; a < 8; a++) {
+            __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A[a]), dx, c0);
+            __m512 v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * a))), t,
+                                       _mm512_loadu_ps(y + base + 16 * a));
+            if (m) v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + 16 * a))), c1, v);
+            _mm512_storeu_ps(y + base + 16 * a, v);
+        }
+    }
+}
+
+/* AVX-512 VNNI on ymm, the 64-output last chunk (accumulator a: outputs 8a .. 8a + 7). */
+T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float *y, int b, int base) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), mh = _mm256_set1_epi8((char)0xf0);
+    size_t rb = (size_t)P->out / 2;
+    {
+        int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
+        __m256i A[8];
+        for (int a = 0; a < 8; a++) A[a] = _mm256_setzero_si256();
+        for (int q = q0; q < q1; q++) {
+            const ee_quad *Q = w->quads + q;
+            int p = q < split ? 0 : 1, high = P->kind == EE_Q8 && p == 0;
+            const uint8_t *pl = P->plane[p] + base / 2;
+            __m256i R0 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[0] * rb));
+            __m256i R1 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[1] * rb));
+            __m256i R2 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[2] * rb));
+            __m256i R3 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[3] * rb));
+            __m256i X = _mm256_set1_epi32(Q->xq);
+            __m256i U01 = _mm256_unpacklo_epi8(R0, R1), U23 = _mm256_unpacklo_epi8(R2, R3);
+            __m256i V01 = _mm256_unpackhi_epi8(R0, R1), V23 = _mm256_unpackhi_epi8(R2, R3);
+            __m256i Qk[4] = {_mm256_unpacklo_epi16(U01, U23), _mm256_unpackhi_epi16(U01, U23),
+                             _mm256_unpacklo_epi16(V01, V23), _mm256_unpackhi_epi16(V01, V23)};
+            for (int k = 0; k < 4; k++) {
+                __m256i lo = high ? _mm256_and_si256(_mm256_slli_epi16(Qk[k], 4), mh) : _mm256_and_si256(Qk[k], m4);
+                __m256i hi = high ? _mm256_and_si256(Qk[k], mh) : _mm256_and_si256(_mm256_srli_epi16(Qk[k], 4), m4);
+                A[k] = _mm256_dpbusd_epi32(A[k], lo, X);
+                A[4 + k] = _mm256_dpbusd_epi32(A[4 + k], hi, X);
+            }
+        }
+        const __m256 dx = _mm256_set1_ps(w->dx[b]), c0 = _mm256_set1_ps(w->c0[b]), c1 = _mm256_set1_ps(w->c1[b]);
+        const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
+        for (int a = 0; a < 8; a++) {
+            __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[a]), dx, c0);
+            __m256 v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + 8 * a))), t,
+                                       _mm256_loadu_ps(y + base + 8 * a));
+            if (m) v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + 8 * a))), c1, v);
+            _mm256_storeu_ps(y + base + 8 * a, v);
+        }
+    }
+}
+#endif
+
+/* The rows of blocks [b0, b1) into y (overwritten): block by block, every chunk of outputs in turn, so
+ * a block's rows (32 x out/2 contiguous bytes) are read together and stay in L1 while their chunks go by. */
+static void run_blocks(const ee_planes *P, const ee_work *w, float *y, int b0, int b1) {
+    memset(y, 0, sizeof(float) * (size_t)P->out);
+    int chunks = (P->out + 127) / 128;
+    for (int b = b0; b < b1; b++) {
+        if (w->start[b] == w->start[b + 1]) continue;
+        for (int c = 0; c < chunks; c++) {
+#if EE_X86
+            if (g_isa == ISA_AVX512) {
+                if (chunk_width(P, c) == 128) chunk128_avx512(P, w, y, b, 128 * c);
+                else chunk64_avx512(P, w, y, b, 128 * c);
+                continue;
+            }
+            if (g_isa == ISA_AVX2) {
+                chunk_avx2(P, w, y, b, c);
+                continue;
+            }
+#endif
+            chunk_scalar(P, w, y, b, c);
+        }
+    }
+}
+
+/* A product is cut into units of consecutive blocks, each summed into its own partial output, the
+ * partials added in a fixed order afterwards: any thread may run any unit (claimed with an atomic
+ * counter, so a busy machine only slows a job down) and the result does not depend on which did. */
+#define EE_MAX_UNITS 256
+typedef struct {
+    const ee_mv *mv;
+    int units;
+    int um[EE_MAX_UNITS], ub0[EE_MAX_UNITS], ub1[EE_MAX_UNITS];
+    float *part[EE_MAX_UNITS];
+    atomic_int next;
+} mv_job;
+
+static void mv_worker(void *arg, int tid) {
+    (void)tid;
+    mv_job *J = (mv_job *)arg;
+    for (;;) {
+        int u = atomic_fetch_add(&J->next, 1);
+        if (u >= J->units) break;
+        const ee_mv *mv = J->mv + J->um[u];
+        run_blocks(mv->P, mv->w, J->part[u], J->ub0[u], J->ub1[u]);
+    }
+}
+
+static float *g_scratch;
+static size_t g_scratch_n;
+
+void ee_matvec_multi(int n, const ee_mv *mv) {
+    isa();
+    static mv_job J;
+    int threads = ecpu_threads(), units_per = threads > 1 ? 2 * threads : 1;
+    size_t need = 0;
+    J.mv = mv;
+    J.units = 0;
+    for (int k = 0; k < n; k++) {
+        int nb = mv[k].P->in / EE_BLOCK, u = units_per < nb ? units_per : nb;
+        if (J.units + u > EE_MAX_UNITS) u = 1;
+        long total = mv[k].w->start[nb], done = 0;
+        int b = 0;
+        for (int t = 0; t < u; t++) { /* equal shares of the quads */
+            int b0 = b;
+            long goal = total * (t + 1) / u;
+            while (b < nb && (done < goal || b == b0) && (nb - b) > (u - t - 1)) {
+                done += mv[k].w->start[b + 1] - mv[k].w->start[b];
+                b++;
+            }
+            if (t == u - 1) b = nb;
+            J.um[J.units] = k;
+            J.ub0[J.units] = b0;
+            J.ub1[J.units] = b;
+            need += (size_t)mv[k].P->out;
+            J.units++;
+        }
+    }
+    if (need > g_scratch_n) {
+        free(g_scratch);
+        g_scratch = (float *)malloc(sizeof(float) * need);
+        g_scratch_n = g_scratch ? need : 0;
+    }
+    size_t at = 0;
+    for (int u = 0; u < J.units; u++) {
+        J.part[u] = g_scratch + at;
+        at += (size_t)mv[J.um[u]].P->out;
+    }
+    atomic_store(&J.next, 0);
+    if (J.units == 1 || threads == 1) mv_worker(&J, 0);
+    else ecpu_parallel(mv_worker, &J);
+    for (int u = 0; u < J.units; u++) { /* partials in unit order: the same sums whoever ran them */
+        float *y = mv[J.um[u]].y;
+        const float *p = J.part[u];
+        int out = mv[J.um[u]].P->out;
+        if (u == 0 || J.um[u - 1] != J.um[u]) memcpy(y, p, sizeof(float) * (size_t)out);
+        else for (int o = 0; o < out; o++) y[o] += p[o];
+    }
+}
+
+void ee_matvec(const ee_planes *P, const ee_work *w, float *y) {
+    ee_mv one = {P, w, y};
+    ee_matvec_multi(1, &one);
+}
