@@ -201,6 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from engine import session
     from engine.tools import evaluate
     from engine.model.decoder import projection_inputs
+    from engine.runtime.base import check_tokens
 
     efforts = parse_efforts(args.efforts)
     texts = _eval_texts(args.text_file)
@@ -211,6 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scored = []  # (name, tokens, ppl_dense, results)
     for name, text in texts:
         ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
+        check_tokens(loaded.runtime, ids)  # before anything reads the embedding with them
         if calibration is not None and ids == calibration[: len(ids)]:
             progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
         inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)])
@@ -301,6 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runtime, model, info = loaded.runtime, loaded.model, loaded.info
         ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
+    bench.check_plan(runtime, ids, args.tokens)  # before anything reads the embedding or the cache
     runtime.set_strategy(args.strategy)
     captured = projection_inputs(model, ids)
     inputs = {name: x[-1] for name, x in captured.items()}

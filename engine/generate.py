@@ -16,7 +16,7 @@ import numpy as np
 from engine.api import EffortSetting, SamplingSettings
 from engine.errors import ContextLimitError
 from engine.events import GenerationResult, LoadProgress, TokenEvent
-from engine.runtime.base import Runtime
+from engine.runtime.base import Runtime, check_tokens
 from engine.sampler import Sampler
 
 
@@ -74,6 +74,7 @@ class Generator:
                 f"the prompt has {len(prompt_ids)} tokens but the model's context holds {limit}; "
                 "start a new chat or shorten the prompt"
             )
+        check_tokens(self.runtime, prompt_ids)
         sampler = Sampler(sampling, prompt_ids)
         decoder = self.stream_factory()
 

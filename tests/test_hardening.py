@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -314,6 +315,7 @@ class SlowPrefillRuntime:
     """A runtime whose prefill costs 0.25 ms a token (an 8,190-token prompt: 2 s)."""
 
     context_limit = 8192
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=8192))
 
     def __init__(self) -> None:
         self.length = 0

@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.effort.bucket import B
 from engine.effort.convert import Converted, projection_names
+from engine.errors import EngineError
 from engine.model.decoder import PROJECTIONS, Model, rope_inverse_frequencies, weight_name
 
 c_ptr = ctypes.c_void_p
@@ -160,7 +161,11 @@ class CPURuntime:
         x = np.ascontiguousarray(x, np.float32)
         y = np.zeros(out_dim, np.float32)
         e = float(effort) if self.converted is not None else 1.0
+        if x.shape != (in_dim,):
+            raise EngineError(f"{name} takes {in_dim} inputs, got an array of shape {x.shape}")
         used = self.lib.ee_project(self._handle, ctypes.addressof(self._structs[name]), _ptr(x), _ptr(y), e)
+        if used < 0:
+            raise EngineError(f"the native kernels refused {name} ({out_dim}x{in_dim})")
         return y, used / (out_dim * in_dim)
 
     def time_projection(self, name: str, x: np.ndarray, effort: float, repeats: int = 20) -> float:
@@ -207,13 +212,23 @@ class CPURuntime:
         """Dense, one position at a time in C. MLX's batched CPU matmul is slower than that here
         (44-token prompt on SmolLM2: 5.3 s batched in MLX, 1.0 s through the C step)."""
         for token in ids:
-            self.lib.ee_step(self._handle, int(token), self.length, None, _ptr(self.logits))
+            self._checked(self.lib.ee_step(self._handle, int(token), self.length, None, _ptr(self.logits)), token)
             self.length += 1
         return self.logits.copy()
+
+    def _checked(self, used: float, token: int) -> None:
+        """The C step refuses (returns < 0, touching nothing) a token past the embedding or a
+        position past the KV cache; say which in one line."""
+        if used < 0:
+            raise EngineError(
+                f"the native step refused token {int(token)} at position {self.length} (the embedding has "
+                f"{self.model.config.vocab_size:,} rows, the KV cache {self.context_limit:,} positions)"
+            )
 
     def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
         local = self.local_efforts(effort)
         used = self.lib.ee_step(self._handle, int(token), self.length, None if local is None else _ptr(local), _ptr(self.logits))
+        self._checked(used, token)
         self.length += 1
         return self.logits.copy(), float(used)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.events import LoadProgress
+from engine.runtime.base import check_room, check_tokens
 
 
 @dataclass
@@ -47,6 +48,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def teacher_forced(runtime, ids: Sequence[int], effort: float) -> tuple[np.ndarray, float]:
     """Log-probabilities [len(ids)-1, vocab] of ids[1:] given the prefix, and the mean effective effort."""
+    check_tokens(runtime, ids)
+    check_room(runtime, len(ids) - 1, f"scoring {len(ids) - 1} tokens", f"use --tokens {runtime.context_limit} or fewer")
     runtime.reset(0)
     rows = [runtime.prefill(ids[:1])]
     effective = []

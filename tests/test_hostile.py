@@ -1,0 +1,147 @@
+"""Issue 24: hostile files, unlucky users, shared machines. Each class of the issue gets tests that
+craft their own inputs (the TUI's rows are in tests/tui/test_hostile_tui.py).
+
+Every bad input must end with a non-zero exit and exactly one line on stderr, no traceback, and
+leave nothing half-written."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+
+import numpy as np
+import pytest
+
+from engine.cli import main
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFORT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def run_cli(argv, capsys):
+    start = time.monotonic()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err, time.monotonic() - start
+
+
+def one_line_error(result, *words, within_s=60.0) -> str:
+    code, _out, err, elapsed = result
+    assert code not in (0, None), (code, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+    assert elapsed < within_s, elapsed
+    return lines[0]
+
+
+# -- 1. every index that reaches the native step is checked ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_embedding(tmp_path_factory):
+    """A GGUF whose tokenizer has 360 tokens but whose embedding (and tied head) has 300 rows."""
+    import tiny_models
+
+    return tiny_models.write_tiny_gguf(tmp_path_factory.mktemp("short"), "F16", embed_rows=300, name="short.gguf")
+
+
+@pytest.fixture(scope="module")
+def context_64(tmp_path_factory):
+    import tiny_models
+
+    return tiny_models.write_tiny_gguf(
+        tmp_path_factory.mktemp("ctx64"), "F16", extra_metadata={"llama.context_length": 64}, name="ctx64.gguf"
+    )
+
+
+def test_prompt_ids_past_the_embedding_are_refused_in_generate(short_embedding, capsys):
+    from engine.io.loader import open_model
+
+    tok = open_model(short_embedding).tokenizer
+    word = next(t for t in ("answer", "assistant", "Hello") if max(tok.encode(t)) >= 300)  # ids 300+ are merges
+    line = one_line_error(
+        run_cli(["generate", "--model", short_embedding, "--prompt", word, "--max-tokens", "2"], capsys),
+        "no row in the model's embedding", "300 rows")
+    assert "token id" in line
+    from engine import session
+    from engine.api import EffortSetting, SamplingSettings
+    from engine.errors import EngineError
+
+    loaded = session.load(str(short_embedding), runtime="mlx", effort=False)  # the MLX path checks the same
+    with pytest.raises(EngineError, match="no row in the model's embedding"):
+        loaded.generator.generate(tok.encode(word), SamplingSettings(max_tokens=2), EffortSetting(1.0))
+
+
+def test_eval_and_bench_past_the_context_are_refused_before_running(context_64, capsys):
+    text = context_64.parent / "long.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 80, encoding="utf-8")
+    line = one_line_error(run_cli(["eval", "--model", context_64, "--text-file", text, "--tokens", "400",
+                                   "--efforts", "0.5"], capsys), "context holds 64", "--tokens 64")
+    assert "400" in line
+    one_line_error(run_cli(["bench", "--model", context_64, "--tokens", "300", "--rounds", "1",
+                            "--efforts", "0.5"], capsys), "context holds 64")
+    # a run that fits still works (the checks are not off by one)
+    code, out, err, _ = run_cli(["eval", "--model", context_64, "--text-file", text, "--tokens", "64",
+                                 "--efforts", "0.5", "--strategy", "bucket", "--json"], capsys)
+    assert code == 0, err
+    import json
+
+    assert json.loads(out.strip().splitlines()[-1])["tokens"] == 64
+
+
+def test_the_runtime_refuses_positions_past_its_cache(context_64):
+    from engine import session
+    from engine.errors import EngineError
+
+    loaded = session.load(str(context_64), runtime="cpu", effort=False)
+    rt = loaded.runtime
+    rt.prefill(list(range(10, 74)))  # positions 0..63: the whole cache
+    with pytest.raises(EngineError, match="position 64"):
+        rt.step(5, 1.0)
+    with pytest.raises(EngineError, match="position 64"):
+        rt.prefill([5])
+    rt.reset(10)
+    logits, _ = rt.step(5, 1.0)  # fine again after a reset
+    assert np.isfinite(logits).all()
+
+
+def test_the_c_entry_points_refuse_bad_indices_themselves(context_64):
+    """Past every Python check: ee_step and ee_project called directly through the library."""
+    from engine import session
+    from engine.runtime import native
+    from engine.runtime.cpu_runtime import Bucket
+
+    lib = native.library()
+    assert lib is not None, native.build_error()
+    loaded = session.load(str(context_64), runtime="cpu", effort=False)
+    rt = loaded.runtime
+    vocab, ctx = loaded.model.config.vocab_size, rt.context_limit
+    logits = np.full(vocab, 7.0, np.float32)
+    kcache_before = rt.kcache.copy()
+    for token, pos in ((vocab, 0), (-1, 0), (1 << 30, 0), (5, ctx), (5, -1), (5, 1 << 30)):
+        used = lib.ee_step(rt._handle, token, pos, None, logits.ctypes.data)
+        assert used == -1.0, (token, pos, used)
+    assert (logits == 7.0).all() and np.array_equal(rt.kcache, kcache_before)  # nothing written
+    assert lib.ee_step(rt._handle, 5, ctx - 1, None, logits.ctypes.data) >= 0  # the last position is fine
+    assert np.isfinite(logits).all()
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    good = rt._structs[name]
+    x = np.ones(good.in_, np.float32)
+    y = np.zeros(good.out, np.float32)
+    assert lib.ee_project(rt._handle, ctypes.addressof(good), x.ctypes.data, y.ctypes.data, 1.0) > 0
+    for field, value in (("in_", 1 << 20), ("in_", 0), ("out", 100), ("out", -64)):
+        bad = Bucket(good.blk, good.stats, good.probes, good.n_probes, good.out, good.in_, good.max_rank)
+        setattr(bad, field, value)
+        assert lib.ee_project(rt._handle, ctypes.addressof(bad), x.ctypes.data, y.ctypes.data, 1.0) == -1.0, field
+    assert lib.ee_project(rt._handle, None, x.ctypes.data, y.ctypes.data, 1.0) == -1.0
