@@ -87,6 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine import session
     import dataclasses
 
+    from engine.model.diagnose import locating
+
     from engine.api import EffortSetting, SamplingSettings
 
     progress = ProgressLine()
@@ -121,7 +123,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(event.text)
         sys.stdout.flush()
 
-    result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
+    with locating(loaded.files):
+        result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
     sys.stdout.write("\n")
     if args.json:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
@@ -201,6 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from engine import session
     from engine.tools import evaluate
     from engine.model.decoder import projection_inputs
+    from engine.model.diagnose import locating
     from engine.runtime.base import check_tokens
 
     efforts = parse_efforts(args.efforts)
@@ -210,28 +214,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     calibration = _calibration_ids(loaded.tokenizer)
     strategies = ["bucket", "activation"] if args.strategy == "both" else [args.strategy]
     scored = []  # (name, tokens, ppl_dense, results)
-    for name, text in texts:
-        ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
-        check_tokens(loaded.runtime, ids)  # before anything reads the embedding with them
-        if calibration is not None and ids == calibration[: len(ids)]:
-            progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
-        inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)])
-        dense_outputs: dict = {}
-        cosine = (lambda e, s, inputs=inputs, d=dense_outputs: evaluate.matrix_cosines(loaded.runtime, inputs, e, s, d)) if inputs else None
-        results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
-        scored.append((name, len(ids) - 1, ppl_dense, results))
-    mean = evaluate.mean_results([results for *_, results in scored])
-    speed = {}
-    if args.speed:
-        from engine.tools import bench
+    with locating(loaded.files):  # NaN/inf logits are reported with the tensor or layer that made them
+        for name, text in texts:
+            ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
+            check_tokens(loaded.runtime, ids)  # before anything reads the embedding with them
+            if calibration is not None and ids == calibration[: len(ids)]:
+                progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
+            inputs = projection_inputs(loaded.model, ids[: min(len(ids), 33)])
+            dense_outputs: dict = {}
+            cosine = (lambda e, s, inputs=inputs, d=dense_outputs: evaluate.matrix_cosines(loaded.runtime, inputs, e, s, d)) if inputs else None
+            results, ppl_dense = evaluate.evaluate(loaded.runtime, ids, efforts, strategies, cosine, progress)
+            scored.append((name, len(ids) - 1, ppl_dense, results))
+        mean = evaluate.mean_results([results for *_, results in scored])
+        speed = {}
+        if args.speed:
+            from engine.tools import bench
 
-        prompt = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
-        timed = [e for e in dict.fromkeys(efforts) if e < 1.0]  # effort 1.0 is the dense run itself
-        for strategy in strategies:
-            loaded.runtime.set_strategy(strategy)
-            note = lambda text, s=strategy: progress(LoadProgress("speed", 0, 0, "", f"{s}: {text}"))  # noqa: E731
-            speed[strategy] = bench.run(loaded.runtime, prompt, timed, args.speed_tokens, None, note, rounds=args.rounds)
-        loaded.runtime.set_strategy("bucket")
+            prompt = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
+            timed = [e for e in dict.fromkeys(efforts) if e < 1.0]  # effort 1.0 is the dense run itself
+            for strategy in strategies:
+                loaded.runtime.set_strategy(strategy)
+                note = lambda text, s=strategy: progress(LoadProgress("speed", 0, 0, "", f"{s}: {text}"))  # noqa: E731
+                speed[strategy] = bench.run(loaded.runtime, prompt, timed, args.speed_tokens, None, note, rounds=args.rounds)
+            loaded.runtime.set_strategy("bucket")
     progress.close()
     for name, tokens, _, results in scored:
         print(evaluate.format_table(results, loaded.info.name, tokens, f"text '{name}'"))
@@ -291,6 +296,7 @@ def _calibration_ids(tokenizer) -> list[int] | None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.tools import bench
     from engine.model.decoder import projection_inputs
+    from engine.model.diagnose import locating
 
     efforts = parse_efforts(args.efforts)
     progress = ProgressLine()
@@ -308,7 +314,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     captured = projection_inputs(model, ids)
     inputs = {name: x[-1] for name, x in captured.items()}
     note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
-    dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
+    with locating(None if args.synthetic else loaded.files):
+        dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
     print(bench.format_table(dense, results, info, peak, args.strategy))
     if args.json:

@@ -16,6 +16,7 @@ import numpy as np
 from engine.api import EffortSetting, SamplingSettings
 from engine.errors import ContextLimitError
 from engine.events import GenerationResult, LoadProgress, TokenEvent
+from engine.model.diagnose import require_finite
 from engine.runtime.base import Runtime, check_tokens
 from engine.sampler import Sampler
 
@@ -90,6 +91,7 @@ class Generator:
                 generated_tokens=0, prompt_tps=0.0, decode_tps=0.0, ttft_s=time.perf_counter() - start,
                 finish_reason="cancelled", peak_memory_bytes=self.runtime.peak_memory(),
             )
+        require_finite(logits, "reading the prompt", prompt_ids)
         token = sampler(logits)
         now = time.perf_counter()
         ttft = now - start
@@ -132,6 +134,7 @@ class Generator:
             eff_req = effort.get()
             logits, eff_real = self.runtime.step(token, eff_req)
             self._cached.append(token)
+            require_finite(logits, f"at token {len(generated) + 1} of the answer", self._cached)
             token = sampler(logits)
             now = time.perf_counter()
             step_s, last = now - last, now

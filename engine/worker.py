@@ -172,6 +172,8 @@ class EngineWorker:
         handle = _Handle()
 
         def job() -> None:
+            from engine.model.diagnose import locating
+
             ids: list[int] = []
             try:
                 if self.loaded is None:
@@ -181,10 +183,11 @@ class EngineWorker:
                     ids = tok.encode(request.raw_prompt, add_bos=tok.add_bos)
                 else:
                     ids = tok.encode_chat(request.messages)
-                result = self.loaded.generator.generate(
-                    ids, request.sampling, self.effort, cancel=handle.cancelled, on_token=on_token,
-                    on_prefill=on_prefill,
-                )
+                with locating(self.loaded.files):
+                    result = self.loaded.generator.generate(
+                        ids, request.sampling, self.effort, cancel=handle.cancelled, on_token=on_token,
+                        on_prefill=on_prefill,
+                    )
             except Exception as exc:  # noqa: BLE001
                 result = failed_result(ids, self._explain(exc))
             handle.finish(result)

@@ -145,3 +145,87 @@ def test_the_c_entry_points_refuse_bad_indices_themselves(context_64):
         setattr(bad, field, value)
         assert lib.ee_project(rt._handle, ctypes.addressof(bad), x.ctypes.data, y.ctypes.data, 1.0) == -1.0, field
     assert lib.ee_project(rt._handle, None, x.ctypes.data, y.ctypes.data, 1.0) == -1.0
+
+
+# -- 2. NaN and inf: stopped with one line that names the tensor or layer ---------------------------
+
+
+def _patch_tensor_info(path, tensor: str, *, ggml_type: int | None = None, offset_delta: int = 0) -> None:
+    """Rewrite one tensor's type or data offset in a GGUF header, in place."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    name = tensor.encode()
+    at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    (n_dims,) = struct.unpack_from("<I", data, at)
+    at += 4 + 8 * n_dims
+    if ggml_type is not None:
+        struct.pack_into("<I", data, at, ggml_type)
+    (offset,) = struct.unpack_from("<Q", data, at + 4)
+    struct.pack_into("<Q", data, at + 4, offset + offset_delta)
+    path.write_bytes(bytes(data))
+
+
+def _greedy(model):
+    return ["generate", "--model", model, "--prompt", "hello world", "--max-tokens", "4", "--temperature", "0"]
+
+
+def test_a_nan_weight_stops_generation_naming_the_tensor(tmp_path, capsys):
+    import tiny_models
+
+    path = tiny_models.write_tiny_gguf(tmp_path, "F16", poison={"model.layers.1.mlp.up_proj.weight": float("nan")})
+    line = one_line_error(run_cli(_greedy(path), capsys), "NaN/inf logits", "model.layers.1.mlp.up_proj.weight")
+    assert "1 NaN" in line and "Probabilities" not in line
+
+
+def test_finite_weights_that_overflow_name_the_first_layer_that_goes_bad(tmp_path, capsys):
+    import tiny_models
+
+    path = tiny_models.write_tiny_gguf(tmp_path, "F16", poison={"model.layers.1.input_layernorm.weight": 1e30})
+    line = one_line_error(run_cli(_greedy(path), capsys), "NaN/inf logits", "layer 1")
+    assert "go non-finite" in line
+    # the same diagnosis, called directly (the function a loader can call)
+    from engine.io.loader import open_model
+    from engine.model.diagnose import first_nonfinite
+
+    files = open_model(path)
+    found = first_nonfinite(files.tensors, files.config, files.tokenizer.encode("hello world"))
+    assert found is not None and found.startswith("the activations of the prompt go non-finite in layer 1"), found
+    healthy = open_model(tiny_models.write_tiny_gguf(tmp_path / "ok", "F16"))
+    assert first_nonfinite(healthy.tensors, healthy.config, [5, 6, 7]) is None
+
+
+def test_a_weight_beyond_float16_is_named_before_it_becomes_inf(tmp_path):
+    import tiny_models
+    from engine.io.loader import open_model
+    from engine.model.diagnose import first_nonfinite
+
+    path = tiny_models.write_tiny_gguf(tmp_path, "F32", poison={"model.layers.0.self_attn.k_proj.weight": 1e6})
+    files = open_model(path)
+    found = first_nonfinite(files.tensors, files.config)
+    assert "model.layers.0.self_attn.k_proj.weight" in found and "float16" in found
+
+
+def test_a_misaligned_tensor_offset_is_refused_at_open(tmp_path, capsys):
+    import tiny_models
+
+    path = tiny_models.write_tiny_gguf(tmp_path, "F16")
+    _patch_tensor_info(path, "blk.0.ffn_up.weight", offset_delta=2)
+    one_line_error(run_cli(_greedy(path), capsys), "blk.0.ffn_up.weight", "not a multiple of the alignment", within_s=10)
+
+
+def test_a_type_that_claims_more_bytes_than_written_is_refused_at_open(tmp_path, capsys):
+    import tiny_models
+
+    path = tiny_models.write_tiny_gguf(tmp_path, "F16")
+    _patch_tensor_info(path, "blk.0.ffn_up.weight", ggml_type=0)  # F16 data, declared F32: twice the bytes
+    one_line_error(run_cli(_greedy(path), capsys), "blk.0.ffn_up.weight", "overlaps", within_s=10)
+
+
+def test_a_type_that_claims_fewer_bytes_reads_garbage_and_is_named(tmp_path, capsys):
+    import tiny_models
+
+    path = tiny_models.write_tiny_gguf(tmp_path, "F32")
+    _patch_tensor_info(path, "blk.0.ffn_up.weight", ggml_type=1)  # F32 data, declared F16: halves read as values
+    line = one_line_error(run_cli(_greedy(path), capsys), "NaN/inf logits", "model.layers.0.mlp.up_proj.weight")
+    assert "NaN" in line or "float16" in line

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.model.decoder import PROJECTIONS, weight_name
+from engine.model.diagnose import require_finite
 from engine.runtime.base import check_room, check_tokens
 
 BENCH_PROMPT = "Explain, step by step, how a bicycle stays upright while it is moving."
@@ -55,12 +56,14 @@ def decode_speed(runtime, prompt_ids: Sequence[int], effort: float, tokens: int,
     check_plan(runtime, prompt_ids, tokens, warmup)
     runtime.reset(0)
     logits = runtime.prefill(prompt_ids)
+    require_finite(logits, "reading the prompt", prompt_ids)
     token = int(np.argmax(logits))
     times, used = [], []
     for n in range(warmup + tokens):
         start = time.perf_counter()
         logits, share = runtime.step(token, effort)
         elapsed = time.perf_counter() - start
+        require_finite(logits, f"at decode step {n + 1} (effort {effort:g})", prompt_ids)
         token = int(np.argmax(logits))
         if n >= warmup:
             times.append(elapsed)
