@@ -98,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     progress.close()
     tok = loaded.tokenizer
     if args.raw:
-        ids = tok.encode(args.prompt, add_bos=tok.add_bos)
+        ids = tok.encode(args.prompt, add_bos=tok.add_bos, special=True)  # raw: special-token text is those tokens
     else:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}
@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder (default smollm2-135m)")
     gen.add_argument("--prompt", "-p", required=True, type=text_flag("--prompt"), help="the user message")
     gen.add_argument("--system", type=text_flag("--system"), help="a system message")
-    gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
+    gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template; "
+                     "special-token text in it (<|im_end|>) becomes those tokens")
     gen.add_argument("--effort", type=effort_value, default=1.0, help="effort: 0.05-1, 5-100 or 60%%; 1 = dense")
     gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"), default=256)
     gen.add_argument("--temperature", type=sampling_flag("temperature"), help="0 = greedy (0-10; default: the model's own, else 0.7)")

@@ -180,7 +180,7 @@ class EngineWorker:
                     raise EngineError("no model is loaded")
                 tok = self.loaded.tokenizer
                 if request.raw_prompt is not None:
-                    ids = tok.encode(request.raw_prompt, add_bos=tok.add_bos)
+                    ids = tok.encode(request.raw_prompt, add_bos=tok.add_bos, special=True)
                 else:
                     ids = tok.encode_chat(request.messages)
                 with locating(self.loaded.files):
