@@ -297,3 +297,105 @@ def test_the_chat_engine_keeps_pasted_control_text_as_text(tiny_gguf):
     assert done and done[0][1] is None, done
     assert result is not None and result.error is None, result
     assert result.prompt_token_ids.count(1) == 3 and result.prompt_token_ids.count(2) == 2
+
+
+# -- 3. the template budget has no way around it ----------------------------------------------------
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+# each builds gigabytes or runs for minutes unless it is measured before it runs
+BOMBS = [
+    "{{ '{:>9999999999}'.format(1) }}",  # a method call
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ '{0:{1}}'.format(1, 10**9) }}",  # the width from an argument
+    "{{ '{x:>{w}}'.format_map({'x': 1, 'w': 999999999}) }}",
+    "{{ '%999999999d'|format(1) }}",  # a filter with a size in its format
+    "{{ '%(a)999999999s' % {'a': 1} }}",
+    "{{ '%.999999999f' % 1.0 }}",
+    "{{ '%*d' % (999999999, 1) }}",
+    "{{ ('x' * 16000000)|list|sort }}",  # a long builtin: 57 s before
+    "{{ (('x' * 16000000)|list)|unique|list|length }}",
+    "{{ 'a'.center(10**8) }}",
+    "{{ 'a'.zfill(10**8) }}",
+    "{{ 'a\tb'.expandtabs(10**8) }}",
+    "{{ 'x'.join(['y' * 1000000] * 100) }}",
+    "{{ (['x' * 1000000] * 100)|join('-') }}",
+    "{{ ('a' * 1000000).replace('a', 'a' * 30) }}",
+    "{{ ('a' * 1000000)|replace('', 'b' * 20) }}",
+    "{{ ('x\n' * 1000000)|indent(1000) }}",
+    "{{ 'x'|center(100000000) }}",
+    "{{ [1]|batch(10000000, 'x')|list|length }}",
+    "{{ messages|tojson(indent=10**6) }}",
+]
+
+
+@pytest.mark.parametrize("source", BOMBS)
+def test_template_bombs_are_refused_before_they_build(source):
+    """In this process (not the sandbox child) so the memory they allocate can be measured: each is
+    refused before it builds anything big."""
+    import tracemalloc
+
+    from engine.io.chat_template import TemplateBudgetError, _compile, _render_bounded
+
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(TemplateBudgetError):
+            _render_bounded(_compile(source), messages=MSGS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.monotonic() - start < 2.0, source
+    assert peak < 200 << 20, (source, peak)  # the largest allowed string (16M characters) and a list of it, at most
+
+
+def test_template_bombs_end_in_one_line_through_the_cli(tiny_gguf, capsys):
+    for source in BOMBS[:2] + BOMBS[4:5] + BOMBS[8:9]:
+        path = tiny_gguf("F16", chat_template=source)
+        line = one_line_error(run_cli(_greedy(path), capsys), "chat template", within_s=10)
+        assert str(path) in line
+
+
+def test_what_no_check_foresees_is_stopped_at_the_deadline_and_the_next_render_works(monkeypatch):
+    from engine.io import chat_template, template_sandbox
+    from engine.io.chat_template import ChatTemplate, ChatTemplateError
+
+    if not template_sandbox.available():
+        pytest.skip("templates render in-process here")
+    monkeypatch.setattr(chat_template, "MAX_RENDER_S", 0.5)  # the parent's deadline; the child keeps its 5 s
+    slow = ChatTemplate("{{ ('x' * 16000000)|list|map('upper')|list|length }}")  # 16M cheap calls: minutes
+    start = time.monotonic()
+    with pytest.raises(ChatTemplateError, match="took more than 0.5 s"):
+        slow.render(MSGS)
+    assert time.monotonic() - start < 0.5 + template_sandbox.GRACE_S + 1.0
+    assert ChatTemplate("{{ messages[0].content }}!").render(MSGS) == "hi!"  # a fresh child
+
+
+def test_the_sandbox_child_has_a_memory_limit(monkeypatch):
+    from engine.io import template_sandbox
+    from engine.io.chat_template import ChatTemplate, ChatTemplateError
+
+    if not template_sandbox.available() or not os.path.exists("/proc/self/status"):
+        pytest.skip("RLIMIT_AS is enforced on Linux")
+    monkeypatch.setattr(template_sandbox, "MAX_MEMORY", 300 << 20)
+    template_sandbox._stop()  # the next render starts a child with the lower limit
+    try:
+        hog = ChatTemplate("{% set a = ('x' * 15000000)|list %}{% set b = ('y' * 15000000)|list %}"
+                           "{% set c = ('z' * 15000000)|list %}{{ a|length + b|length + c|length }}")
+        with pytest.raises(ChatTemplateError, match="more than 300 MB"):
+            hog.render(MSGS)
+        assert ChatTemplate("{{ messages[0].content }}").render(MSGS) == "hi"
+    finally:
+        template_sandbox._stop()
+
+
+def test_the_normal_chat_path_stays_fast(tiny_gguf):
+    from engine.io.loader import open_model
+
+    tok = open_model(tiny_gguf("F16")).tokenizer
+    chat = [{"role": "user" if n % 2 == 0 else "assistant", "content": f"message {n} " * 40} for n in range(40)]
+    tok.chat_prompt(chat)  # the child is running
+    start = time.monotonic()
+    for _ in range(20):
+        tok.chat_prompt(chat)
+    assert (time.monotonic() - start) / 20 < 0.05  # measured 0.3 ms per render of 40 turns on 2 cores
