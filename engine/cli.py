@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Callable, Sequence
 
-from engine.errors import EngineError
+from engine.errors import EngineError, os_error_message
 from engine.events import LoadProgress
 
 EXIT_USAGE = 2
@@ -570,6 +570,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"effort: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the machine refused (a folder we may not read, a full disk): one line too
+        if args.debug:
+            traceback.print_exc()
+        print(f"effort: error: {os_error_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("effort: interrupted", file=sys.stderr)

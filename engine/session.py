@@ -62,7 +62,7 @@ def runtime_kind(requested: str, backend: str, config: ModelConfig) -> str:
 
     if native.library() is not None:
         return "cpu"
-    if requested == "cpu":
+    if requested == "cpu" or native.broken():  # broken kernels: refuse, not another backend's text
         raise EngineError(f"the native CPU path is unavailable: {native.build_error()}")
     return "mlx"
 

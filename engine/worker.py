@@ -23,7 +23,7 @@ import traceback
 from typing import IO, Callable
 
 from engine.api import ChatRequest, EffortSetting, ModelInfo
-from engine.errors import EngineError
+from engine.errors import EngineError, os_error_message
 from engine.events import GenerationResult, LoadProgress, TokenEvent
 
 
@@ -134,6 +134,8 @@ class EngineWorker:
     def _explain(self, exc: BaseException) -> str:
         if isinstance(exc, EngineError):
             return str(exc)
+        if isinstance(exc, OSError):  # an unreadable cache, a full disk: the machine's word, one line
+            return os_error_message(exc)
         if self.debug:
             traceback.print_exc()
         return f"internal error: {type(exc).__name__}: {exc}"

@@ -399,3 +399,221 @@ def test_the_normal_chat_path_stays_fast(tiny_gguf):
     for _ in range(20):
         tok.chat_prompt(chat)
     assert (time.monotonic() - start) / 20 < 0.05  # measured 0.3 ms per render of 40 turns on 2 cores
+
+
+# -- 5. what still ended in a traceback: an unreadable cache, a full disk ----------------------------
+
+
+def _deny(monkeypatch, root):
+    """Make every file operation under `root` fail as it does for a user when the folder belongs to
+    root with mode 0700 (we run as root here, and root reads everything)."""
+    import builtins
+    import io
+
+    root = os.path.realpath(root)
+
+    def guard(fn):
+        def denied(path, *args, **kwargs):
+            if isinstance(path, (str, bytes, os.PathLike)) and os.path.abspath(os.fsdecode(path)).startswith(root):
+                raise PermissionError(13, "Permission denied", os.fsdecode(path))
+            return fn(path, *args, **kwargs)
+
+        return denied
+
+    for module, name in ((os, "stat"), (os, "lstat"), (os, "scandir"), (os, "listdir"), (os, "open"), (os, "mkdir"),
+                         (builtins, "open"), (io, "open")):
+        monkeypatch.setattr(module, name, guard(getattr(module, name)))
+
+
+@pytest.mark.parametrize("argv", [["models"], ["generate", "--prompt", "hi", "--max-tokens", "1"], ["pull"]])
+def test_a_model_cache_made_by_another_user_is_one_line(cache, monkeypatch, capsys, argv):
+    models = cache / "models" / "smollm2-135m"
+    models.mkdir(parents=True)
+    if os.geteuid() == 0:
+        _deny(monkeypatch, cache)
+    else:
+        os.chmod(cache, 0)
+    try:
+        line = one_line_error(run_cli(argv, capsys), "permission denied", "EFFORT_CACHE_DIR", within_s=20)
+    finally:
+        os.chmod(cache, 0o755)
+    assert str(cache) in line
+
+
+def test_a_full_disk_during_convert_is_one_line_and_leaves_nothing(tiny_gguf, cache, monkeypatch, capsys):
+    from engine.effort import convert
+
+    real_write = convert.write_safetensors
+
+    def onto_a_full_disk(path, tensors, metadata=None):
+        os.symlink("/dev/full", path)  # every write there fails with ENOSPC, from the kernel itself
+        real_write(path, tensors, metadata)
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    monkeypatch.setattr(convert, "write_safetensors", onto_a_full_disk)
+    line = one_line_error(run_cli(["convert", "--model", tiny_gguf("F16"), "--force"], capsys),
+                          "cannot write", "no space left on device")
+    assert "Traceback" not in line
+    left = sorted(p.name for p in (cache / "converted").iterdir() if not p.name.endswith(".lock"))
+    assert left == [], left  # no converted file, no record, no .part folder
+
+
+def test_a_library_that_wraps_the_full_disk_in_its_own_error_is_one_line_too(tmp_path):
+    from engine.errors import EngineError
+    from engine.io.atomic import atomic_path
+
+    class SafetensorError(Exception):  # what safetensors raises: the errno only inside its text
+        pass
+
+    target = tmp_path / "x.safetensors"
+    with pytest.raises(EngineError, match="cannot write .*x.safetensors: no space left on device") as info:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+    assert isinstance(info.value, OSError) and info.value.errno is None  # TUI callers catch OSError
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- 7. damage that went unnoticed --------------------------------------------------------------------
+
+
+def test_bit_rot_that_keeps_size_and_mtime_is_found_by_the_weekly_rehash(tiny_gguf, cache, capsys):
+    import json
+
+    from engine.io import checksum
+    from engine.io.paths import converted_dir
+
+    argv = ["generate", "--model", tiny_gguf("F16"), "--prompt", "hi", "--effort", "0.5", "--max-tokens", "3",
+            "--temperature", "0", "--json"]
+    code, first, err, _ = run_cli(argv, capsys)
+    assert code == 0, err
+    (path,) = converted_dir().glob("*.safetensors")
+    st = path.stat()
+    with open(path, "r+b") as f:  # one flipped byte; size and mtime kept, as bit rot keeps them
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x04]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert checksum.verify(path) is True  # within the week the record is trusted: no full read per start
+    record = json.loads(checksum.record_path(path).read_text())
+    record["hashed_at"] -= checksum.REHASH_AFTER_S + 60  # a week later
+    checksum.record_path(path).write_text(json.dumps(record))
+    code, second, err, _ = run_cli(argv, capsys)
+    assert code == 0, err
+    assert any("checksum mismatch" in line and "converting again" in line for line in err.splitlines()), err
+    assert json.loads(second.splitlines()[-1])["text"] == json.loads(first.splitlines()[-1])["text"]
+    assert checksum.verify(path) is True
+
+
+@pytest.fixture
+def fresh_native(cache, monkeypatch):
+    """engine.runtime.native as at a first start, building into the test's own cache."""
+    from engine.runtime import native
+
+    for name, value in (("_lib", None), ("_error", None), ("_broken", False)):
+        monkeypatch.setattr(native, name, value)
+    return native
+
+
+def test_a_garbage_native_library_is_detected_and_rebuilt(fresh_native):
+    from engine.io import checksum
+
+    native = fresh_native
+    path = native.build()
+    path.write_bytes(os.urandom(path.stat().st_size))  # garbage where the library was
+    checksum.record(path)  # even with a record that matches the garbage: loading it fails, it is rebuilt
+    lib = native.library()
+    assert lib is not None and not native.broken(), native.build_error()
+    native.self_test(lib)
+    assert checksum.verify(path) is True
+
+
+def test_a_native_library_that_computes_wrong_is_refused_not_replaced_by_mlx(fresh_native, tmp_path, monkeypatch,
+                                                                             tiny_gguf, capsys):
+    """A library that loads fine but multiplies wrong (here: a compiler that links in a dense kernel
+    returning zeros) fails the self-test, is rebuilt (wrong again), and the CLI refuses in one line."""
+    import shutil
+
+    native = fresh_native
+    cc = native.find_compiler("CC", ("cc", "gcc", "clang"))
+    if cc is None:
+        pytest.skip("no C compiler")
+    evil = tmp_path / "evil.c"
+    evil.write_text("#include <stdint.h>\n#undef ecpu_dense_f16\nvoid ecpu_dense_f16(const uint16_t *W, const float *x, "
+                    "float *y, int out, int in) { for (int o = 0; o < out; o++) y[o] = 0.0f; }\n")
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which(cc)} "$@" -Decpu_dense_f16=ecpu_dense_f16_real {evil}\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    assert native.library() is None and native.broken()
+    assert "self-test" in native.build_error() and "rebuild failed too" in native.build_error()
+    line = one_line_error(run_cli(["generate", "--model", tiny_gguf("F16"), "--prompt", "hi", "--max-tokens", "1"],
+                                  capsys), "native CPU path is unavailable", "self-test")
+    assert "mlx" not in line.lower()
+
+
+CONVERT_AND_HASH = """
+import hashlib, sys
+from engine.cli import main
+code = main(["convert", "--model", sys.argv[1]] + sys.argv[2:])
+from engine.io.loader import open_model
+from engine.effort.convert import converted_path
+print(code, hashlib.sha256(converted_path(open_model(sys.argv[1])).read_bytes()).hexdigest(), flush=True)
+"""
+
+
+def test_two_processes_converting_one_model_wait_for_each_other_and_agree(tiny_gguf, cache, tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = tiny_gguf("F16", name="concurrent.gguf")
+    env = {**os.environ, "PYTHONPATH": root, "EFFORT_CACHE_DIR": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", CONVERT_AND_HASH, str(model)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=root, env=env) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    last = [out.strip().splitlines()[-1].split() for out, _ in results]  # "<exit code> <sha256>"
+    for proc, (code, _), (_, err) in zip(procs, last, results):
+        assert proc.returncode == 0 and code == "0", err
+    digests = {digest for _, digest in last}
+    assert len(digests) == 1, digests  # both see one file, and it passes its checksum (exit 0)
+    waited = [err for _, err in results if "another process is converting this model" in err]
+    assert len(waited) <= 1
+    # conversion is deterministic: converting again gives the same bytes
+    out = subprocess.run([sys.executable, "-c", CONVERT_AND_HASH, str(model), "--force"], capture_output=True,
+                         text=True, cwd=root, env=env, timeout=300)
+    assert out.stdout.strip().splitlines()[-1].split() == ["0", digests.pop()], out.stderr
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from engine.io.atomic import file_lock
+with file_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(1.5)
+"""
+
+
+def test_file_lock_makes_a_second_process_wait(tmp_path):
+    import subprocess
+    import sys
+
+    from engine.io.atomic import file_lock
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = tmp_path / "model.safetensors"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(target)], stdout=subprocess.PIPE, text=True,
+                              cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert holder.stdout.readline().strip() == "held"
+    waited = []
+    start = time.monotonic()
+    with file_lock(target, on_wait=lambda: waited.append(time.monotonic())):
+        took = time.monotonic() - start
+    holder.wait(timeout=10)
+    assert waited and took > 0.5, took  # it waited for the other process to let go
+    with file_lock(target, shared=True), file_lock(target, shared=True):  # readers share
+        pass

@@ -4,6 +4,13 @@ The library is cached under the cache dir, keyed by a hash of the sources and
 the compiler command, and written atomically, so a crash mid-build never leaves
 a broken library behind. Without a C compiler the engine still runs (on MLX
 alone), just without the fast CPU path; `build_error()` says why.
+
+A cached library is trusted only after two checks at every load: its sha256 record
+(engine.io.checksum, written when it was built) and a self-test of the kernels every
+projection uses against a small numpy product. A library that fails either (garbage
+bytes, a damaged or foreign file) is built again, once; if that one fails too the
+path is `broken()`, and the session refuses to start rather than fall back to MLX,
+whose greedy text differs.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+
 import metal
+from engine.io import checksum
 from engine.io.atomic import atomic_path
 from engine.io.paths import cache_dir
 
@@ -28,6 +38,7 @@ FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fno-math-errno", "-D_GNU_SOURC
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
+_broken = False  # built, but it fails its checks even after a rebuild
 
 
 def find_compiler(variable: str, names: tuple[str, ...]) -> str | None:
@@ -73,6 +84,7 @@ def build(force: bool = False, variant: str = "native") -> Path:
         if proc.returncode != 0:
             first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:300])
             raise RuntimeError(f"compiling the CPU kernels failed: {first}")
+    checksum.record(target)
     return target
 
 
@@ -109,9 +121,46 @@ def load(path: Path) -> ctypes.CDLL:
     return _declare(ctypes.CDLL(str(path)))
 
 
+def self_test(lib: ctypes.CDLL) -> None:
+    """Raise RuntimeError unless the dense kernel and the effort kernel at full effort (what every
+    projection runs) give a small numpy product (64x96, fp16 weights, fp32 sums)."""
+    out_dim, in_dim = 64, 96
+    rng = np.random.default_rng(24)
+    w = rng.standard_normal((out_dim, in_dim)).astype(np.float16)
+    x = rng.standard_normal(in_dim).astype(np.float32)
+    want = w.astype(np.float32) @ x
+    dense = np.zeros(out_dim, np.float32)
+    lib.ecpu_dense_f16(w.ctypes.data, x.ctypes.data, dense.ctypes.data, out_dim, in_dim)
+    blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2 + 1, np.uint16)
+    stats = np.zeros(16 * in_dim, np.float32)
+    lib.ecpu_effort_build(w.ctypes.data, out_dim, in_dim, blk.ctypes.data, stats.ctypes.data)
+    k = np.full(in_dim, 16, np.uint8)
+    effort = np.zeros(out_dim, np.float32)
+    lib.ecpu_effort_matvec(blk.ctypes.data, out_dim, in_dim, x.ctypes.data, k.ctypes.data, effort.ctypes.data)
+    for name, got in (("dense", dense), ("effort", effort)):
+        if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
+            raise RuntimeError(f"its {name} kernel fails the self-test (max error {float(np.abs(got - want).max()):.3g})")
+
+
+def _checked(path: Path) -> ctypes.CDLL:
+    """Load `path` if its checksum and self-test pass (RuntimeError or OSError otherwise)."""
+    if checksum.verify(path) is False:
+        raise RuntimeError("it does not match the checksum recorded when it was built")
+    lib = load(path)
+    try:
+        self_test(lib)
+    except RuntimeError:
+        import _ctypes
+
+        if hasattr(_ctypes, "dlclose"):
+            _ctypes.dlclose(lib._handle)  # so the rebuilt file at this path is loaded, not this one again
+        raise
+    return lib
+
+
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None (see `build_error()`)."""
-    global _lib, _error
+    """The loaded kernel library, or None (see `build_error()` and `broken()`)."""
+    global _lib, _error, _broken
     with _lock:
         if _lib is not None or _error is not None:
             return _lib
@@ -119,12 +168,27 @@ def library() -> ctypes.CDLL | None:
             _error = "disabled by EFFORT_NATIVE=0"
             return None
         try:
-            _lib = load(build())
-        except (RuntimeError, OSError) as exc:
+            path = build()
+        except (RuntimeError, OSError) as exc:  # no compiler, or it failed: MLX alone (documented)
             _error = str(exc)
+            return None
+        try:
+            _lib = _checked(path)
+        except (RuntimeError, OSError) as exc:
+            try:  # damaged or foreign: build it again, once
+                _lib = _checked(build(force=True))
+            except (RuntimeError, OSError) as again:
+                _error = f"the CPU kernels in {path.parent} are broken ({' '.join(str(exc).split())[:120]}) and a rebuild failed too ({' '.join(str(again).split())[:120]})"
+                _broken = True
         return _lib
 
 
 def build_error() -> str | None:
     library()
     return _error
+
+
+def broken() -> bool:
+    """The kernels were built but fail their checks: refuse, rather than run another backend."""
+    library()
+    return _broken
