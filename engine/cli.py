@@ -3,7 +3,8 @@
 engine never imports Textual for its own commands.
 
 Bad input never shows a traceback: engine errors are printed as one line on
-stderr with exit code 2 (`--debug` shows the traceback as well).
+stderr with exit code 2 (`--debug` shows the traceback as well). Everything printed that
+quotes a path, a model name or a model's text goes through `engine.display.printable`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import traceback
 from typing import Callable, Sequence
 
+from engine.display import printable
 from engine.errors import EngineError, os_error_message
 from engine.events import LoadProgress
 
@@ -35,7 +37,7 @@ class ProgressLine:
         if p.stage == "notice":  # something the user should know (a clamped context, a re-conversion)
             self._finish_line()
             self._stage = ""
-            self.stream.write(f"effort: note: {p.message}\n")
+            self.stream.write(f"effort: note: {printable(p.message)}\n")
             self.stream.flush()
             return
         now = time.monotonic()
@@ -46,7 +48,7 @@ class ProgressLine:
         if not self.tty or (now - self._last < 0.1 and not final):
             return
         self._last = now
-        self.stream.write("\r\x1b[2K" + format_progress(p, now - self._start))
+        self.stream.write("\r\x1b[2K" + printable(format_progress(p, now - self._start)))
         self.stream.flush()
 
     def _finish_line(self) -> None:
@@ -118,9 +120,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
 
+    tty = sys.stdout.isatty()  # on a terminal a model's escape sequences are shown, not obeyed; piped, it is data
+
     def show(event) -> None:
         progress.close()  # end the prompt's progress line before the answer
-        sys.stdout.write(event.text)
+        sys.stdout.write(printable(event.text, lines=True) if tty else event.text)
         sys.stdout.flush()
 
     with locating(loaded.files):
@@ -168,7 +172,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     session.prepare_effort(loaded.files, loaded.model, progress, None, values=False, force=args.force)
     progress.close()
     path = converted_path(loaded.files)
-    print(f"{path}  ({human_bytes(path.stat().st_size)})")
+    print(f"{printable(path)}  ({human_bytes(path.stat().st_size)})")
     return 0
 
 
@@ -238,17 +242,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 speed[strategy] = bench.run(loaded.runtime, prompt, timed, args.speed_tokens, None, note, rounds=args.rounds)
             loaded.runtime.set_strategy("bucket")
     progress.close()
+    shown = printable(loaded.info.name)  # the tables quote it: one line, nothing raw
     for name, tokens, _, results in scored:
-        print(evaluate.format_table(results, loaded.info.name, tokens, f"text '{name}'"))
+        print(printable(evaluate.format_table(results, shown, tokens, f"text '{printable(name)}'"), lines=True))
         print()
     total = sum(tokens for _, tokens, _, _ in scored)
     if len(scored) > 1:
         names = ", ".join(name for name, *_ in scored)
-        print(evaluate.format_table(mean, loaded.info.name, total, f"mean over {len(scored)} texts ({names})"))
+        print(printable(evaluate.format_table(mean, shown, total, f"mean over {len(scored)} texts ({printable(names)})"), lines=True))
     points = evaluate.frontier(speed, mean) if speed else []
     if points:
         print()
-        print(evaluate.format_frontier(points, loaded.info.name, len(scored)))
+        print(printable(evaluate.format_frontier(points, shown, len(scored)), lines=True))
     if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
         from engine import quality
 
@@ -259,7 +264,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             evaluate.plot_frontier(points, args.plot, loaded.info.name)
         else:
             evaluate.plot(mean, args.plot, loaded.info.name)
-        print(f"plot written to {args.plot}")
+        print(f"plot written to {printable(args.plot)}")
     if args.json:
         import math
 
@@ -294,6 +299,8 @@ def _calibration_ids(tokenizer) -> list[int] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from engine.tools import bench
     from engine.model.decoder import projection_inputs
     from engine.model.diagnose import locating
@@ -313,11 +320,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     runtime.set_strategy(args.strategy)
     captured = projection_inputs(model, ids)
     inputs = {name: x[-1] for name, x in captured.items()}
-    note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
+    note = (lambda s: print(printable(s), file=sys.stderr)) if not args.json else None
     with locating(None if args.synthetic else loaded.files):
         dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
-    print(bench.format_table(dense, results, info, peak, args.strategy))
+    shown = dataclasses.replace(info, name=printable(info.name), device=printable(info.device))
+    print(printable(bench.format_table(dense, results, shown, peak, args.strategy), lines=True))
     if args.json:
         def speed(r) -> dict:
             return {
@@ -368,7 +376,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     path = registry.pull(args.name, progress, force=args.force)
     progress.close()
-    print(path)
+    print(printable(path))
     return 0
 
 
@@ -380,7 +388,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         default = " (default)" if alias == registry.DEFAULT_MODEL else ""
         if alias in cached:
             path, size = cached[alias]
-            print(f"{alias}{default}  cached  {human_bytes(size)}  {path}")
+            print(f"{alias}{default}  cached  {human_bytes(size)}  {printable(path)}")
         else:
             print(f"{alias}{default}  not cached  (effort pull {alias})  {known.description}")
     return 0
@@ -462,7 +470,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`--help` still shows the usage)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 def rank_count(text: str) -> int:
@@ -569,12 +577,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"effort: error: {exc}", file=sys.stderr)
+        print(f"effort: error: {printable(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # the machine refused (a folder we may not read, a full disk): one line too
         if args.debug:
             traceback.print_exc()
-        print(f"effort: error: {os_error_message(exc)}", file=sys.stderr)
+        print(f"effort: error: {printable(os_error_message(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("effort: interrupted", file=sys.stderr)

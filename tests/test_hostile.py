@@ -617,3 +617,61 @@ def test_file_lock_makes_a_second_process_wait(tmp_path):
     assert waited and took > 0.5, took  # it waited for the other process to let go
     with file_lock(target, shared=True), file_lock(target, shared=True):  # readers share
         pass
+
+
+# -- 8. what goes to the terminal is escaped ----------------------------------------------------------
+
+EVIL_NAME = "evil\n\x1b[2J\x1b]0;pwned\x07\u202eq.gguf"
+
+
+def test_a_missing_model_path_with_escapes_is_one_visible_line(tmp_path, capsys):
+    line = one_line_error(run_cli(["generate", "--model", tmp_path / EVIL_NAME, "--prompt", "hi"], capsys),
+                          "no such file", within_s=10)
+    assert "\\n" in line and "\\x1b[2J" in line and "\\x07" in line and "\\u202e" in line
+    assert "\x1b" not in line and "\x07" not in line
+    line = one_line_error(run_cli(["generate", "--prompt", "hi", "--temperature", "\x1b[2J"], capsys), within_s=10)
+    assert "\x1b" not in line  # argparse's own errors quote what was typed
+
+
+def test_a_model_file_with_escapes_in_its_name_runs_and_prints_nothing_raw(tiny_gguf, tmp_path, capsys):
+    import shutil
+
+    path = tmp_path / EVIL_NAME
+    shutil.copy(tiny_gguf("F16"), path)
+    code, out, err, _ = run_cli(["bench", "--model", path, "--tokens", "2", "--rounds", "1", "--efforts", "0.5"], capsys)
+    assert code == 0, err
+    assert "\x1b" not in out + err and "\x07" not in out + err and "\u202e" not in out + err
+    assert "evil\\n\\x1b[2J" in out  # the table names the model, visibly
+    undecodable = tmp_path / os.fsdecode(b"bad-\xff-name.gguf")  # not UTF-8: lone surrogates in Python
+    shutil.copy(tiny_gguf("F16"), undecodable)
+    line = one_line_error(run_cli(["generate", "--model", undecodable, "--prompt", "hi", "--max-tokens", "1",
+                                   "--top-p", "5"], capsys), within_s=10)  # (a usage error)
+    line.encode("utf-8")
+    code, out, err, _ = run_cli(["generate", "--model", undecodable.parent / "missing-\udcff.gguf", "--prompt", "hi"],
+                                capsys)
+    assert code == 2 and "\\udcff" in err
+    err.encode("utf-8")  # printable on a UTF-8 terminal
+
+
+def test_generated_text_is_escaped_on_a_terminal_and_raw_in_a_pipe(tiny_gguf, monkeypatch, capsys):
+    import dataclasses
+    import sys
+
+    from engine.display import printable
+    from engine.generate import Generator
+
+    answer = "ok \x1b]52;c;cHduZWQ=\x07 line\n\tnext \x9b2J"
+    real = Generator.generate
+
+    def hostile(self, *args, on_token=None, **kwargs):  # the model "says" escape sequences
+        return real(self, *args, on_token=lambda e: on_token(dataclasses.replace(e, text=answer)), **kwargs)
+
+    monkeypatch.setattr(Generator, "generate", hostile)
+    argv = ["generate", "--model", tiny_gguf("F16"), "--prompt", "hi", "--max-tokens", "1"]
+    code, piped, err, _ = run_cli(argv, capsys)
+    assert code == 0 and answer in piped, err  # a pipe gets the text as it is: it is data
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    code, shown, err, _ = run_cli(argv, capsys)
+    assert code == 0 and answer not in shown and printable(answer, lines=True) in shown
+    assert "\x1b" not in shown and "\x07" not in shown and "\x9b" not in shown and "\n\tnext" in shown
+    assert printable("a\nb\tc") == "a\\nb\\tc" and printable("plain ✓ 日本") == "plain ✓ 日本"

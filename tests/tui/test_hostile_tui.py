@@ -110,3 +110,52 @@ def test_history_files_are_private(tmp_path):
     aside = list(folder.glob("history.sqlite3.damaged-*"))
     assert aside and all(_mode(p) == 0o600 for p in aside)
     assert _mode(path) == 0o600
+
+
+# -- 8. what a path or a model puts on the screen is shown, not obeyed -------------------------------
+
+EVIL = "evil\n\x1b[2J\x1b]52;c;cHduZWQ=\x07[red]name\u202e.gguf"
+
+
+def _screen_text(app) -> str:
+    return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
+
+
+async def test_a_model_path_with_escapes_and_markup_is_shown_as_text(make_app, tmp_path) -> None:
+    from dataclasses import replace
+
+    from .fake_engine import DEFAULT_INFO
+
+    app = make_app(FakeEngine(info=replace(DEFAULT_INFO, name=EVIL, path=str(tmp_path / EVIL))), model=EVIL)
+    async with app.run_test(size=(140, 32)) as pilot:
+        await ready(app, pilot)
+        app.notify(f"loaded {EVIL}", title=EVIL)
+        await pilot.pause()
+        text = _screen_text(app)
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "\\x1b[2J" in text and "[red]name" in text  # visible, markup not applied
+        notes = [n for n in app._notifications if "loaded" in n.message]
+        assert notes and "\n" not in notes[0].title and "\\x1b" in notes[0].message
+
+
+async def test_a_load_error_quoting_such_a_path_is_one_visible_line(make_app) -> None:
+    app = make_app(FakeEngine(load_error=f"{EVIL}: not a GGUF file"), model=EVIL)
+    async with app.run_test(size=(140, 32)) as pilot:
+        await wait_until(pilot, lambda: app.chat_screen is not None and app.chat_screen.model_state == "failed",
+                         what="load failed")
+        await pilot.pause()
+        text = _screen_text(app)
+        assert "\x1b" not in text and "not a GGUF file" in text and "[red]name" in text
+
+
+async def test_a_model_answer_with_escape_sequences_is_shown_not_obeyed(make_app) -> None:
+    app = make_app(FakeEngine(reply=lambda request: "sure \x1b]52;c;cHduZWQ=\x07 and \x1b[2J done"))
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(app, pilot)
+        await send(pilot, chat, "hi")
+        app.engine.release_all()
+        await wait_until(pilot, lambda: chat.generation is None, what="answer")
+        await pilot.pause()
+        text = _screen_text(app)
+        assert "\x1b" not in text and "\\x1b[2J" in text
+        assert chat.turns[-1].content.count("\x1b") == 2  # kept as it was in the conversation itself
