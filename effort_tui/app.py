@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Iterable
 
 from textual.app import App, SystemCommand
+from textual.markup import escape
 from textual.screen import Screen
 from textual.theme import Theme
 
 import themes
 from engine.api import ChatEngine, ModelInfo
+from engine.display import printable
 from effort_tui import input_guard, paths
 from effort_tui.clock import Clock, SystemClock
 from effort_tui.config import Config, ConfigError, load_config, save_config, with_theme
@@ -86,6 +88,13 @@ class EffortApp(App[int]):
         except Exception as exc:  # locked at start, newer schema, read-only disk…
             self.config_problems.append(f"history is off for this session: cannot open {path}: {exc}")
             return HistoryStore(None, now=self.clock.time)
+
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """Every notification of the app: what it quotes (paths, model names, engine errors) is shown
+        as text, its control characters escaped (engine.display) and never read as markup."""
+        extra = {} if timeout is None else {"timeout": timeout}
+        super().notify(printable(message, lines=True), title=printable(title), severity=severity, markup=False, **extra)
 
     def _history_problem(self, text: str) -> None:
         self.notify(text, title="History", severity="warning", timeout=10)
@@ -203,7 +212,7 @@ class EffortApp(App[int]):
         yield SystemCommand("Search conversations…", "Find conversations by title or message text", partial(run, "search"))
         yield SystemCommand("Rename conversation…", "Give this conversation a new title", partial(run, "rename"))
         yield SystemCommand("Copy last answer", "Copy the last answer to the clipboard (OSC 52, ctrl+o)", partial(run, "copy_answer"))
-        yield SystemCommand("Model: switch…", f"Load another model (now {self.model_name})", partial(run, "switch_model"))
+        yield SystemCommand("Model: switch…", f"Load another model (now {escape(printable(self.model_name))})", partial(run, "switch_model"))
         yield SystemCommand("System prompt…", "Set the system prompt of this conversation and new ones", partial(run, "ask_system_prompt"))
         label = chat.sampling.label()
         yield SystemCommand("Sampling: greedy / default (ctrl+g)", f"Now {label}; greedy is the exact argmax", partial(run, "toggle_greedy"))

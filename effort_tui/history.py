@@ -4,6 +4,9 @@ A message is committed as soon as it exists (the user's when it is sent, the
 answer when it finishes), so a killed app loses at most the answer in flight.
 `HistoryStore(None)` keeps everything in memory (``--no-history``).
 
+Conversations are private: the folder is made 0700 and the database, its -wal and -shm,
+and any .damaged-* or .unsaved-* copy 0600 (an existing folder or file is tightened too).
+
 Runs on the UI thread: every call is one small statement and one commit, and
 WAL with ``synchronous=NORMAL`` makes a commit an append to the log.
 """
@@ -71,6 +74,25 @@ BUSY_TIMEOUT_S = 1.0  # how long a write waits for another process's lock (on th
 RETRY_TIMEOUT_S = 0.05  # the same while earlier writes are waiting in memory
 
 
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+
+
+def _private(path: Path, mode: int = PRIVATE_FILE) -> None:
+    """Make `path` (if it exists) readable by its owner only."""
+    try:
+        os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+    except OSError:  # not ours to change (another user's folder): leave it
+        pass
+
+
+def _locked(exc: BaseException) -> bool:
+    """A database error that means another program holds the file (as opposed to damage)."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 def _damaged(exc: BaseException) -> bool:
     """A database error that means the file is damaged (as opposed to locked or busy)."""
     text = str(exc).lower()
@@ -82,7 +104,8 @@ class HistoryStore:
 
     * locked (another program holds it): the write is kept in memory, with a notice, and written
       before the next one once the lock is gone (and at close); ids handed out meanwhile are
-      provisional (negative) and mapped to the real ones when written.
+      provisional (negative) and mapped to the real ones when written. Locked already at start,
+      the file is opened at the first write that finds it free; until then everything is in memory.
     * damaged (at start or later): the file is moved aside as ``<name>.damaged-<time>`` and a fresh
       one started, with a notice; writes kept in memory go to the fresh file.
 
@@ -98,22 +121,60 @@ class HistoryStore:
         self._ids: dict[int, int] = {}  # provisional id -> id in the database
         self._next_provisional = -1
         self._recovered = False
+        self._deferred = False  # the file was locked at start: not opened yet
         if path is None:
-            self._db = sqlite3.connect(":memory:")
-            self._setup(self._db)
+            self._db = self._memory()
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            _private(path.parent, PRIVATE_DIR)
             try:
                 self._db = self._open(path)
             except sqlite3.DatabaseError as exc:
+                if _locked(exc):
+                    self._db = self._memory()
+                    self._deferred = True
+                    self._notice(
+                        f"{path.name} is locked by another program; your messages are kept in memory and "
+                        "saved once it is free"
+                    )
+                    return
                 if not _damaged(exc):
                     raise
                 aside = self._move_aside(exc)
                 self._db = self._open(path)
                 self._notice(f"{path.name} was damaged ({_one_line(exc)}); kept as {aside.name}, a fresh history started")
 
-    def _open(self, path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+    def _memory(self) -> sqlite3.Connection:
+        db = sqlite3.connect(":memory:")
+        self._setup(db)
+        return db
+
+    def _connect(self, timeout: float) -> bool:
+        """Open the file that was locked at start, if it is free now; True once it is open."""
+        if not self._deferred:
+            return True
+        assert self.path is not None
+        try:
+            db = self._open(self.path, timeout)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                return False  # still locked
+            aside = self._move_aside(exc)
+            db = self._open(self.path, timeout)
+            self._notice(f"{self.path.name} was damaged ({_one_line(exc)}); kept as {aside.name}, a fresh history started")
+        except RuntimeError:  # written by a newer version meanwhile: keep everything in memory
+            return False
+        self._db.close()
+        self._db = db
+        self._deferred = False
+        return True
+
+    def _open(self, path: Path, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+        if not path.exists():  # created private; SQLite gives its -wal and -shm the same mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
+        for suffix in ("", "-wal", "-shm"):
+            _private(path.with_name(path.name + suffix))
+        db = sqlite3.connect(str(path), timeout=timeout)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -142,6 +203,8 @@ class HistoryStore:
                 f"{self.path} was written by a newer Effort Engine (schema {version}); "
                 "upgrade, or move the file away"
             )
+        if version == SCHEMA_VERSION:  # nothing to write: a file another program holds still opens
+            return
         with db:
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -167,6 +230,7 @@ class HistoryStore:
             src = self.path.with_name(self.path.name + suffix)
             if src.exists():
                 os.replace(src, aside.with_name(aside.name + suffix))
+                _private(aside.with_name(aside.name + suffix))
         return aside
 
     def _trouble(self, exc: sqlite3.DatabaseError) -> None:
@@ -224,11 +288,13 @@ class HistoryStore:
                 db.execute("DELETE FROM conversations WHERE id=?", (self._real(op[1]),))
             elif kind == "rename":
                 db.execute("UPDATE conversations SET title=? WHERE id=?", (op[2], self._real(op[1])))
+            elif kind == "system":
+                db.execute("UPDATE conversations SET system_prompt=? WHERE id=?", (op[2], self._real(op[1])))
             return 0
 
     def _flush(self, timeout: float = RETRY_TIMEOUT_S) -> None:
         """Write what is waiting in memory, oldest first, until one fails."""
-        if not self._pending:
+        if not self._pending or not self._connect(timeout):
             return
         self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         try:
@@ -250,7 +316,7 @@ class HistoryStore:
 
     def _submit(self, op: list[Any]) -> int:
         self._flush()
-        if not self._pending:
+        if not self._pending and self._connect(RETRY_TIMEOUT_S):
             try:
                 return self._apply(op)
             except sqlite3.DatabaseError as exc:
@@ -294,8 +360,11 @@ class HistoryStore:
         return len(self._pending)
 
     def set_system_prompt(self, conversation_id: int, system_prompt: str) -> None:
-        with self._db:
-            self._db.execute("UPDATE conversations SET system_prompt=? WHERE id=?", (system_prompt, conversation_id))
+        op = self._pending_conversation(conversation_id)
+        if op is not None:  # not written yet: it is written with the prompt
+            op[4] = system_prompt
+            return
+        self._submit(["system", conversation_id, system_prompt])
 
     def search_conversations(self, query: str) -> list[ConversationSummary]:
         """Conversations whose title or any message contains `query` (case-insensitive), newest first."""
@@ -330,7 +399,10 @@ class HistoryStore:
         return rows[0] if rows else None
 
     def list_conversations(self) -> list[ConversationSummary]:
-        return self._summaries("", ())
+        """Every conversation, newest first, those still waiting in memory included."""
+        waiting = [self.conversation(op[1]) for op in self._pending if op[0] == "conv"]
+        rows = [c for c in waiting if c is not None] + self._summaries("", ())
+        return sorted(rows, key=lambda c: (c.updated, c.id), reverse=True)
 
     def _summaries(self, where: str, params: tuple) -> list[ConversationSummary]:
         rows = self._query(
@@ -382,7 +454,8 @@ class HistoryStore:
         if self._pending and self.path is not None:
             dump = self.path.with_name(f"{self.path.name}.unsaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
             try:
-                dump.write_text(json.dumps(self._pending, ensure_ascii=False, indent=1), encoding="utf-8")
+                with os.fdopen(os.open(dump, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "w", encoding="utf-8") as f:
+                    f.write(json.dumps(self._pending, ensure_ascii=False, indent=1))
             except OSError:
                 pass
         try:

@@ -92,7 +92,7 @@ class ChatRequest:
     """What to answer: chat messages rendered through the model's template, or a raw prompt."""
 
     messages: list[dict[str, str]] = field(default_factory=list)  # [{"role": ..., "content": ...}]
-    raw_prompt: str | None = None  # used verbatim (no chat template) when set
+    raw_prompt: str | None = None  # used verbatim when set: no chat template, special-token text is those tokens
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
 

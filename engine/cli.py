@@ -3,7 +3,8 @@
 engine never imports Textual for its own commands.
 
 Bad input never shows a traceback: engine errors are printed as one line on
-stderr with exit code 2 (`--debug` shows the traceback as well).
+stderr with exit code 2 (`--debug` shows the traceback as well). Everything printed that
+quotes a path, a model name or a model's text goes through `engine.display.printable`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 import traceback
 from typing import Callable, Sequence
 
-from engine.errors import EngineError
+from engine.display import printable
+from engine.errors import EngineError, os_error_message
 from engine.events import LoadProgress
 
 EXIT_USAGE = 2
@@ -36,7 +38,7 @@ class ProgressLine:
         if p.stage == "notice":  # something the user should know (a clamped context, a re-conversion)
             self._finish_line()
             self._stage = ""
-            self.stream.write(f"effort: note: {p.message}\n")
+            self.stream.write(f"effort: note: {printable(p.message)}\n")
             self.stream.flush()
             return
         now = time.monotonic()
@@ -47,7 +49,7 @@ class ProgressLine:
         if not self.tty or (now - self._last < 0.1 and not final):
             return
         self._last = now
-        self.stream.write("\r\x1b[2K" + format_progress(p, now - self._start))
+        self.stream.write("\r\x1b[2K" + printable(format_progress(p, now - self._start)))
         self.stream.flush()
 
     def _finish_line(self) -> None:
@@ -88,16 +90,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine import session
     import dataclasses
 
+    from engine.model.diagnose import locating
+
     from engine.api import EffortSetting, SamplingSettings
 
     progress = ProgressLine()
     loaded = session.load(
-        args.model, progress, effort=args.effort < 1.0, load_ranks=args.load_ranks, keep_mlx_weights=False
+        args.model, progress, effort=args.effort < 1.0, load_ranks=args.load_ranks
     )
     progress.close()
     tok = loaded.tokenizer
     if args.raw:
-        ids = tok.encode(args.prompt, add_bos=tok.add_bos)
+        ids = tok.encode(args.prompt, add_bos=tok.add_bos, special=True)  # raw: special-token text is those tokens
     else:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}
@@ -117,12 +121,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
 
+    tty = sys.stdout.isatty()  # on a terminal a model's escape sequences are shown, not obeyed; piped, it is data
+
     def show(event) -> None:
         progress.close()  # end the prompt's progress line before the answer
-        sys.stdout.write(event.text)
+        sys.stdout.write(printable(event.text, lines=True) if tty else event.text)
         sys.stdout.flush()
 
-    result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
+    with locating(loaded.files):
+        result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
     sys.stdout.write("\n")
     if args.json:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
@@ -164,7 +171,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     paths = session.prepare_effort(loaded, progress, force=args.force)
     progress.close()
     for path in paths:
-        print(f"{path}  ({human_bytes(path.stat().st_size)})")
+        print(f"{printable(path)}  ({human_bytes(path.stat().st_size)})")
     return 0
 
 
@@ -199,6 +206,8 @@ def _eval_texts(paths: Sequence[str] | None) -> list[tuple[str, str]]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine import session
     from engine.tools import evaluate
+    from engine.model.diagnose import locating
+    from engine.runtime.base import check_tokens
 
     efforts = parse_efforts(args.efforts)
     texts = _eval_texts(args.text_file)
@@ -208,44 +217,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runners = _runners(loaded, strategies, args, progress)  # strategy -> the loaded model that runs it
     calibration = _calibration_ids(loaded.tokenizer)
     scored = []  # (name, tokens, ppl_dense, results)
-    for name, text in texts:
-        ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
-        if calibration is not None and ids == calibration[: len(ids)]:
-            progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
-        results, ppl_dense = [], 0.0
-        for runner in dict.fromkeys(runners.values()):
-            mine = [s for s in strategies if runners[s] is runner]
-            inputs = runner.runtime.projection_inputs(ids[: min(len(ids), 33)]) if args.cosine else {}
-            dense_outputs: dict = {}
-            cosine = (lambda e, s, rt=runner.runtime, inputs=inputs, d=dense_outputs: evaluate.matrix_cosines(rt, inputs, e, s, d)) if inputs else None
-            rows, ppl = evaluate.evaluate(runner.runtime, ids, efforts, mine, cosine, progress)
-            results += rows
-            ppl_dense = ppl_dense or ppl
-        scored.append((name, len(ids) - 1, ppl_dense, results))
-    mean = evaluate.mean_results([results for *_, results in scored])
-    speed = {}
-    if args.speed:
-        from engine.tools import bench
+    with locating(loaded.files):  # NaN/inf logits are reported with the tensor or layer that made them
+        for name, text in texts:
+            ids = loaded.tokenizer.encode(text)[: args.tokens + 1]
+            check_tokens(loaded.runtime, ids)  # before anything reads the embedding with them
+            if calibration is not None and ids == calibration[: len(ids)]:
+                progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
+            results, ppl_dense = [], 0.0
+            for runner in dict.fromkeys(runners.values()):
+                mine = [s for s in strategies if runners[s] is runner]
+                inputs = runner.runtime.projection_inputs(ids[: min(len(ids), 33)]) if args.cosine else {}
+                dense_outputs: dict = {}
+                cosine = (lambda e, s, rt=runner.runtime, inputs=inputs, d=dense_outputs: evaluate.matrix_cosines(rt, inputs, e, s, d)) if inputs else None
+                rows, ppl = evaluate.evaluate(runner.runtime, ids, efforts, mine, cosine, progress)
+                results += rows
+                ppl_dense = ppl_dense or ppl
+            scored.append((name, len(ids) - 1, ppl_dense, results))
+        mean = evaluate.mean_results([results for *_, results in scored])
+        speed = {}
+        if args.speed:
+            from engine.tools import bench
 
-        prompt = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
-        for strategy in strategies:
-            runtime = runners[strategy].runtime
-            runtime.set_strategy(strategy)
-            note = lambda text, s=strategy: progress(LoadProgress("speed", 0, 0, "", f"{s}: {text}"))  # noqa: E731
-            speed[strategy] = bench.run(runtime, prompt, efforts, args.speed_tokens, None, note, rounds=args.rounds)
-            runtime.set_strategy(runtime.strategies[0])
+            prompt = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
+            for strategy in strategies:
+                runtime = runners[strategy].runtime
+                runtime.set_strategy(strategy)
+                note = lambda text, s=strategy: progress(LoadProgress("speed", 0, 0, "", f"{s}: {text}"))  # noqa: E731
+                speed[strategy] = bench.run(runtime, prompt, efforts, args.speed_tokens, None, note, rounds=args.rounds)
+                runtime.set_strategy(runtime.strategies[0])
     progress.close()
+    shown = printable(loaded.info.name)  # the tables quote it: one line, nothing raw
     for name, tokens, _, results in scored:
-        print(evaluate.format_table(results, loaded.info.name, tokens, f"text '{name}'"))
+        print(printable(evaluate.format_table(results, shown, tokens, f"text '{printable(name)}'"), lines=True))
         print()
     total = sum(tokens for _, tokens, _, _ in scored)
     if len(scored) > 1:
         names = ", ".join(name for name, *_ in scored)
-        print(evaluate.format_table(mean, loaded.info.name, total, f"mean over {len(scored)} texts ({names})"))
+        print(printable(evaluate.format_table(mean, shown, total, f"mean over {len(scored)} texts ({printable(names)})"), lines=True))
     points = evaluate.frontier(speed, mean) if speed else []
     if points:
         print()
-        print(evaluate.format_frontier(points, loaded.info.name, len(scored)))
+        print(printable(evaluate.format_frontier(points, shown, len(scored)), lines=True))
     if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
         from engine import quality
 
@@ -257,7 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             evaluate.plot_frontier(points, args.plot, loaded.info.name)
         else:
             evaluate.plot(mean, args.plot, loaded.info.name)
-        print(f"plot written to {args.plot}")
+        print(f"plot written to {printable(args.plot)}")
     if args.json:
         import math
 
@@ -323,7 +335,10 @@ def _calibration_ids(tokenizer) -> list[int] | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from engine.tools import bench
+    from engine.model.diagnose import locating
 
     efforts = parse_efforts(args.efforts)
     progress = ProgressLine()
@@ -336,16 +351,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         runtime, info = loaded.runtime, loaded.info
         ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
+    bench.check_plan(runtime, ids, args.tokens)  # before anything reads the embedding or the cache
     strategy = args.strategy or runtime.strategies[0]
     if strategy not in runtime.strategies:
         raise EngineError(f"this runtime runs the strategies {', '.join(runtime.strategies)}, not {strategy!r}")
     runtime.set_strategy(strategy)
     captured = runtime.projection_inputs(ids)
     inputs = {name: x[-1] for name, x in captured.items()}
-    note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
-    dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
+    note = (lambda s: print(printable(s), file=sys.stderr)) if not args.json else None
+    with locating(None if args.synthetic else loaded.files):
+        dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
-    print(bench.format_table(dense, results, info, peak, strategy))
+    shown = dataclasses.replace(info, name=printable(info.name), device=printable(info.device))
+    print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True))
     if args.json:
         def speed(r) -> dict:
             return {
@@ -395,7 +413,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     path = registry.pull(args.name, progress, force=args.force)
     progress.close()
-    print(path)
+    print(printable(path))
     return 0
 
 
@@ -407,7 +425,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         default = " (default)" if alias == registry.DEFAULT_MODEL else ""
         if alias in cached:
             path, size = cached[alias]
-            print(f"{alias}{default}  cached  {human_bytes(size)}  {path}")
+            print(f"{alias}{default}  cached  {human_bytes(size)}  {printable(path)}")
         else:
             print(f"{alias}{default}  not cached  (effort pull {alias})  {known.description}")
     return 0
@@ -489,7 +507,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`--help` still shows the usage)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
 
 
 def rank_count(text: str) -> int:
@@ -521,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", "-m", help="model alias, GGUF file or Hugging Face folder (default smollm2-135m)")
     gen.add_argument("--prompt", "-p", required=True, type=text_flag("--prompt"), help="the user message")
     gen.add_argument("--system", type=text_flag("--system"), help="a system message")
-    gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
+    gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template; "
+                     "special-token text in it (<|im_end|>) becomes those tokens")
     gen.add_argument("--effort", type=effort_value, default=1.0, help="effort: 0.05-1, 5-100 or 60%%; 1 = dense")
     gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"), default=256)
     gen.add_argument("--temperature", type=sampling_flag("temperature"), help="0 = greedy (0-10; default: the model's own, else 0.7)")
@@ -600,7 +619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"effort: error: {exc}", file=sys.stderr)
+        print(f"effort: error: {printable(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the machine refused (a folder we may not read, a full disk): one line too
+        if args.debug:
+            traceback.print_exc()
+        print(f"effort: error: {printable(os_error_message(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("effort: interrupted", file=sys.stderr)

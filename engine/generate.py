@@ -16,7 +16,8 @@ import numpy as np
 from engine.api import EffortSetting, SamplingSettings
 from engine.errors import ContextLimitError
 from engine.events import GenerationResult, LoadProgress, TokenEvent
-from engine.runtime.base import Runtime
+from engine.model.diagnose import require_finite
+from engine.runtime.base import Runtime, check_tokens
 from engine.sampler import Sampler
 
 
@@ -74,6 +75,7 @@ class Generator:
                 f"the prompt has {len(prompt_ids)} tokens but the model's context holds {limit}; "
                 "start a new chat or shorten the prompt"
             )
+        check_tokens(self.runtime, prompt_ids)
         sampler = Sampler(sampling, prompt_ids)
         decoder = self.stream_factory()
 
@@ -89,6 +91,7 @@ class Generator:
                 generated_tokens=0, prompt_tps=0.0, decode_tps=0.0, ttft_s=time.perf_counter() - start,
                 finish_reason="cancelled", peak_memory_bytes=self.runtime.peak_memory(),
             )
+        require_finite(logits, "reading the prompt", prompt_ids)
         token = sampler(logits)
         now = time.perf_counter()
         ttft = now - start
@@ -131,6 +134,7 @@ class Generator:
             eff_req = effort.get()
             logits, eff_real = self.runtime.step(token, eff_req)
             self._cached.append(token)
+            require_finite(logits, f"at token {len(generated) + 1} of the answer", self._cached)
             token = sampler(logits)
             now = time.perf_counter()
             step_s, last = now - last, now

@@ -67,19 +67,13 @@ def runtime_kind(requested: str, backend: str, config: ModelConfig) -> str:
 
     if native.library() is not None:
         return "cpu"
-    if requested == "cpu":
+    if requested == "cpu" or native.broken():  # broken kernels: refuse, not another backend's text
         raise EngineError(f"the native CPU path is unavailable: {native.build_error()}")
     return "mlx"
 
 
-def make_runtime(
-    model: Model, context_limit: int, kind: str, converted: Converted | None = None, head_q8: np.ndarray | None = None
-) -> Runtime:
-    if kind == "cpu":
-        from engine.runtime import native
-        from engine.runtime.cpu_runtime import CPURuntime
-
-        return CPURuntime(model, context_limit, native.library(), converted, head_q8)
+def mlx_runtime(model: Model, context_limit: int, converted: Converted | None = None) -> MLXRuntime:
+    """The MLX runtime, with the bucketMul effort path when the model is converted."""
     from engine.runtime.effort_mlx import MLXEffortPath
 
     path = MLXEffortPath(converted, model.config.num_layers, model.dense) if converted else None
@@ -119,20 +113,16 @@ def load(
     runtime: str = "auto",
     effort: bool = True,
     load_ranks: int | None = None,
-    keep_mlx_weights: bool = True,
     defer_effort: bool = False,
     relayout: bool = False,
 ) -> LoadedModel:
-    """Resolve, fetch if needed, read and load a model for the detected backend.
+    """Resolve, fetch if needed, read and load a model for the detected backend: the native CPU path
+    (`load_cpu`) or MLX.
 
-    `effort=False` skips the bucketMul side (conversion, layouts): dense only.
-    `defer_effort=True` (the chat) does not wait for a first conversion on the native CPU path:
-    the model loads dense and `effort_pending` says the conversion is still to be made (the
-    engine worker makes it in the background and attaches it with `CPURuntime.attach`).
-    `relayout=True` lays the CPU layout out again even when one is cached.
-    `keep_mlx_weights=False` lets the native CPU runtime drop the MLX copy of the weights once it
-    has built its own layouts (chat and generate need nothing else; eval and bench keep them to
-    capture per-matrix inputs)."""
+    `effort=False` skips the effort side's preparation (calibration; on MLX the bucketMul conversion).
+    `defer_effort=True` (the chat) does not wait for it on the CPU path: `effort_pending` says it is
+    still to be made (the engine worker makes it in the background and attaches it).
+    `relayout=True` lays the CPU layout out again even when one is cached."""
     progress = on_progress or (lambda p: None)
     path = registry.resolve(spec, progress)
     progress(LoadProgress("read", 0, 0, "", f"reading {path.name}"))
@@ -149,30 +139,22 @@ def load(
         weights[name] = to_mlx(files.tensors.get(name), be.dtype)
         progress(LoadProgress("load", n, len(names), "", f"loading {name}"))
     model = Model(files.config, weights)
-    if load_ranks is not None and load_ranks < B and be.name != "cpu":
-        raise EngineError("--load-ranks is supported on the CPU in this version (the GPU layout needs all ranks)")
     context, notice = context_for_memory(files.config)
     if notice:
         progress(LoadProgress("notice", 0, 0, "", notice))
-    pending = effort and defer_effort and kind == "cpu" and load_ranks is None and not convert.is_converted(files)
-    # the native CPU path builds its own kernel layout: it needs only stats and probes from the cache
-    converted = prepare_bucket(files, model, progress, load_ranks) if effort and not pending else None
-    run = make_runtime(model, context, kind, converted, stored_q8_head(files))
+    converted = prepare_bucket(files, model, progress, load_ranks) if effort else None
+    run = mlx_runtime(model, context, converted)
     params = sum(int(w.size) for w in weights.values())
-    if kind == "cpu" and not keep_mlx_weights:
-        weights.clear()
-        model.release_weights()
-        backends.return_freed_memory()
     info = ModelInfo(
         name=display_name(spec, path), path=str(path), architecture=files.config.architecture,
         backend=be.name, device=be.device, context_limit=context, parameters=params,
         effort_cap=converted.effort_cap if converted else 1.0,
         resident_bytes=resident_bytes(model, converted, run),
         sampling=model_sampling(files),
-        quality=quality.load(files.fingerprint) if converted or pending else (),
+        quality=quality.load(files.fingerprint) if converted else (),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
-    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted, pending)
+    return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
 
 
 def load_cpu(spec: str | None, files: ModelFiles, progress: ProgressFn, effort: bool = True,
@@ -218,13 +200,6 @@ def model_sampling(files: ModelFiles):
     from engine.sampler import defaults_for
 
     return defaults_for(files.metadata if files.source_format == "gguf" else {}, files.path if files.source_format == "hf" else None)
-
-
-def stored_q8_head(files: ModelFiles) -> np.ndarray | None:
-    """The output head's Q8_0 blocks as stored in a GGUF file (the tied embedding when there is no
-    separate head), so the CPU path can multiply the file's exact values at about half the bytes."""
-    names = files.tensors.names()
-    return files.tensors.q8_0_blocks("lm_head.weight" if "lm_head.weight" in names else "model.embed_tokens.weight")
 
 
 def resident_bytes(model: Model, converted: Converted | None, run: Runtime) -> int:

@@ -23,7 +23,7 @@ import traceback
 from typing import IO, Callable
 
 from engine.api import ChatRequest, EffortSetting, ModelInfo
-from engine.errors import EngineError
+from engine.errors import EngineError, os_error_message
 from engine.events import GenerationResult, LoadProgress, TokenEvent
 
 
@@ -109,11 +109,12 @@ class EngineWorker:
         try:
             if proc.returncode != 0:
                 raise EngineError(lines[-1] if lines else f"effort convert exited with {proc.returncode}")
-            from engine.effort import convert
+            from engine.effort.planes import calibrate
 
-            converted = convert.load(self.loaded.files, self.load_ranks, values=False)
-            self.loaded.runtime.attach(converted)
-            self.loaded.converted = converted
+            allocation = calibrate.load(self.loaded.files)
+            if allocation is None:
+                raise EngineError("the calibration left no allocation behind")
+            self.loaded.runtime.attach(allocation)
             self.loaded.effort_pending = False
         except Exception as exc:  # noqa: BLE001 - the chat goes on dense
             on_progress(LoadProgress("effort", 0, 0, "failed", f"the effort dial is unavailable: {self._explain(exc)}"))
@@ -134,6 +135,8 @@ class EngineWorker:
     def _explain(self, exc: BaseException) -> str:
         if isinstance(exc, EngineError):
             return str(exc)
+        if isinstance(exc, OSError):  # an unreadable cache, a full disk: the machine's word, one line
+            return os_error_message(exc)
         if self.debug:
             traceback.print_exc()
         return f"internal error: {type(exc).__name__}: {exc}"
@@ -149,7 +152,7 @@ class EngineWorker:
 
             try:
                 self._stop_conversion()  # a conversion for the previous model
-                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks, keep_mlx_weights=False,
+                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks,
                                            defer_effort=True)
             except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
                 on_done(None, self._explain(exc))
@@ -172,19 +175,22 @@ class EngineWorker:
         handle = _Handle()
 
         def job() -> None:
+            from engine.model.diagnose import locating
+
             ids: list[int] = []
             try:
                 if self.loaded is None:
                     raise EngineError("no model is loaded")
                 tok = self.loaded.tokenizer
                 if request.raw_prompt is not None:
-                    ids = tok.encode(request.raw_prompt, add_bos=tok.add_bos)
+                    ids = tok.encode(request.raw_prompt, add_bos=tok.add_bos, special=True)
                 else:
                     ids = tok.encode_chat(request.messages)
-                result = self.loaded.generator.generate(
-                    ids, request.sampling, self.effort, cancel=handle.cancelled, on_token=on_token,
-                    on_prefill=on_prefill,
-                )
+                with locating(self.loaded.files):
+                    result = self.loaded.generator.generate(
+                        ids, request.sampling, self.effort, cancel=handle.cancelled, on_token=on_token,
+                        on_prefill=on_prefill,
+                    )
             except Exception as exc:  # noqa: BLE001
                 result = failed_result(ids, self._explain(exc))
             handle.finish(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ STOP = 15
 
 class ScriptedRuntime:
     """Emits logits that make `script[n]` the argmax of step n; records what it was asked."""
+
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=VOCAB))  # what the loop checks prompt ids against
 
     def __init__(self, script: list[int], context_limit: int = 64) -> None:
         self.script = script

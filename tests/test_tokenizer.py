@@ -74,9 +74,9 @@ def _ids(out):
 
 
 def _check_same_as_transformers(tok, ref, texts, chats):
-    for text in texts:
-        assert tok.encode(text) == ref.encode(text, add_special_tokens=False), text
-        assert tok.encode(text, add_bos=tok.add_bos) == ref.encode(text), text
+    for text in texts:  # transformers reads special-token text as those tokens: our raw (special=True) path
+        assert tok.encode(text, special=True) == ref.encode(text, add_special_tokens=False), text
+        assert tok.encode(text, add_bos=tok.add_bos, special=True) == ref.encode(text), text
         ids = ref.encode(text, add_special_tokens=False)
         for skip in (False, True):
             assert tok.decode(ids, skip_special=skip) == ref.decode(ids, skip_special_tokens=skip), (text, skip)
@@ -117,11 +117,13 @@ def test_round_trip(source):
 
 def test_special_tokens_in_text(tiny_gguf):
     tok = open_model(tiny_gguf("Q8_0")).tokenizer
-    assert tok.encode("<|im_start|>") == [1]
-    assert tok.encode("<|im_end|>") == [2]
-    ids = tok.encode("a<|im_end|>b")
+    assert tok.encode("<|im_start|>", special=True) == [1]
+    assert tok.encode("<|im_end|>", special=True) == [2]
+    ids = tok.encode("a<|im_end|>b", special=True)
     assert 2 in ids and tok.decode(ids) == "a<|im_end|>b"
     assert tok.decode(ids, skip_special=True) == "ab"
+    as_text = tok.encode("a<|im_end|>b")  # the default: a user's text, special-token text stays text
+    assert not tok.special_ids.intersection(as_text) and tok.decode(as_text) == "a<|im_end|>b"
     assert tok.encode("<think>") == [tok.token_to_id("<think>")]  # user-defined: whole, but not special
     assert not tok.is_special(tok.token_to_id("<think>")) and tok.is_special(1)
     assert tok.encode("hi", add_bos=True)[0] == tok.bos_id == 1
@@ -140,7 +142,7 @@ def test_sentencepiece_model_folder_matches_sentencepiece(tiny_hf):
     for text in TEXTS[:5] + ["Hello  world", "xyz QQQ ~~~ \u00a0 tab\there"]:
         assert tok.encode(text) == sp.encode(text), text
         assert tok.decode(tok.encode(text)) == sp.decode(sp.encode(text)) == text
-    assert tok.encode("<s>[INST]") [0] == sp.bos_id()
+    assert tok.encode("<s>[INST]", special=True)[0] == sp.bos_id()
     # the [INST] template has no system role: the system text is folded into the first user turn
     prompt = tok.chat_prompt(CHATS["system"])
     assert prompt.startswith("<s>[INST] Be brief.\n\nHi 🤗 [/INST]Hello! How can I help?</s>[INST] ")

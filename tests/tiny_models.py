@@ -281,12 +281,16 @@ def write_tiny_gguf(
     with_tokenizer: bool = True,
     tensor_types: dict[str, str] | None = None,
     extra_tensors: dict[str, np.ndarray] | None = None,
+    embed_rows: int | None = None,
+    poison: dict[str, float] | None = None,
 ) -> Path:
     """Write a tiny GGUF; returns its path. `qtype` applies to every 2-D weight (norms/biases are F32).
 
     `tensor_types` overrides the type of single tensors by GGUF name (raw bytes of the right size
     are written for types gguf cannot quantize to, e.g. "Q8_1" -- for unsupported-type tests);
     `extra_tensors` adds float32 tensors as they are (e.g. "rope_freqs.weight").
+    `embed_rows` gives the embedding (and head) fewer rows than the tokenizer has tokens (an
+    inconsistent file); `poison` sets the first value of HF-named tensors (e.g. to NaN, or a huge one).
     """
     import gguf
     from gguf import GGMLQuantizationType as QT
@@ -300,7 +304,10 @@ def write_tiny_gguf(
     else:
         tokens, scores, types = sentencepiece_vocab()
         merges = None
-    weights = tiny_weights(arch, seed, len(tokens), tied)
+    weights = tiny_weights(arch, seed, embed_rows or len(tokens), tied)
+    for hf, value in (poison or {}).items():
+        weights[hf] = weights[hf].copy()
+        weights[hf].flat[0] = value
     path = directory / (name or f"tiny-{arch}-{tokenizer}-{qtype}-s{seed}.gguf")
 
     w = gguf.GGUFWriter(str(path), arch)

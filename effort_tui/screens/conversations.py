@@ -9,6 +9,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from engine.display import printable
+
 from effort_tui.clock import Clock
 from effort_tui.history import ConversationSummary, HistoryStore
 from effort_tui.keymap import bindings_for
@@ -34,7 +36,7 @@ class ConversationsScreen(ModalScreen[ConversationsResult]):
     def compose(self) -> ComposeResult:
         with Vertical(id="conversations-dialog"):
             title = f"Conversations containing “{self.query_text}”" if self.query_text else "Conversations"
-            yield Label(title, id="conversations-title", markup=False)
+            yield Label(printable(title), id="conversations-title", markup=False)
             yield OptionList(id="conversation-list")
             yield Static(id="conversations-empty")
             yield Static(self._hint(), id="conversations-hint")
@@ -70,12 +72,12 @@ class ConversationsScreen(ModalScreen[ConversationsResult]):
     def _option(self, c: ConversationSummary) -> Option:
         when = self.clock.local(c.updated)
         text = Text()
-        text.append(c.title, style="bold" if c.id == self.current_id else "")
+        text.append(printable(c.title), style="bold" if c.id == self.current_id else "")
         if c.id == self.current_id:
             text.append("  (open)", style="italic")
         details = f"{when:%Y-%m-%d %H:%M} · {c.message_count} messages"
         if c.model:
-            details += f" · {c.model}"
+            details += f" · {printable(c.model)}"
         text.append(f"\n{details}", style="dim")
         return Option(text, id=str(c.id))
 

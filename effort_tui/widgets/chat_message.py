@@ -13,6 +13,8 @@ from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from engine.display import printable
+
 ROLE_TITLES = {"user": "You", "assistant": "Assistant", "system": "System"}
 
 
@@ -57,10 +59,10 @@ class ChatMessage(Vertical):
         yield Static(self._header_text(), classes="chat-message--header", markup=False)
         if self.role == "user":
             # what the user typed, as typed: every line break kept, "# Heading" or **x** not rendered
-            yield Static(self.content, classes="chat-message--text", markup=False)
+            yield Static(printable(self.content, lines=True), classes="chat-message--text", markup=False)
         else:
-            yield Markdown(self.content)
-        yield Static(self.note, classes="chat-message--note", markup=False)
+            yield Markdown(printable(self.content, lines=True))
+        yield Static(printable(self.note), classes="chat-message--note", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(".chat-message--note", Static).display = bool(self.note)
@@ -84,7 +86,7 @@ class ChatMessage(Vertical):
     def set_note(self, note: str, *, error: bool = False) -> None:
         self.note = note
         label = self.query_one(".chat-message--note", Static)
-        label.update(note)
+        label.update(printable(note))
         label.display = bool(note)
         self.set_class(error, "-error")
 
@@ -107,7 +109,7 @@ class ChatMessage(Vertical):
         self.content += fragment
         if self._stream is None:
             self._stream = Markdown.get_stream(self.markdown)
-        await self._stream.write(fragment)
+        await self._stream.write(printable(fragment, lines=True))  # a model's escape sequences are shown, not obeyed
 
     async def finish(self, full_text: str | None = None) -> None:
         """End the stream and render the whole text in one go."""
@@ -116,4 +118,4 @@ class ChatMessage(Vertical):
             await stream.stop()
         if full_text is not None:
             self.content = full_text
-        await self.markdown.update(self.content)
+        await self.markdown.update(printable(self.content, lines=True))

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.widgets import Static
 
+from engine.display import printable
 from engine.events import LoadProgress
 from effort_tui.stats import amount_text, human_bytes, human_duration
 
@@ -97,7 +99,7 @@ class LoadPanel(Vertical):
         yield Static("", id="load-hint")
 
     def start(self, model: str) -> None:
-        self.border_title = f"Loading {model}"
+        self.border_title = escape(f"Loading {printable(model)}")  # a title is markup
         self.remove_class("-failed")
         self.error = None
         self._clock = StageClock()
@@ -110,13 +112,13 @@ class LoadPanel(Vertical):
         rate, left = self._clock.observe(p, now)
         colour = self.app.theme_variables.get("primary", "")
         self.query_one("#load-progress", Static).update(progress_line(p, rate, left, colour))
-        self.query_one("#load-message", Static).update(p.message)
+        self.query_one("#load-message", Static).update(Text(printable(p.message)))
 
     def show_error(self, model: str, error: str) -> None:
         self.error = error
         self.add_class("-failed")
-        self.border_title = f"Could not load {model}"
-        self.query_one("#load-progress", Static).update(Text(error, style="bold"))
+        self.border_title = escape(f"Could not load {printable(model)}")
+        self.query_one("#load-progress", Static).update(Text(printable(error), style="bold"))
         self.query_one("#load-message", Static).update(
             "Set another model with `effort chat --model …` or `model = …` in the config file."
         )

@@ -14,6 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 
+from engine.display import printable
 from effort_tui.stats import SpeedStats, percent, prompt_text, quality_at, tps_text
 from effort_tui.widgets.effort_sparkline import EffortLegend, EffortSparkline, effort_style, scale_label
 
@@ -72,7 +73,7 @@ class StatusBar(Vertical):
     # -- setters -------------------------------------------------------------------------------
 
     def set_model(self, name: str, state: ModelState, backend: str = "", device: str = "") -> None:
-        self.model = ModelLine(name, state, backend, device)
+        self.model = ModelLine(printable(name), state, backend, printable(device))  # a path may hold escapes
         self._render_model()
 
     def set_effort(self, effort: float, cap: float) -> None:

@@ -17,11 +17,11 @@ from typing import Callable
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from engine.effort.allocation import Allocation
 from engine.io import checksum
-from engine.io.atomic import atomic_path, clean_stale
+from engine.io.atomic import atomic_path, clean_stale, file_lock
+from engine.io.safetensors_writer import write_safetensors
 from engine.effort.bucket import B, BucketMatrix, convert_matrix
 from engine.errors import EngineError
 from engine.events import LoadProgress
@@ -77,6 +77,15 @@ def convert(
     target = converted_path(files)
     progress = on_progress or (lambda p: None)
     clean_stale(target.parent)  # what a killed conversion left behind
+    waiting = LoadProgress("notice", 0, 0, "", "another process is converting this model; waiting for it")
+    with file_lock(target, on_wait=lambda: progress(waiting)):  # one conversion at a time; the next reuses it
+        return _convert_locked(files, target, calibrate, progress, force)
+
+
+def _convert_locked(
+    files: ModelFiles, target: Path, calibrate: Callable[[dict[str, BucketMatrix], ProgressFn], Allocation],
+    progress: ProgressFn, force: bool,
+) -> Path:
     if target.exists() and not force:
         intact = checksum.verify(target, progress)
         if intact is None:  # converted before checksums were recorded: adopt it
@@ -110,7 +119,7 @@ def convert(
         "shapes": json.dumps({n: [bm.out_dim, bm.in_dim] for n, bm in buckets.items()}),
     }
     with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        write_safetensors(tmp, tensors, metadata)  # deterministic bytes: equal conversions, equal sha256
     checksum.record(target)
     return target
 
@@ -127,6 +136,11 @@ def load(files: ModelFiles, load_ranks: int | None = None, values: bool = True) 
     path = converted_path(files)
     if not path.exists():
         raise EngineError(f"{files.path.name} has not been converted; run `effort convert --model {files.path}`")
+    with file_lock(path, shared=True):  # not replaced by a conversion between the check and the read
+        return _load_locked(files, path, load_ranks, values)
+
+
+def _load_locked(files: ModelFiles, path: Path, load_ranks: int, values: bool) -> Converted:
     if checksum.verify(path) is False:
         raise EngineError(f"{path}: damaged (checksum mismatch); run `effort convert --force`")
     try:

@@ -1,5 +1,6 @@
 """Write files so that a crash never leaves half of one behind: the one atomic writer of the project
-(the engine's caches, the TUI's config and exports).
+(the engine's caches, the TUI's config and exports), and the lock that keeps two processes from
+making the same cached file at once (`file_lock`).
 
 Everything a write makes before its rename lives in one folder beside the target,
 ``.<name>.<pid>.<random>.part`` (the file itself, and any temporary file a library writes next to
@@ -16,7 +17,9 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from engine.errors import WriteError, disk_reason
 
 _TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.part$")  # .<name>.<pid>.<random>.part
 _LEGACY_TEMP = re.compile(r"^(\..+\.part|\.tmp[A-Za-z0-9]{6})$")  # before the pid was in the name
@@ -26,17 +29,28 @@ LEGACY_TEMP_AGE_S = 3600.0  # a legacy temp file untouched this long belongs to 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; if the block succeeds, the file written there is
-    flushed to disk (fsync) and then replaces `target`. Otherwise it is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".part", dir=target.parent))
-    tmp_path = work / target.name
+    flushed to disk (fsync) and then replaces `target`. Otherwise it is removed.
+
+    A full disk, a quota or a folder that may not be written ends as `WriteError` (an EngineError
+    and an OSError, one line: "cannot write <target>: no space left on device"), whether the block
+    raised an OSError or a library wrapped one in its own exception; nothing half-written stays."""
+    work: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".part", dir=target.parent))
+        tmp_path = work / target.name
         yield tmp_path
         with open(tmp_path, "rb") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, target)
+    except Exception as exc:
+        reason = disk_reason(exc)
+        if reason is None or isinstance(exc, WriteError):
+            raise
+        raise WriteError(target, exc, reason) from exc
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def write_text(target: Path, text: str) -> None:
@@ -92,3 +106,38 @@ def clean_stale(directory: Path) -> list[Path]:
             continue
         removed.append(path)
     return removed
+
+
+@contextmanager
+def file_lock(target: Path, *, shared: bool = False, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold a lock on ``.<name>.lock`` beside `target` for the block: exclusive to make `target`
+    (a second maker waits, then finds it made), shared to read it (no maker replaces it meanwhile).
+
+    `fcntl.flock`, so the system drops the lock of a process that dies. `on_wait` is called once if
+    the lock is busy, before waiting for it. Where there is no flock (Windows), or a reader cannot
+    create the lock file (a read-only cache), the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = target.with_name(f".{target.name}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        if not shared:
+            raise
+        yield
+        return
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -202,6 +202,19 @@ class _Cursor:
         return out
 
 
+def _check_disjoint(tensors: dict[str, GGUFTensorInfo]) -> None:
+    """No two tensors share bytes. A tensor whose type claims more bytes per value than were
+    written for it (F32 where F16 data sits) runs into its neighbour: refuse it here rather than
+    read the neighbour's bytes as weights."""
+    spans = sorted((t.offset, t.offset + t.n_bytes, t.name) for t in tensors.values())
+    for (_, end, name), (start, _, following) in zip(spans, spans[1:]):
+        if start < end:
+            raise GGUFFormatError(
+                f"corrupt GGUF file (tensor {name!r} overlaps {following!r}: its type or shape does not "
+                "match the bytes written for it)"
+            )
+
+
 class GGUFFile:
     """Metadata and lazily read tensors of one GGUF file.
 
@@ -277,6 +290,11 @@ class GGUFFile:
             for d in ne:
                 n_elements *= d
             n_bytes = n_elements // block * block_bytes
+            if offset % alignment:
+                raise GGUFFormatError(
+                    f"corrupt GGUF file (tensor {name!r} starts at offset {offset:,}, not a multiple of the "
+                    f"alignment {alignment})"
+                )
             start = data_start + offset
             if start + n_bytes > self.file_size:
                 raise GGUFFormatError(
@@ -284,6 +302,7 @@ class GGUFFile:
                     f"the file has {self.file_size:,})"
                 )
             tensors[name] = GGUFTensorInfo(name, tuple(reversed(ne)), ggml_type, start, n_bytes)
+        _check_disjoint(tensors)
         self.tensors = tensors
 
     # -- access --------------------------------------------------------------------------------

@@ -19,9 +19,14 @@ same way transformers builds it, so ids match `AutoTokenizer` on the same files:
 * HF folder with ``tokenizer.json``: loaded as is with `tokenizers`.
 
 In all cases tokens the file marks as control (token type 3) and the named
-special tokens (bos/eos/unk/pad) are *special* added tokens: written in the text
-(``"<|im_start|>"``) they become their id, and ``decode(skip_special=True)`` drops
-them. User-defined tokens (type 4) are plain added tokens.
+special tokens (bos/eos/unk/pad) are *special* added tokens, and ``decode(skip_special=True)``
+drops them. User-defined tokens (type 4) are plain added tokens.
+
+Special tokens come only from the chat template. Text a user typed or pasted (a chat message,
+a system prompt, an evaluation text) is tokenized as text: ``"<|im_end|>"`` written in it is
+seven ordinary pieces, so a pasted document cannot end a turn or open a new system message.
+``encode(text, special=True)`` recognizes special-token text (the template's output, and the
+prompt of ``effort generate --raw``, which is named as raw for that reason).
 
 BOS is never added by the backend: ``encode(text, add_bos=True)`` prepends it,
 and `Tokenizer.add_bos` says whether a raw prompt should get one.
@@ -30,6 +35,7 @@ and `Tokenizer.add_bos` says whether a raw prompt should get one.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any, Sequence
@@ -99,9 +105,11 @@ class Tokenizer:
         self.bos_id = bos_id if bos_id is not None and 0 <= bos_id < self.vocab_size else None
         self.eos_id = eos_id if eos_id is not None and 0 <= eos_id < self.vocab_size else None
         self.add_bos = bool(add_bos and self.bos_id is not None)
-        self.special_ids: frozenset[int] = frozenset(
-            i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
-        )
+        specials = {i: tok.content for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
+        self.special_ids: frozenset[int] = frozenset(specials)
+        texts = sorted(set(specials.values()), key=len, reverse=True)
+        self._special_text = re.compile("|".join(map(re.escape, texts))) if texts else None
+        self._plain: Any = None  # the backend with special-token text as text, made on first need
         named = dict(special_tokens or {})
         if self.bos_id is not None:
             named.setdefault("bos_token", self.id_to_token(self.bos_id))
@@ -140,11 +148,43 @@ class Tokenizer:
         return self._tk
 
     # -- text <-> ids --------------------------------------------------------------------------
-    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        ids = self._tk.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """Token ids of `text`. Special-token text in it is plain text unless `special` (only for
+        text that did not come from a user: the chat template's output, a --raw prompt)."""
+        ids = self._ids(text, None if special else [(0, len(text))])
         if add_bos and self.bos_id is not None:
             ids = [self.bos_id, *ids]
         return ids
+
+    def _ids(self, text: str, user_spans: list[tuple[int, int]] | None) -> list[int]:
+        """The backend's ids of `text`, except that a special token matched over any character of
+        `user_spans` (character ranges typed by a user) becomes the ids of its text as text. Around
+        it nothing changes: the backend splits the text at special tokens anyway."""
+        enc = self._tk.encode(text, add_special_tokens=False)
+        if not user_spans or self.special_ids.isdisjoint(enc.ids):
+            return list(enc.ids)
+        out: list[int] = []
+        for i, (a, b) in zip(enc.ids, enc.offsets):
+            if i in self.special_ids and any(a < end and start < b for start, end in user_spans):
+                out.extend(self._plain_backend().encode(text[a:b], add_special_tokens=False).ids)
+            else:
+                out.append(i)
+        return out
+
+    def _plain_backend(self) -> Any:
+        """A copy of the backend that reads special-token text as ordinary text, as it would be read
+        in the middle of a text (no SentencePiece space prepended: `_ids` encodes fragments)."""
+        if self._plain is None:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            plain = HFTokenizer.from_str(self._tk.to_str())
+            plain.encode_special_tokens = True
+            if getattr(plain.pre_tokenizer, "prepend_scheme", "never") != "never":
+                pre = plain.pre_tokenizer
+                pre.prepend_scheme = "never"
+                plain.pre_tokenizer = pre
+            self._plain = plain
+        return self._plain
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
         return self._tk.decode(list(ids), skip_special_tokens=skip_special)
@@ -158,8 +198,33 @@ class Tokenizer:
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Like transformers' ``apply_chat_template(tokenize=True, add_generation_prompt=True)``:
-        the rendered text, special tokens recognized, no BOS added (templates write their own)."""
-        return self.encode(self.chat_prompt(messages, add_generation_prompt=True))
+        the rendered text, the template's special tokens recognized, no BOS added (templates write
+        their own), except that special-token text inside a message stays text.
+
+        Messages without special-token text (nearly all) give exactly transformers' ids. Otherwise
+        each such occurrence is wrapped in two marker characters (private-use code points found in
+        no message and not in the template) before rendering; the markers are taken out of the
+        rendered text again and say which characters a user wrote."""
+        pattern = self._special_text
+        contents = [m.get("content") for m in messages]
+        if pattern is None or not any(isinstance(c, str) and pattern.search(c) for c in contents):
+            return self._ids(self.chat_prompt(messages, add_generation_prompt=True), None)
+        seen = "".join(c for c in contents if isinstance(c, str)) + self.template.source
+        start = next(cp for cp in range(0xF0000, 0xFFFFE, 2) if chr(cp) not in seen and chr(cp + 1) not in seen)
+        open_, close = chr(start), chr(start + 1)
+        marked = [
+            {**m, "content": pattern.sub(lambda x: open_ + x.group() + close, m["content"])}
+            if isinstance(m.get("content"), str) else m
+            for m in messages
+        ]
+        rendered = self.chat_prompt(marked, add_generation_prompt=True)
+        text, spans = _take_markers(rendered, open_, close)
+        if text is None:
+            raise ChatTemplateError(
+                f"{self.source}: the chat template rewrites message text, and a message contains "
+                "special-token text that could then not be kept apart from the template's own"
+            )
+        return self._ids(text, spans)
 
     def _probe_end_of_turn(self) -> set[int]:
         """The special token a template writes right after an assistant message (e.g. <|im_end|>)."""
@@ -173,7 +238,7 @@ class Tokenizer:
         at = text.rfind(marker)
         if at < 0:
             return set()
-        tail = self.encode(text[at + len(marker) :])[:3]
+        tail = self.encode(text[at + len(marker) :], special=True)[:3]
         for i in tail:
             if i in self.special_ids:
                 return {i}
@@ -198,6 +263,28 @@ class Tokenizer:
             f"Tokenizer({self.kind}, vocab={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, "
             f"add_bos={self.add_bos}, stops={sorted(self.stop_ids)})"
         )
+
+
+def _take_markers(text: str, open_: str, close: str) -> tuple[str | None, list[tuple[int, int]]]:
+    """`text` without the marker characters, and the (start, end) of each marked range in it;
+    (None, []) when the markers do not pair up (the template cut or reordered the text)."""
+    out: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length, begin = 0, None
+    for piece in re.split(f"([{open_}{close}])", text):
+        if piece == open_:
+            if begin is not None:
+                return None, []
+            begin = length
+        elif piece == close:
+            if begin is None:
+                return None, []
+            spans.append((begin, length))
+            begin = None
+        else:
+            out.append(piece)
+            length += len(piece)
+    return ("".join(out), spans) if begin is None else (None, [])
 
 
 class StreamDecoder:

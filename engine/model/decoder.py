@@ -122,10 +122,6 @@ class Model:
         self._rope_freqs = rope_frequencies(config)
         self._rope_base = None if self._rope_freqs is not None else config.rope_theta
 
-    def release_weights(self) -> None:
-        """Drop the MLX weights (a runtime that holds its own copy no longer needs them)."""
-        self.w = {}
-
     # -- pieces ---------------------------------------------------------------------------
     def dense(self, layer: int, proj: str, x: mx.array) -> mx.array:
         return x @ self.w[weight_name(layer, proj)].T

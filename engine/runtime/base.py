@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
+from engine.errors import ContextLimitError, EngineError
+
 if TYPE_CHECKING:
     from engine.model.config import ModelConfig
 
@@ -63,3 +65,31 @@ class Runtime(Protocol):
 
     def peak_memory(self) -> int:
         """Peak bytes in use by this runtime's computation so far."""
+
+
+# -- what every caller checks before it drives a runtime ---------------------------------------------
+# The native step indexes the embedding by token id and the KV cache by position; it refuses a bad
+# index itself, but the callers know what the index means and say it in their own words first.
+
+
+def check_tokens(runtime: Runtime, ids: Sequence[int]) -> None:
+    """Every id must be a row of the model's embedding. A tokenizer may have more tokens than the
+    embedding has rows (an inconsistent file), so prompt ids are not in range by construction."""
+    if len(ids) == 0:
+        return
+    rows = runtime.config.vocab_size
+    a = np.asarray(ids)
+    bad = a[(a < 0) | (a >= rows)]
+    if bad.size:
+        raise EngineError(
+            f"token id {int(bad[0]):,} has no row in the model's embedding ({rows:,} rows): "
+            "the tokenizer has more tokens than the model (an inconsistent model file)"
+        )
+
+
+def check_room(runtime: Runtime, positions: int, what: str, hint: str = "") -> None:
+    """`positions` cache positions (from 0) must fit the KV cache of `runtime.context_limit`."""
+    limit = runtime.context_limit
+    if positions > limit:
+        tail = f"; {hint}" if hint else ""
+        raise ContextLimitError(f"{what} needs {positions:,} positions but the model's context holds {limit:,}{tail}")

@@ -183,6 +183,8 @@ class CPURuntime:
         would run it: (output, share of its plane bytes read)."""
         pm = self.planes.matrices[name]
         x = np.ascontiguousarray(x, np.float32)
+        if x.shape != (pm.in_dim,):
+            raise EngineError(f"{name} takes {pm.in_dim} inputs, got an array of shape {x.shape}")
         y = np.zeros(pm.out_dim, np.float32)
         e = self._effort(effort)
         j = self.names.index(name)
@@ -195,6 +197,8 @@ class CPURuntime:
                 share = float(share_array[j])
         rows = self.lib.ee_project(self._handle, ctypes.byref(self._structs[name]), _ptr(x), _ptr(y), tau, share,
                                    int(self.strategy == "activation"))
+        if rows < 0:
+            raise EngineError(f"the native step refused {name}")
         self._last_rows = (name, rows)
         return y, rows / (pm.in_dim * pm.n_planes)
 

@@ -4,6 +4,12 @@ The library is cached under the cache dir, keyed by a hash of the sources and th
 and written atomically, so a crash mid-build never leaves a broken library behind. Without a C compiler
 the engine still runs (on MLX alone), just without the fast CPU path; `build_error()` says why.
 
+A cached library is trusted only after two checks at every load: its sha256 record (engine.io.checksum,
+written when it was built) and a self-test of its kernels against a small numpy product. A library that
+fails either (garbage bytes, a damaged or foreign file) is built again, once; if that one fails too the
+path is `broken()`, and the session refuses to start rather than fall back to MLX, whose greedy text
+differs.
+
 Everything Python passes to C is declared here: the structs of `metal/cpu/planes.h` and
 `metal/cpu/decode.c` as ctypes structures, and every function's signature. The projection order of the
 per-matrix arrays is read from the library itself (`ee_projections`), not assumed.
@@ -20,7 +26,10 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+
 import metal
+from engine.io import checksum
 from engine.io.atomic import atomic_path
 from engine.io.paths import cache_dir
 
@@ -35,6 +44,7 @@ VARIANTS = {"native": [], "portable": ["-DECPU_NO_SIMD"]}
 _lock = threading.Lock()
 _libs: dict[str, ctypes.CDLL] = {}
 _errors: dict[str, str] = {}
+_broken: set[str] = set()  # built, but failing their checks even after a rebuild
 
 c_ptr, c_int, c_float, c_long, c_double = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long, ctypes.c_double
 
@@ -186,6 +196,7 @@ def build(force: bool = False, variant: str = "native", which: str = "planes") -
         if proc.returncode != 0:
             first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:300])
             raise RuntimeError(f"compiling the CPU kernels failed: {first}")
+    checksum.record(target)
     return target
 
 
@@ -196,8 +207,72 @@ def load(path: Path, which: str = "planes") -> ctypes.CDLL:
     return lib
 
 
+def _self_test_planes(lib: ctypes.CDLL) -> None:
+    from engine.effort.planes import layout
+
+    rng = np.random.default_rng(24)
+    for kind in ("q4", "q8"):
+        if kind == "q8":
+            pm = layout.from_weights(rng.standard_normal((64, 96)).astype(np.float32))
+        else:
+            d = (rng.random((64, 3)) * 0.01).astype(np.float16)
+            pm = layout.from_codes("q4", rng.integers(0, 16, (64, 96)), d, (-8 * d.astype(np.float32)).astype(np.float16))
+        from engine.runtime.cpu_runtime import planes_struct
+
+        x = rng.standard_normal(96).astype(np.float32)
+        xq, dx = np.zeros(96, np.int8), np.zeros(3, np.float32)
+        lib.ee_quantize_x(x.ctypes.data, 96, xq.ctypes.data, dx.ctypes.data)
+        work = lib.ee_work_new(96)
+        try:
+            s = planes_struct(pm)
+            lib.ee_select(ctypes.byref(s), x.ctypes.data, xq.ctypes.data, dx.ctypes.data, -1.0, 0, 0, work, None)
+            got = np.zeros(64, np.float32)
+            lib.ee_matvec(ctypes.byref(s), work, got.ctypes.data)
+        finally:
+            lib.ee_work_free(work)
+        want = layout.matvec(pm, x)
+        if not np.allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max())):
+            raise RuntimeError(f"its {kind} kernel fails the self-test (max error {float(np.abs(got - want).max()):.3g})")
+
+
+def _self_test_bucket(lib: ctypes.CDLL) -> None:
+    out_dim, in_dim = 64, 96
+    rng = np.random.default_rng(24)
+    w = rng.standard_normal((out_dim, in_dim)).astype(np.float16)
+    x = rng.standard_normal(in_dim).astype(np.float32)
+    want = w.astype(np.float32) @ x
+    dense = np.zeros(out_dim, np.float32)
+    lib.ecpu_dense_f16(w.ctypes.data, x.ctypes.data, dense.ctypes.data, out_dim, in_dim)
+    if not np.allclose(dense, want, rtol=1e-3, atol=1e-3):
+        raise RuntimeError(f"its dense kernel fails the self-test (max error {float(np.abs(dense - want).max()):.3g})")
+
+
+_SELF_TEST = {"planes": _self_test_planes, "bucket": _self_test_bucket}
+
+
+def self_test(lib: ctypes.CDLL, which: str = "planes") -> None:
+    """Raise RuntimeError unless the library's kernels give a small numpy reference product."""
+    _SELF_TEST[which](lib)
+
+
+def _checked(path: Path, which: str) -> ctypes.CDLL:
+    """Load `path` if its checksum and self-test pass (RuntimeError or OSError otherwise)."""
+    if checksum.verify(path) is False:
+        raise RuntimeError("it does not match the checksum recorded when it was built")
+    lib = load(path, which)
+    try:
+        self_test(lib, which)
+    except RuntimeError:
+        import _ctypes
+
+        if hasattr(_ctypes, "dlclose"):
+            _ctypes.dlclose(lib._handle)  # so the rebuilt file at this path is loaded, not this one again
+        raise
+    return lib
+
+
 def library(which: str = "planes") -> ctypes.CDLL | None:
-    """The loaded kernel library, or None (see `build_error()`)."""
+    """The loaded kernel library, or None (see `build_error()` and `broken()`)."""
     with _lock:
         if which in _libs or which in _errors:
             return _libs.get(which)
@@ -205,15 +280,33 @@ def library(which: str = "planes") -> ctypes.CDLL | None:
             _errors[which] = "disabled by EFFORT_NATIVE=0"
             return None
         try:
-            _libs[which] = load(build(which=which), which)
-        except (RuntimeError, OSError) as exc:
+            path = build(which=which)
+        except (RuntimeError, OSError) as exc:  # no compiler, or it failed: MLX alone (documented)
             _errors[which] = str(exc)
+            return None
+        try:
+            _libs[which] = _checked(path, which)
+        except (RuntimeError, OSError) as exc:
+            try:  # damaged or foreign: build it again, once
+                _libs[which] = _checked(build(force=True, which=which), which)
+            except (RuntimeError, OSError) as again:
+                _errors[which] = (
+                    f"the CPU kernels in {path.parent} are broken ({' '.join(str(exc).split())[:120]}) "
+                    f"and a rebuild failed too ({' '.join(str(again).split())[:120]})"
+                )
+                _broken.add(which)
         return _libs.get(which)
 
 
 def build_error(which: str = "planes") -> str | None:
     library(which)
     return _errors.get(which)
+
+
+def broken(which: str = "planes") -> bool:
+    """The kernels were built but fail their checks: refuse, rather than run another backend."""
+    library(which)
+    return which in _broken
 
 
 def threads() -> int:

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.model.decoder import split_weight_name
+from engine.model.diagnose import require_finite
+from engine.runtime.base import check_room, check_tokens
 
 BENCH_PROMPT = "Explain, step by step, how a bicycle stays upright while it is moving."
 
@@ -40,16 +42,28 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def check_plan(runtime, prompt_ids: Sequence[int], tokens: int, warmup: int = 4) -> None:
+    """The prompt's ids are rows of the embedding, and the prompt plus every timed and warm-up step
+    fit the KV cache (one line otherwise, before anything runs)."""
+    check_tokens(runtime, prompt_ids)
+    room = runtime.context_limit - len(prompt_ids) - warmup
+    check_room(runtime, len(prompt_ids) + warmup + tokens, f"decoding {tokens} tokens after a {len(prompt_ids)}-token prompt",
+               f"use --tokens {room} or fewer" if room > 0 else "")
+
+
 def decode_speed(runtime, prompt_ids: Sequence[int], effort: float, tokens: int, warmup: int = 4) -> tuple[float, float]:
     """(median seconds per decode step, mean effective effort) over `tokens` greedy steps."""
+    check_plan(runtime, prompt_ids, tokens, warmup)
     runtime.reset(0)
     logits = runtime.prefill(prompt_ids)
+    require_finite(logits, "reading the prompt", prompt_ids)
     token = int(np.argmax(logits))
     times, used = [], []
     for n in range(warmup + tokens):
         start = time.perf_counter()
         logits, share = runtime.step(token, effort)
         elapsed = time.perf_counter() - start
+        require_finite(logits, f"at decode step {n + 1} (effort {effort:g})", prompt_ids)
         token = int(np.argmax(logits))
         if n >= warmup:
             times.append(elapsed)

@@ -22,6 +22,8 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.events import LoadProgress
+from engine.model.diagnose import require_finite
+from engine.runtime.base import check_room, check_tokens
 
 
 @dataclass
@@ -47,11 +49,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def teacher_forced(runtime, ids: Sequence[int], effort: float) -> tuple[np.ndarray, float]:
     """Log-probabilities [len(ids)-1, vocab] of ids[1:] given the prefix, and the mean effective effort."""
+    check_tokens(runtime, ids)
+    check_room(runtime, len(ids) - 1, f"scoring {len(ids) - 1} tokens", f"use --tokens {runtime.context_limit} or fewer")
     runtime.reset(0)
     rows = [runtime.prefill(ids[:1])]
+    require_finite(rows[0], "at position 0 of the evaluation text", ids[:1])
     effective = []
-    for token in ids[1:-1]:
+    for n, token in enumerate(ids[1:-1], 1):
         logits, used = runtime.step(token, effort)
+        require_finite(logits, f"at position {n} of the evaluation text (effort {effort:g})", ids[: n + 1])
         rows.append(logits)
         effective.append(used)
     return log_softmax(np.stack(rows)), float(np.mean(effective)) if effective else 1.0

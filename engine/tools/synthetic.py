@@ -166,7 +166,7 @@ def build_bucket(name: str, layers: int | None = None, seed: int = 0, progress=N
 def load(name: str, layers: int | None, runtime: str = "auto", progress=None, dtype: str = "q8_0"):
     """(runtime, config, backend) for a synthetic model, on the detected backend."""
     from engine.runtime import backend as backends
-    from engine.session import make_runtime, runtime_kind
+    from engine.session import mlx_runtime, runtime_kind
 
     config = config_for(name, layers)
     be = backends.detect()
@@ -180,7 +180,7 @@ def load(name: str, layers: int | None, runtime: str = "auto", progress=None, dt
 
     config, weights, converted = build_bucket(name, layers, progress=progress)
     model = Model(config, {n: to_mlx(w, be.dtype) for n, w in weights.items()})
-    return make_runtime(model, config.context_length, kind, converted), config, be
+    return mlx_runtime(model, config.context_length, converted), config, be
 
 
 GGUF_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "f16": "F16"}

@@ -77,6 +77,7 @@ typedef struct {
     float *capture;          /* optional: each matrix's input x, at capture + capture_at[index] */
     const int64_t *capture_at;
     double read, total; /* plane bytes read / at the top level, last step */
+    int widest_in;      /* the scratch buffers' size: no matrix with more inputs may run */
 } ee_model;
 
 static float *alloc_f(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
@@ -125,6 +126,7 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const ee_planes
     m->kcache = kcache;
     m->vcache = vcache;
     int widest = d->dim > qdim ? d->dim : qdim, widest_in = d->ffn > widest ? d->ffn : widest;
+    m->widest_in = widest_in;
     m->x = alloc_f(d->dim);
     m->xn = alloc_f(widest);
     m->q = alloc_f(qdim);
@@ -349,8 +351,10 @@ static void add_bias(float *y, const float *b, int n) {
 }
 
 /* One token at position `pos`, from its embedding x0 [dim]: writes logits [vocab]. Returns 0, or -1 when
- * `pos` is outside the KV cache (nothing is written then). */
+ * `pos` is outside the KV cache or a buffer is missing (nothing is written then). Token ids never reach
+ * C: the caller reads the embedding row (and checks the id) itself. */
 int ee_step(ee_model *m, const float *x0, int pos, const ee_effort *effort, float *logits) {
+    if (!m || !x0 || !logits) return -1;
     const ee_dims *d = &m->d;
     if (pos < 0 || pos >= d->max_ctx) return -1;
     const ee_effort *e = effort && (effort->tau || effort->share) ? effort : NULL;
@@ -411,8 +415,9 @@ int ee_step(ee_model *m, const float *x0, int pos, const ee_effort *effort, floa
 }
 
 /* One projection outside a decode step (bench, eval, tests): y = the matrix at `tau` (or `share`) times x.
- * Returns the plane rows it read. */
+ * Returns the plane rows it read, or -1 (nothing written) for a matrix this model's buffers cannot run. */
 long ee_project(ee_model *m, const ee_planes *p, const float *x, float *y, float tau, float share, int whole_rows) {
+    if (!m || !p || !x || !y || !valid_planes(p, p->out, p->in) || p->in > m->widest_in) return -1;
     float t[1] = {tau}, s[1] = {share};
     ee_effort e = {share >= 0.0f ? NULL : t, share >= 0.0f ? s : NULL, whole_rows};
     const ee_planes *ps[1] = {p};

@@ -55,7 +55,12 @@ typedef struct {
     uint8_t *group_ranks[MAX_GROUP];  /* and its k */
     uint8_t *all_ranks; /* k[i] = 16 everywhere: the dense product through the same kernel */
     int strategy;    /* EE_BUCKET or EE_ACTIVATION */
+    int widest_in;   /* the widest projection input the scratch buffers hold */
 } ee_model;
+
+/* What ee_step and ee_project return for an index they refuse (a token past the embedding, a
+ * position outside the KV cache, a projection wider than the scratch): nothing was read or written. */
+#define EE_BAD_INDEX (-1.0)
 
 /* How the effort picks weights: bucketMul (rank prefixes chosen by stat * |x|), or the
  * activation-only baseline (whole input columns with the largest |x|, as TEAL does). */
@@ -111,6 +116,7 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const uint16_t 
     m->up = alloc_f(d->ffn);
     m->scores = alloc_f((size_t)d->n_heads * d->max_ctx);
     int widest_in = d->ffn > widest ? d->ffn : widest;
+    m->widest_in = widest_in;
     m->ranks = (uint8_t *)calloc(widest_in, 1);
     for (int g = 0; g < MAX_GROUP; g++) {
         m->group_products[g] = alloc_f((size_t)16 * widest_in);
@@ -294,8 +300,11 @@ static double project_group(ee_model *m, const ee_bucket *const *bs, float *cons
 }
 
 /* Runs one projection, dense (every rank of every input) or under effort; returns the
- * number of weights multiplied. Effort 1.0 is the same kernel with k = 16 everywhere. */
+ * number of weights multiplied. Effort 1.0 is the same kernel with k = 16 everywhere.
+ * EE_BAD_INDEX for a projection the model's scratch cannot hold (x must have b->in floats, y b->out). */
 double ee_project(ee_model *m, const ee_bucket *b, const float *x, float *y, float effort) {
+    if (!m || !b || !b->blk || !x || !y || b->in <= 0 || b->in > m->widest_in || b->out <= 0 || b->out % 64)
+        return EE_BAD_INDEX;
     double used = project_group(m, &b, &y, 1, x, &effort);
     memcpy(m->ranks, under_effort(b, effort) ? m->group_ranks[0] : m->all_ranks, (size_t)b->in);
     return used;
@@ -346,12 +355,14 @@ static void add_bias(float *y, const float *b, int n) {
 }
 
 /* One token at position `pos`; `effort` holds one local effort per (layer, projection), or is
- * NULL for the dense model. Writes logits [vocab]; returns the share of projection weights used. */
+ * NULL for the dense model. Writes logits [vocab]; returns the share of projection weights used,
+ * or EE_BAD_INDEX (touching nothing) unless 0 <= token < vocab and 0 <= pos < max_ctx. */
 double ee_step(ee_model *m, int token, int pos, const float *effort, float *logits) {
     const ee_dims *d = &m->d;
     int dim = d->dim, hd = d->head_dim;
     int qdim = d->n_heads * hd, kvdim = d->n_kv * hd;
     double used = 0.0, total = 0.0;
+    if (token < 0 || token >= d->vocab || pos < 0 || pos >= d->max_ctx || !logits) return EE_BAD_INDEX;
     if (m->embed_from_head) ecpu_q8_row(m->head_qs, m->head_scales, token, dim, m->x);
     else for (int i = 0; i < dim; i++) m->x[i] = f16_to_f32(m->embed[(size_t)token * dim + i]);
     for (int li = 0; li < d->n_layers; li++) {
