@@ -37,7 +37,7 @@ def planes_struct(pm: PlaneMatrix) -> native.Planes:
     """The C view of one matrix (pointers into its arrays, which must outlive the struct)."""
     s = native.Planes()
     s.kind = 0 if pm.kind == "q4" else 1
-    s.out, s.in_ = pm.out_dim, pm.in_dim
+    s.out, s.in_, s.tile = pm.out_dim, pm.in_dim, pm.tile
     s.plane[0] = _ptr(pm.planes[0])
     s.plane[1] = _ptr(pm.planes[1]) if len(pm.planes) > 1 else None
     s.d = _ptr(pm.d)
@@ -70,7 +70,7 @@ class CPURuntime:
         self.embed = embed
         self.context_limit = context_limit
         self.strategy = "planes"
-        self.selection = "budget"  # "budget": each matrix's share read exactly per token; "static": calibrated thresholds
+        self.selection = "static"  # "static": calibrated thresholds; "budget": each matrix's share read exactly per token
         self.allocation: Allocation | None = None
         self.names = matrix_names(c)
         self.kcache = np.zeros((c.num_layers, c.num_kv_heads, context_limit, c.head_dim), np.float32)

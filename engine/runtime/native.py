@@ -62,8 +62,8 @@ class Dims(ctypes.Structure):
 class Planes(ctypes.Structure):
     """ee_planes: one matrix in the planes layout (pointers into numpy arrays)."""
 
-    _fields_ = [("kind", c_int), ("out", c_int), ("in_", c_int), ("plane", c_ptr * 2), ("d", c_ptr), ("m", c_ptr),
-                ("gain", c_ptr * 2)]
+    _fields_ = [("kind", c_int), ("out", c_int), ("in_", c_int), ("tile", c_int), ("plane", c_ptr * 2), ("d", c_ptr),
+                ("m", c_ptr), ("gain", c_ptr * 2)]
 
 
 N_PROJ = 7

@@ -74,7 +74,7 @@ def random_planes(rng: np.random.Generator, out_dim: int, in_dim: int, dtype: st
     """A matrix in the planes layout with random codes and scales of a real file's precision (the
     layout of F16 weights is the 8-bit one, as for any 16-bit file)."""
     kind = "q4" if dtype.startswith("q4") else "q8"
-    planes = [rng.integers(0, 256, (in_dim, out_dim // 2), np.uint8) for _ in range(1 if kind == "q4" else 2)]
+    planes = [rng.integers(0, 256, in_dim * out_dim // 2, np.uint8) for _ in range(1 if kind == "q4" else 2)]
     nb = in_dim // BLOCK
     d = (rng.random((nb, out_dim), np.float32) * 2e-3 + 1e-3).astype(np.float16)
     m = (-8 * d.astype(np.float32)).astype(np.float16) if dtype == "q4_1" else None

@@ -97,6 +97,7 @@ void ee_model_free(ee_model *m) {
 
 static int valid_planes(const ee_planes *p, int out, int in) {
     return p->out == out && p->in == in && out % 64 == 0 && in % EE_BLOCK == 0 && in <= EE_MAX_IN &&
+           p->tile > 0 && p->tile % 128 == 0 &&
            p->plane[0] && p->d && p->gain[0] && (p->kind == EE_Q4 || (p->kind == EE_Q8 && !p->m));
 }
 

@@ -85,7 +85,8 @@ ee_work *ee_work_new(int in) {
     ee_work *w = (ee_work *)calloc(1, sizeof(ee_work));
     if (!w) return NULL;
     int nb = in / EE_BLOCK;
-    w->nb = nb;
+    w->nb = 0;
+    w->max_in = in;
     w->cap = 2 * (in / 4 + nb) + 8; /* both planes of every row, each block's lists padded to quads */
     w->quads = (ee_quad *)malloc(sizeof(ee_quad) * (size_t)w->cap);
     w->start = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb + 1));
@@ -155,6 +156,7 @@ static int fill_block(const ee_planes *P, ee_work *w, int b, int at, const uint1
 
 long ee_work_from_levels(const ee_planes *P, const int8_t *xq, const float *dx, const uint8_t *levels,
                          ee_work *w) {
+    if (P->in > w->max_in) return -1;
     int nb = P->in / EE_BLOCK, at = 0;
     long read = 0;
     uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
@@ -169,12 +171,14 @@ long ee_work_from_levels(const ee_planes *P, const int8_t *xq, const float *dx, 
         read += n1 + n2;
     }
     w->start[nb] = at;
+    w->nb = nb;
     w->rows_read = read;
     return read;
 }
 
 long ee_select(const ee_planes *P, const float *x, const int8_t *xq, const float *dx, float tau, int top, int whole,
                ee_work *w, uint8_t *levels) {
+    if (P->in > w->max_in) return -1;
     int nb = P->in / EE_BLOCK, planes = P->kind == EE_Q8 && P->plane[1] && !top ? 2 : 1, at = 0;
     long read = 0;
     uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
@@ -197,6 +201,7 @@ long ee_select(const ee_planes *P, const float *x, const int8_t *xq, const float
         read += n1 + n2;
     }
     w->start[nb] = at;
+    w->nb = nb;
     w->rows_read = read;
     return read;
 }
@@ -239,11 +244,28 @@ float ee_budget_tau(const ee_planes *P, const float *x, long budget, int top, in
 }
 
 /* ------------------------------------------------------------------ the kernels */
+/* Tiles: out / tile of them (at least one), each `tile` outputs but the last, which takes the rest (so
+ * no tile is narrower than `tile`, unless the matrix is). */
+static inline int n_tiles(const ee_planes *P) { return P->out >= 2 * P->tile ? P->out / P->tile : 1; }
+static inline int tile_of(const ee_planes *P, int base) {
+    int t = base / P->tile, n = n_tiles(P);
+    return t < n ? t : n - 1;
+}
+static inline int tile_end(const ee_planes *P, int t) { return t == n_tiles(P) - 1 ? P->out : (t + 1) * P->tile; }
+
 static inline int chunk_width(const ee_planes *P, int c) { return 128 * c + 128 <= P->out ? 128 : 64; }
 
+/* Where chunk `base` (an output, a multiple of 128) of plane p starts for row 0, and the bytes from one
+ * row to the next (its tile's width / 2). */
+static inline const uint8_t *chunk_rows(const ee_planes *P, int p, int base, size_t *rb) {
+    int t = tile_of(P, base), t0 = t * P->tile;
+    *rb = (size_t)(tile_end(P, t) - t0) / 2;
+    return P->plane[p] + (size_t)t0 / 2 * P->in + (size_t)(base - t0) / 2;
+}
+
 /* scalar: the byte order of planes.h spelled out */
-static void chunk_scalar(const ee_planes *P, const ee_work *w, float *y, int b, int c) {
-    int W = chunk_width(P, c), base = 128 * c, half = W / 2, rb = P->out / 2;
+static void chunk_scalar(const ee_planes *P, const ee_work *w, float *yc, int b, int c) {
+    int W = chunk_width(P, c), base = 128 * c, half = W / 2;
     int32_t acc[128];
     {
         int q0 = w->start[b], q1 = w->start[b + 1];
@@ -254,7 +276,8 @@ static void chunk_scalar(const ee_planes *P, const ee_work *w, float *y, int b, 
             for (int j = 0; j < 4; j++) {
                 int a = (int8_t)(Q->xq >> (8 * j));
                 if (!a) continue;
-                const uint8_t *r = P->plane[p] + (size_t)Q->row[j] * rb + base / 2;
+                size_t rb;
+                const uint8_t *r = chunk_rows(P, p, base, &rb) + (size_t)Q->row[j] * rb;
                 for (int t = 0; t < half; t++) {
                     int L = t >> 4, k = (t >> 2) & 3, jj = t & 3;
                     int lo = W == 128 ? 16 * k + 4 * L + jj : 8 * k + 4 * L + jj;
@@ -266,9 +289,9 @@ static void chunk_scalar(const ee_planes *P, const ee_work *w, float *y, int b, 
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         for (int o = 0; o < W; o++) {
             float t = (float)acc[o] * w->dx[b] + w->c0[b];
-            float v = y[base + o] + h2f(d[o]) * t;
+            float v = yc[o] + h2f(d[o]) * t;
             if (m) v += h2f(m[o]) * w->c1[b];
-            y[base + o] = v;
+            yc[o] = v;
         }
     }
 }
@@ -279,10 +302,11 @@ static void chunk_scalar(const ee_planes *P, const ee_work *w, float *y, int b, 
 
 /* AVX2, 64 outputs: bytes [boff, boff + 32) of each row; accumulator k covers outputs lo_k + 0..7 with
  * lo_k = S*k + eoff (low nibbles) and lo_k + H (high nibbles). */
-T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *y, int b, int base, int boff, int S,
+T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *yc, int b, int base, int boff, int S,
                               int H, int eoff) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
-    size_t rb = (size_t)P->out / 2;
+    size_t rb;
+    const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
     {
         int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
         __m256i A[8];
@@ -291,7 +315,7 @@ T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *y, in
             int p = q < split ? 0 : 1;
             const __m256i mul = (P->kind == EE_Q8 && p == 0) ? sixteen : one;
             const ee_quad *Q = w->quads + q;
-            const uint8_t *pl = P->plane[p] + base / 2 + boff;
+            const uint8_t *pl = rows[p] + boff;
             __m256i R0 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[0] * rb));
             __m256i R1 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[1] * rb));
             __m256i R2 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[2] * rb));
@@ -313,33 +337,34 @@ T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *y, in
             int o = (a < 4 ? S * a : S * (a - 4) + H) + eoff;
             __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[a]), dx, c0);
             __m256 v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + o))), t,
-                                       _mm256_loadu_ps(y + base + o));
+                                       _mm256_loadu_ps(yc + o));
             if (m) v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + o))), c1, v);
-            _mm256_storeu_ps(y + base + o, v);
+            _mm256_storeu_ps(yc + o, v);
         }
     }
 }
 
-T_AVX2 static void chunk_avx2(const ee_planes *P, const ee_work *w, float *y, int b, int c) {
+T_AVX2 static void chunk_avx2(const ee_planes *P, const ee_work *w, float *yc, int b, int c) {
     if (chunk_width(P, c) == 128) {
-        piece_avx2(P, w, y, b, 128 * c, 0, 16, 64, 0);
-        piece_avx2(P, w, y, b, 128 * c, 32, 16, 64, 8);
+        piece_avx2(P, w, yc, b, 128 * c, 0, 16, 64, 0);
+        piece_avx2(P, w, yc, b, 128 * c, 32, 16, 64, 8);
     } else {
-        piece_avx2(P, w, y, b, 128 * c, 0, 8, 32, 0);
+        piece_avx2(P, w, yc, b, 128 * c, 0, 8, 32, 0);
     }
 }
 
 /* AVX-512 VNNI, 128 outputs in eight zmm accumulators (accumulator a: outputs 16a .. 16a + 15). */
-T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float *y, int b, int base) {
+T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float *yc, int b, int base) {
     const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
-    size_t rb = (size_t)P->out / 2;
+    size_t rb;
+    const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
     {
         int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
         __m512i A0 = _mm512_setzero_si512(), A1 = A0, A2 = A0, A3 = A0, A4 = A0, A5 = A0, A6 = A0, A7 = A0;
         for (int q = q0; q < q1; q++) {
             const ee_quad *Q = w->quads + q;
             int p = q < split ? 0 : 1;
-            const uint8_t *pl = P->plane[p] + base / 2;
+            const uint8_t *pl = rows[p];
             __m512i R0 = _mm512_loadu_si512(pl + Q->row[0] * rb), R1 = _mm512_loadu_si512(pl + Q->row[1] * rb);
             __m512i R2 = _mm512_loadu_si512(pl + Q->row[2] * rb), R3 = _mm512_loadu_si512(pl + Q->row[3] * rb);
             __m512i X = _mm512_set1_epi32(Q->xq);
@@ -373,17 +398,18 @@ T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float
         for (int a = 0; a < 8; a++) {
             __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A[a]), dx, c0);
             __m512 v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * a))), t,
-                                       _mm512_loadu_ps(y + base + 16 * a));
+                                       _mm512_loadu_ps(yc + 16 * a));
             if (m) v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + 16 * a))), c1, v);
-            _mm512_storeu_ps(y + base + 16 * a, v);
+            _mm512_storeu_ps(yc + 16 * a, v);
         }
     }
 }
 
 /* AVX-512 VNNI on ymm, the 64-output last chunk (accumulator a: outputs 8a .. 8a + 7). */
-T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float *y, int b, int base) {
+T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float *yc, int b, int base) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), mh = _mm256_set1_epi8((char)0xf0);
-    size_t rb = (size_t)P->out / 2;
+    size_t rb;
+    const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
     {
         int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
         __m256i A[8];
@@ -391,7 +417,7 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
         for (int q = q0; q < q1; q++) {
             const ee_quad *Q = w->quads + q;
             int p = q < split ? 0 : 1, high = P->kind == EE_Q8 && p == 0;
-            const uint8_t *pl = P->plane[p] + base / 2;
+            const uint8_t *pl = rows[p];
             __m256i R0 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[0] * rb));
             __m256i R1 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[1] * rb));
             __m256i R2 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[2] * rb));
@@ -413,47 +439,50 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
         for (int a = 0; a < 8; a++) {
             __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[a]), dx, c0);
             __m256 v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + 8 * a))), t,
-                                       _mm256_loadu_ps(y + base + 8 * a));
+                                       _mm256_loadu_ps(yc + 8 * a));
             if (m) v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + 8 * a))), c1, v);
-            _mm256_storeu_ps(y + base + 8 * a, v);
+            _mm256_storeu_ps(yc + 8 * a, v);
         }
     }
 }
 #endif
 
-/* The rows of blocks [b0, b1) into y (overwritten): block by block, every chunk of outputs in turn, so
- * a block's rows (32 x out/2 contiguous bytes) are read together and stay in L1 while their chunks go by. */
-static void run_blocks(const ee_planes *P, const ee_work *w, float *y, int b0, int b1) {
-    memset(y, 0, sizeof(float) * (size_t)P->out);
-    int chunks = (P->out + 127) / 128;
+/* Blocks [b0, b1) of tile t into yt (the tile's outputs, overwritten): block by block, each of the tile's
+ * chunks in turn, so the tile's rows of a block (32 x width/2 contiguous bytes) are read together and stay
+ * in L1 while its chunks go by. */
+static void run_tile(const ee_planes *P, const ee_work *w, float *yt, int t, int b0, int b1) {
+    int t0 = t * P->tile, end = tile_end(P, t);
+    memset(yt, 0, sizeof(float) * (size_t)(end - t0));
     for (int b = b0; b < b1; b++) {
         if (w->start[b] == w->start[b + 1]) continue;
-        for (int c = 0; c < chunks; c++) {
+        for (int c = t0 / 128; c < (end + 127) / 128; c++) {
+            float *yc = yt + (128 * c - t0);
 #if EE_X86
             if (g_isa == ISA_AVX512) {
-                if (chunk_width(P, c) == 128) chunk128_avx512(P, w, y, b, 128 * c);
-                else chunk64_avx512(P, w, y, b, 128 * c);
+                if (chunk_width(P, c) == 128) chunk128_avx512(P, w, yc, b, 128 * c);
+                else chunk64_avx512(P, w, yc, b, 128 * c);
                 continue;
             }
             if (g_isa == ISA_AVX2) {
-                chunk_avx2(P, w, y, b, c);
+                chunk_avx2(P, w, yc, b, c);
                 continue;
             }
 #endif
-            chunk_scalar(P, w, y, b, c);
+            chunk_scalar(P, w, yc, b, c);
         }
     }
 }
 
-/* A product is cut into units of consecutive blocks, each summed into its own partial output, the
- * partials added in a fixed order afterwards: any thread may run any unit (claimed with an atomic
- * counter, so a busy machine only slows a job down) and the result does not depend on which did. */
-#define EE_MAX_UNITS 256
+/* A product is cut into units: a tile of outputs, or, when a matrix has too few tiles to keep every thread
+ * busy, a range of blocks of a tile summed into its own partial (added in unit order afterwards). Any
+ * thread may run any unit (claimed with an atomic counter, so a busy machine only slows a job down), and
+ * the sums do not depend on which thread ran what. */
+#define EE_MAX_UNITS 4096
 typedef struct {
     const ee_mv *mv;
     int units;
-    int um[EE_MAX_UNITS], ub0[EE_MAX_UNITS], ub1[EE_MAX_UNITS];
-    float *part[EE_MAX_UNITS];
+    int um[EE_MAX_UNITS], ut[EE_MAX_UNITS], ub0[EE_MAX_UNITS], ub1[EE_MAX_UNITS]; /* matrix, tile, blocks */
+    float *part[EE_MAX_UNITS]; /* NULL: the unit writes its tile of y itself */
     atomic_int next;
 } mv_job;
 
@@ -464,59 +493,85 @@ static void mv_worker(void *arg, int tid) {
         int u = atomic_fetch_add(&J->next, 1);
         if (u >= J->units) break;
         const ee_mv *mv = J->mv + J->um[u];
-        run_blocks(mv->P, mv->w, J->part[u], J->ub0[u], J->ub1[u]);
+        int t = J->ut[u];
+        float *yt = J->part[u] ? J->part[u] : mv->y + t * mv->P->tile;
+        run_tile(mv->P, mv->w, yt, t, J->ub0[u], J->ub1[u]);
     }
 }
 
-static float *g_scratch;
-static size_t g_scratch_n;
+/* Below this many quad-chunks a job is not worth waking another thread for. */
+#define EE_PARALLEL_WORK 512
+
+static float *g_parts;
+static size_t g_parts_n;
 
 void ee_matvec_multi(int n, const ee_mv *mv) {
     isa();
     static mv_job J;
-    int threads = ecpu_threads(), units_per = threads > 1 ? 2 * threads : 1;
+    int threads = ecpu_threads();
+    long work = 0;
     size_t need = 0;
     J.mv = mv;
     J.units = 0;
+    for (int k = 0; k < n; k++) work += (long)mv[k].w->start[mv[k].w->nb] * ((mv[k].P->out + 127) / 128);
+    int parallel = threads > 1 && work >= EE_PARALLEL_WORK;
     for (int k = 0; k < n; k++) {
-        int nb = mv[k].P->in / EE_BLOCK, u = units_per < nb ? units_per : nb;
-        if (J.units + u > EE_MAX_UNITS) u = 1;
-        long total = mv[k].w->start[nb], done = 0;
-        int b = 0;
-        for (int t = 0; t < u; t++) { /* equal shares of the quads */
-            int b0 = b;
-            long goal = total * (t + 1) / u;
-            while (b < nb && (done < goal || b == b0) && (nb - b) > (u - t - 1)) {
-                done += mv[k].w->start[b + 1] - mv[k].w->start[b];
-                b++;
+        const ee_planes *P = mv[k].P;
+        const ee_work *w = mv[k].w;
+        int tiles = n_tiles(P), nb = w->nb;
+        /* split tiles into block ranges until there are about two units per thread */
+        int split = parallel && tiles < 2 * threads ? (2 * threads + tiles - 1) / tiles : 1;
+        if (split > nb) split = nb > 0 ? nb : 1;
+        if (J.units + tiles * split > EE_MAX_UNITS) split = 1;
+        long total = w->start[nb];
+        for (int t = 0; t < tiles && J.units < EE_MAX_UNITS; t++) {
+            int b = 0;
+            for (int s = 0; s < split; s++) { /* equal shares of the quads */
+                int b0 = b;
+                long goal = total * (s + 1) / split;
+                while (b < nb - (split - s - 1) && (w->start[b] < goal || b == b0)) b++;
+                if (s == split - 1) b = nb;
+                J.um[J.units] = k;
+                J.ut[J.units] = t;
+                J.ub0[J.units] = b0;
+                J.ub1[J.units] = b;
+                J.part[J.units] = NULL;
+                if (split > 1) need += (size_t)(tile_end(P, t) - t * P->tile);
+                J.units++;
             }
-            if (t == u - 1) b = nb;
-            J.um[J.units] = k;
-            J.ub0[J.units] = b0;
-            J.ub1[J.units] = b;
-            need += (size_t)mv[k].P->out;
-            J.units++;
         }
     }
-    if (need > g_scratch_n) {
-        free(g_scratch);
-        g_scratch = (float *)malloc(sizeof(float) * need);
-        g_scratch_n = g_scratch ? need : 0;
+    if (need > g_parts_n) {
+        free(g_parts);
+        g_parts = (float *)malloc(sizeof(float) * need);
+        g_parts_n = g_parts ? need : 0;
+        if (!g_parts) { /* no room for partials: every tile whole, on this thread */
+            for (int k = 0; k < n; k++)
+                for (int t = 0; t < n_tiles(mv[k].P); t++)
+                    run_tile(mv[k].P, mv[k].w, mv[k].y + t * mv[k].P->tile, t, 0, mv[k].w->nb);
+            return;
+        }
     }
     size_t at = 0;
     for (int u = 0; u < J.units; u++) {
-        J.part[u] = g_scratch + at;
-        at += (size_t)mv[J.um[u]].P->out;
+        const ee_planes *P = mv[J.um[u]].P;
+        int whole = J.ub0[u] == 0 && J.ub1[u] == mv[J.um[u]].w->nb;
+        if (!whole) {
+            J.part[u] = g_parts + at;
+            at += (size_t)(tile_end(P, J.ut[u]) - J.ut[u] * P->tile);
+        }
     }
     atomic_store(&J.next, 0);
-    if (J.units == 1 || threads == 1) mv_worker(&J, 0);
+    if (J.units == 1 || !parallel) mv_worker(&J, 0);
     else ecpu_parallel(mv_worker, &J);
     for (int u = 0; u < J.units; u++) { /* partials in unit order: the same sums whoever ran them */
-        float *y = mv[J.um[u]].y;
+        if (!J.part[u]) continue;
+        const ee_planes *P = mv[J.um[u]].P;
+        int t = J.ut[u], width = tile_end(P, t) - t * P->tile;
+        float *yt = mv[J.um[u]].y + t * P->tile;
         const float *p = J.part[u];
-        int out = mv[J.um[u]].P->out;
-        if (u == 0 || J.um[u - 1] != J.um[u]) memcpy(y, p, sizeof(float) * (size_t)out);
-        else for (int o = 0; o < out; o++) y[o] += p[o];
+        if (J.ub0[u] == 0) memcpy(yt, p, sizeof(float) * (size_t)width);
+        else for (int o = 0; o < width; o++) yt[o] += p[o];
     }
 }
 

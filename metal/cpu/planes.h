@@ -7,14 +7,16 @@
  *   EE_Q8 (8- and 16-bit files):           w = d * (16 * (u - 8) + l)
  *                                          u = high nibble + 8 (plane 0), l = low nibble (plane 1)
  * with one scale d (and, for EE_Q4, one offset m) per output and block of 32 inputs (fp16, [in/32][out]).
- * Plane p holds row i (all `out` codes of input i) as out/2 contiguous bytes at p + i * out/2, so reading
- * a row at a level is one contiguous read. Per token and row the selection picks a LEVEL:
+ * A plane is cut into TILES of `tile` outputs (a multiple of 128; the last tile holds what remains): tile
+ * after tile, and inside a tile row i (the tile's codes of input i) is width/2 contiguous bytes, the rows
+ * one after the other. A thread owns whole tiles, so it streams through one contiguous region; reading a
+ * row at a level is one contiguous read per tile. Per token and row the selection picks a LEVEL:
  *   0: skip the row; 1: plane 0 only (EE_Q8: the code with its low nibble replaced by 7.5);
  *   2 (EE_Q8 only): both planes, the exact code.
  * Effort 1.0 is every row at its top level: the dense product, through the same kernel.
  *
- * Byte order inside a row (so that in-register interleaving lands outputs in natural order): a row is
- * cut into chunks of 128 outputs (64 bytes) and, when out % 128 == 64, one last chunk of 64 (32 bytes).
+ * Byte order inside a tile's row (so that in-register interleaving lands outputs in natural order): it is
+ * cut into chunks of 128 outputs (64 bytes) and, when its width % 128 == 64, one last chunk of 64 (32 bytes).
  *   128-chunk, byte b = 16L + 4k + j (L, k, j in 0..3): low nibble = output 16k + 4L + j, high = that + 64
  *   64-chunk,  byte b = 16L + 4k + j (L in 0..1):       low nibble = output 8k + 4L + j,  high = that + 32
  * x is quantized per block of 32 inputs: xq = round(x / dx), dx = max|x| / 127 (as llama.cpp does), and
@@ -36,7 +38,8 @@ enum { EE_Q4 = 0, EE_Q8 = 1 };
 typedef struct {
     int kind;                 /* EE_Q4 or EE_Q8 */
     int out, in;              /* out % 64 == 0, in % 32 == 0, in <= EE_MAX_IN */
-    const uint8_t *plane[2];  /* [in][out/2] each; plane[1] is NULL for EE_Q4 (or when not loaded) */
+    int tile;                 /* outputs per tile, a multiple of 128 */
+    const uint8_t *plane[2];  /* in * out/2 bytes each, tile after tile; plane[1] is NULL for EE_Q4 */
     const uint16_t *d;        /* fp16 [in/32][out] */
     const uint16_t *m;        /* fp16 [in/32][out] for EE_Q4 (NULL: a Q4_0 file, m = -8 d), else NULL */
     const float *gain[2];     /* [in]: output error energy that reading plane p of row i removes, per x_i^2 */
@@ -51,7 +54,8 @@ typedef struct {
 
 /* What one token reads of one matrix: per block, the quads of plane 0 then those of plane 1. */
 typedef struct {
-    int nb, cap;       /* blocks; quads allocated */
+    int nb;            /* blocks of the matrix the list was last made for */
+    int max_in, cap;   /* the most inputs a list can hold; quads allocated */
     ee_quad *quads;    /* [cap] */
     int32_t *start;    /* [nb + 1]: block b's quads are quads[start[b] .. start[b + 1]) */
     int32_t *split;    /* [nb]: those before split[b] read plane 0, the rest plane 1 */
@@ -59,7 +63,8 @@ typedef struct {
     long rows_read;    /* plane rows read (x out/2 bytes each) */
 } ee_work;
 
-/* allocate / free a work list for matrices with up to `in` inputs */
+/* allocate / free a work list for matrices with up to `in` inputs (ee_select and ee_work_from_levels
+ * refuse a larger matrix with -1) */
 ee_work *ee_work_new(int in);
 void ee_work_free(ee_work *w);
 

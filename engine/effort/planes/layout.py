@@ -10,8 +10,9 @@ This module is the executable spec of `metal/cpu/planes.c`: the kernels there ar
   nibble ``u = (c >> 4) + 8`` and the low nibble ``l = c & 15``, so ``c = 16 (u - 8) + l``.
 
 ``d`` (and ``m``) are per output and block of 32 inputs, as in the file. Both planes are stored
-input-major: row i (every output's code for input i) is ``out/2`` contiguous bytes, so the effort can
-pick, per token and per input row, a **level**: 0 (skip the row), 1 (read plane 0 only; for q8 the
+input-major in tiles of ``TILE`` outputs: inside a tile, row i (the tile's codes for input i) is
+``tile/2`` contiguous bytes and the rows follow each other, so a thread that owns a tile streams through
+one contiguous region, and the effort can pick, per token and per input row, a **level**: 0 (skip the row), 1 (read plane 0 only; for q8 the
 code's low nibble is taken as its midpoint 7.5), 2 (q8 only: both planes, the exact code). Effort 1.0
 reads every row at its top level: the dense product, through the same kernel.
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BLOCK = 32
+TILE = int(__import__("os").environ.get("EE_TILE", 512))  # outputs per tile: a row's read inside a tile is 256 contiguous bytes (the last tile may be narrower)
 KINDS = ("q4", "q8")
 # GGML types kept at 4 bits (exactly, but for Q4_K's scales, which are rounded to fp16); every other
 # type is read as floats and re-quantized to the q8 layout (exact for Q8_0).
@@ -44,7 +46,7 @@ class PlaneMatrix:
     kind: str  # "q4" | "q8"
     out_dim: int
     in_dim: int
-    planes: list[np.ndarray]  # uint8 [in, out/2] each (one for q4, two for q8), byte order of `row_order`
+    planes: list[np.ndarray]  # uint8 [in * out / 2] each (one for q4, two for q8): `tiles`, rows in `row_order`
     d: np.ndarray  # float16 [in/32, out]
     m: np.ndarray | None  # float16 [in/32, out] for q4 (None for Q4_0: m = -8 d), else None
     gains: np.ndarray  # float32 [n_planes, in]
@@ -52,6 +54,8 @@ class PlaneMatrix:
     @property
     def n_planes(self) -> int:
         return 1 if self.kind == "q4" else 2
+
+    tile: int = TILE
 
     def plane_bytes(self) -> int:
         """Bytes of one plane row times rows: what reading every row of one plane costs."""
@@ -67,7 +71,7 @@ class PlaneMatrix:
 
     def codes(self, plane: int = 0) -> np.ndarray:
         """The 4-bit codes of one plane in natural order, uint8 [out, in]."""
-        return unpack(self.planes[plane], self.out_dim).T
+        return unpack(self.planes[plane], self.out_dim, self.in_dim, self.tile).T
 
     def dense(self, level: int | None = None) -> np.ndarray:
         """The weights [out, in] as float32 with every row read at `level` (default: the top level)."""
@@ -112,19 +116,49 @@ def row_order(out_dim: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(los), np.concatenate(his)
 
 
-def pack(codes: np.ndarray) -> np.ndarray:
-    """4-bit codes [out, in] (natural order) -> a plane [in, out/2] in the byte order of `row_order`."""
-    lo, hi = row_order(codes.shape[0])
-    return np.ascontiguousarray((codes[lo].T & 15) | ((codes[hi].T & 15) << 4)).astype(np.uint8)
+def tiles(out_dim: int, tile: int = TILE) -> list[tuple[int, int]]:
+    """(first output, width) of each tile: out // tile of them (at least one), `tile` outputs each but the
+    last, which takes the rest; so no tile is narrower than `tile` unless the matrix is (a narrow tile's
+    rows would be shorter than the lines the CPU reads, and skipping them would save nothing)."""
+    if tile % 128:
+        raise ValueError(f"a tile holds a multiple of 128 outputs, not {tile}")
+    n = max(1, out_dim // tile)
+    return [(t * tile, tile if t < n - 1 else out_dim - t * tile) for t in range(n)]
 
 
-def unpack(plane: np.ndarray, out_dim: int) -> np.ndarray:
-    """A plane [in, out/2] -> codes [in, out] in natural output order."""
-    lo, hi = row_order(out_dim)
-    codes = np.empty((plane.shape[0], out_dim), np.uint8)
-    codes[:, lo] = plane & 15
-    codes[:, hi] = plane >> 4
+def pack(codes: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """4-bit codes [out, in] (natural order) -> a plane: tile after tile, each [in, width/2] in the byte
+    order of `row_order` (flat uint8 [in * out / 2])."""
+    out_dim, in_dim = codes.shape
+    parts = []
+    for t0, width in tiles(out_dim, tile):
+        lo, hi = row_order(width)
+        block = codes[t0 : t0 + width]
+        parts.append(((block[lo].T & 15) | ((block[hi].T & 15) << 4)).astype(np.uint8).reshape(-1))
+    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros(0, np.uint8)
+
+
+def unpack(plane: np.ndarray, out_dim: int, in_dim: int, tile: int = TILE) -> np.ndarray:
+    """A plane (flat, tile after tile) -> codes [in, out] in natural output order."""
+    codes = np.empty((in_dim, out_dim), np.uint8)
+    at = 0
+    for t0, width in tiles(out_dim, tile):
+        lo, hi = row_order(width)
+        rows = plane[at : at + in_dim * width // 2].reshape(in_dim, width // 2)
+        codes[:, t0 + lo] = rows & 15
+        codes[:, t0 + hi] = rows >> 4
+        at += in_dim * width // 2
     return codes
+
+
+def place(plane_slice: np.ndarray, out_dim: int, rows: int, first_row: int, in_dim: int, tile: int = TILE):
+    """Where the tiles of a plane built from inputs [first_row, first_row + rows) go in the whole matrix's
+    plane: (offset in the whole plane, the slice's bytes) per tile."""
+    at = 0
+    for t0, width in tiles(out_dim, tile):
+        n = rows * width // 2
+        yield t0 // 2 * in_dim + first_row * width // 2, plane_slice[at : at + n]
+        at += n
 
 
 # -- building the layout from a file's tensors -----------------------------------------------------

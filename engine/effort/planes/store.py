@@ -34,7 +34,7 @@ from engine.io.paths import converted_dir
 from engine.model.config import ModelConfig
 from engine.model.decoder import PROJECTIONS, weight_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: planes in tiles
 MAGIC = b"EEPLANES"
 ALIGN = 64
 HEAD = "lm_head.weight"
@@ -61,8 +61,8 @@ class PlanesModel:
 
 
 def layout_path(files: ModelFiles) -> Path:
-    """Keyed by the source's fingerprint and the format version."""
-    return converted_dir() / f"{files.fingerprint[:24]}-planes-v{FORMAT_VERSION}.layout"
+    """Keyed by the source's fingerprint, the format version and the tile width."""
+    return converted_dir() / f"{files.fingerprint[:24]}-planes-v{FORMAT_VERSION}-t{layout.TILE}.layout"
 
 
 def matrix_names(config: ModelConfig) -> list[str]:
@@ -145,11 +145,11 @@ def _plan(files: ModelFiles) -> tuple[dict[str, tuple[str, tuple[int, ...]]], di
         out_dim, in_dim = files.tensors.shape(src)
         kind = matrix_kind(_stored_type(files, src))
         out_dim = padded(out_dim)
-        matrices[name] = {"kind": kind, "out": out_dim, "in": in_dim}
+        matrices[name] = {"kind": kind, "out": out_dim, "in": in_dim, "tile": layout.TILE}
         nb = in_dim // layout.BLOCK
-        tensors[f"{name}.plane0"] = ("uint8", (in_dim, out_dim // 2))
+        tensors[f"{name}.plane0"] = ("uint8", (in_dim * out_dim // 2,))
         if kind == "q8":
-            tensors[f"{name}.plane1"] = ("uint8", (in_dim, out_dim // 2))
+            tensors[f"{name}.plane1"] = ("uint8", (in_dim * out_dim // 2,))
         tensors[f"{name}.d"] = ("float16", (nb, out_dim))
         if kind == "q4" and _stored_type(files, src) != "Q4_0":
             tensors[f"{name}.m"] = ("float16", (nb, out_dim))
@@ -177,7 +177,8 @@ def _pad_outputs(part: layout.PlaneMatrix, out_dim: int) -> layout.PlaneMatrix:
     extra = out_dim - part.out_dim
     codes = [np.pad(part.codes(p), ((0, extra), (0, 0))) for p in range(part.n_planes)]
     pad = lambda a: None if a is None else np.pad(a, ((0, 0), (0, extra)))  # noqa: E731
-    return layout.PlaneMatrix(part.kind, out_dim, part.in_dim, [layout.pack(c) for c in codes], pad(part.d), pad(part.m), part.gains)
+    return layout.PlaneMatrix(part.kind, out_dim, part.in_dim, [layout.pack(c, part.tile) for c in codes], pad(part.d),
+                              pad(part.m), part.gains, part.tile)
 
 
 def convert(files: ModelFiles, on_progress: ProgressFn | None = None, force: bool = False) -> Path:
@@ -207,7 +208,8 @@ def convert(files: ModelFiles, on_progress: ProgressFn | None = None, force: boo
                         part = layout.from_weights(stored.floats(start, stop))
                     part = _pad_outputs(part, out_dim)
                     for p, plane in enumerate(part.planes):
-                        writer.put(f"{name}.plane{p}", plane, start)
+                        for at, piece in layout.place(plane, out_dim, stop - start, start, stored.in_dim, part.tile):
+                            writer.put_span(f"{name}.plane{p}", piece, at)
                     writer.put(f"{name}.d", part.d, start // layout.BLOCK)
                     if f"{name}.m" in tensors:
                         writer.put(f"{name}.m", part.m, start // layout.BLOCK)
@@ -261,7 +263,8 @@ def open_layout(files: ModelFiles) -> PlanesModel:
         for name, info in meta["matrices"].items():
             planes = [array(f"{name}.plane0")] + ([array(f"{name}.plane1")] if info["kind"] == "q8" else [])
             matrices[name] = layout.PlaneMatrix(
-                info["kind"], info["out"], info["in"], planes, array(f"{name}.d"), array(f"{name}.m"), array(f"{name}.gains")
+                info["kind"], info["out"], info["in"], planes, array(f"{name}.d"), array(f"{name}.m"),
+                array(f"{name}.gains"), int(info["tile"]),
             )
         vectors = {name: array(name) for name in vector_names(files.config)}
     except EngineError:
