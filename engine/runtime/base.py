@@ -38,6 +38,10 @@ class Runtime(Protocol):
     def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
         """Append one token at `effort`; return (logits, effective effort)."""
 
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids` at full effort and return every position's logits [len(ids), vocab] (speculative
+        decoding checks drafted tokens this way; `reset` rolls the cache back to what was accepted)."""
+
     # -- effort ------------------------------------------------------------------------------------
     strategies: tuple[str, ...]  # what `set_strategy` takes; the first is the runtime's own
 

@@ -177,6 +177,13 @@ class CPURuntime:
         self._step(int(token), self._effort(effort))
         return self._logits[: self.config.vocab_size].copy(), self.last_read
 
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        rows = []
+        for token in ids:
+            self._step(int(token), None)
+            rows.append(self._logits[: self.config.vocab_size].copy())
+        return np.stack(rows) if rows else np.zeros((0, self.config.vocab_size), np.float32)
+
     # -- one projection, outside a decode step --------------------------------------------------------
     def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:
         """One matrix (HF weight name, or "lm_head.weight") of `x` as a decode step at global `effort`

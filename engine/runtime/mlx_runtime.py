@@ -41,6 +41,11 @@ class MLXRuntime:
         assert logits is not None
         return np.array(logits[-1])
 
+    def verify(self, ids: Sequence[int]) -> np.ndarray:
+        logits = self.model(mx.array(list(ids), dtype=mx.int32), self.cache)
+        mx.eval(logits)
+        return np.array(logits.astype(mx.float32))
+
     def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
         tokens = mx.array([token], dtype=mx.int32)
         if effort >= 1.0 or self.effort_path is None:

@@ -220,7 +220,7 @@ def _self_test_planes(lib: ctypes.CDLL) -> None:
         from engine.runtime.cpu_runtime import planes_struct
 
         x = rng.standard_normal(96).astype(np.float32)
-        xq, dx = np.zeros(96, np.int8), np.zeros(3, np.float32)
+        xq, dx = np.zeros(2 * 96, np.int8), np.zeros(3, np.float32)  # the levels, then the residuals
         lib.ee_quantize_x(x.ctypes.data, 96, xq.ctypes.data, dx.ctypes.data)
         work = lib.ee_work_new(96)
         try:

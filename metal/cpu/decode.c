@@ -139,7 +139,7 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const ee_planes
     m->up = alloc_f(d->ffn);
     m->scores = alloc_f((size_t)d->n_heads * d->max_ctx);
     m->scratch = alloc_f(2 * (size_t)widest_in);
-    m->xq = (int8_t *)calloc((size_t)widest_in, 1);
+    m->xq = (int8_t *)calloc(2 * (size_t)widest_in, 1);
     m->dx = alloc_f((size_t)widest_in / EE_BLOCK);
     int ok = m->layers && m->x && m->xn && m->q && m->k && m->v && m->att && m->proj && m->gate && m->up &&
              m->scores && m->scratch && m->xq && m->dx;

@@ -70,13 +70,19 @@ static float h2f(uint16_t h) {
 
 /* ------------------------------------------------------------------ activations */
 void ee_quantize_x(const float *x, int in, int8_t *xq, float *dx) {
+    int8_t *xr = xq + in;
     for (int b = 0; b < in / EE_BLOCK; b++) {
         const float *v = x + EE_BLOCK * b;
         float top = 0.0f;
         for (int j = 0; j < EE_BLOCK; j++) top = fmaxf(top, fabsf(v[j]));
         float d = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
         dx[b] = d;
-        for (int j = 0; j < EE_BLOCK; j++) xq[EE_BLOCK * b + j] = (int8_t)lrintf(v[j] * inv);
+        for (int j = 0; j < EE_BLOCK; j++) {
+            float s = v[j] * inv;
+            long q = lrintf(s), r = lrintf((s - (float)q) * (float)EE_RESIDUAL);
+            xq[EE_BLOCK * b + j] = (int8_t)q;
+            xr[EE_BLOCK * b + j] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+        }
     }
 }
 
@@ -111,19 +117,20 @@ void ee_work_free(ee_work *w) {
 }
 
 /* Append the listed rows (indices `rows[0..n)` of one block) as quads; a short last quad repeats the
- * first row with activation 0. */
-static int put_quads(ee_quad *q, const uint16_t *rows, int n, const int8_t *xq) {
+ * first row with activation 0. xr: the residual activations (xq + in). */
+static int put_quads(ee_quad *q, const uint16_t *rows, int n, const int8_t *xq, const int8_t *xr) {
     int nq = (n + 3) / 4;
     for (int t = 0; t < nq; t++) {
-        uint32_t word = 0;
+        uint32_t word = 0, rest = 0;
         for (int j = 0; j < 4; j++) {
             int k = 4 * t + j;
             uint16_t r = k < n ? rows[k] : rows[0];
-            int8_t a = k < n ? xq[r] : 0;
             q[t].row[j] = r;
-            word |= (uint32_t)(uint8_t)a << (8 * j);
+            word |= (uint32_t)(uint8_t)(k < n ? xq[r] : 0) << (8 * j);
+            rest |= (uint32_t)(uint8_t)(k < n ? xr[r] : 0) << (8 * j);
         }
         q[t].xq = (int32_t)word;
+        q[t].xr = (int32_t)rest;
     }
     return nq;
 }
@@ -132,24 +139,25 @@ static int put_quads(ee_quad *q, const uint16_t *rows, int n, const int8_t *xq) 
  * constants; returns the next free quad. */
 static int fill_block(const ee_planes *P, ee_work *w, int b, int at, const uint16_t *l1, int n1, const uint16_t *l2,
                       int n2, const int8_t *xq, const float *dx) {
-    int s12 = 0, s1 = 0;
-    for (int t = 0; t < n1; t++) s12 += xq[l1[t]];
+    const int8_t *xr = xq + P->in;
+    float s12 = 0.0f, s1; /* sums of the activations (in units of dx) of the rows at level >= 1, at level 1 */
+    for (int t = 0; t < n1; t++) s12 += (float)xq[l1[t]] + (float)xr[l1[t]] * (1.0f / EE_RESIDUAL);
     s1 = s12;
-    for (int t = 0; t < n2; t++) s1 -= xq[l2[t]];
+    for (int t = 0; t < n2; t++) s1 -= (float)xq[l2[t]] + (float)xr[l2[t]] * (1.0f / EE_RESIDUAL);
     w->start[b] = at;
-    at += n1 ? put_quads(w->quads + at, l1, n1, xq) : 0;
+    at += n1 ? put_quads(w->quads + at, l1, n1, xq, xr) : 0;
     w->split[b] = at;
-    at += n2 ? put_quads(w->quads + at, l2, n2, xq) : 0;
+    at += n2 ? put_quads(w->quads + at, l2, n2, xq, xr) : 0;
     w->dx[b] = dx[b];
     if (P->kind == EE_Q8) { /* acc holds 16 u + l with u = high nibble + 8: remove the bias, add 7.5 per level-1 row */
-        w->c0[b] = dx[b] * (-128.0f * (float)s12 + 7.5f * (float)s1);
+        w->c0[b] = dx[b] * (-128.0f * s12 + 7.5f * s1);
         w->c1[b] = 0.0f;
     } else if (!P->m) { /* Q4_0: m = -8 d, a constant in the integer sum */
-        w->c0[b] = dx[b] * (-8.0f * (float)s12);
+        w->c0[b] = dx[b] * (-8.0f * s12);
         w->c1[b] = 0.0f;
     } else {
         w->c0[b] = 0.0f;
-        w->c1[b] = dx[b] * (float)s12;
+        w->c1[b] = dx[b] * s12;
     }
     return at;
 }
@@ -266,16 +274,17 @@ static inline const uint8_t *chunk_rows(const ee_planes *P, int p, int base, siz
 /* scalar: the byte order of planes.h spelled out */
 static void chunk_scalar(const ee_planes *P, const ee_work *w, float *yc, int b, int c) {
     int W = chunk_width(P, c), base = 128 * c, half = W / 2;
-    int32_t acc[128];
+    int32_t acc[128], accr[128];
     {
         int q0 = w->start[b], q1 = w->start[b + 1];
         memset(acc, 0, sizeof acc);
+        memset(accr, 0, sizeof accr);
         for (int q = q0; q < q1; q++) {
             int p = q < w->split[b] ? 0 : 1, mult = (P->kind == EE_Q8 && p == 0) ? 16 : 1;
             const ee_quad *Q = w->quads + q;
             for (int j = 0; j < 4; j++) {
-                int a = (int8_t)(Q->xq >> (8 * j));
-                if (!a) continue;
+                int a = (int8_t)(Q->xq >> (8 * j)), ar = (int8_t)(Q->xr >> (8 * j));
+                if (!a && !ar) continue;
                 size_t rb;
                 const uint8_t *r = chunk_rows(P, p, base, &rb) + (size_t)Q->row[j] * rb;
                 for (int t = 0; t < half; t++) {
@@ -283,12 +292,14 @@ static void chunk_scalar(const ee_planes *P, const ee_work *w, float *yc, int b,
                     int lo = W == 128 ? 16 * k + 4 * L + jj : 8 * k + 4 * L + jj;
                     acc[lo] += mult * (r[t] & 15) * a;
                     acc[lo + half] += mult * (r[t] >> 4) * a;
+                    accr[lo] += mult * (r[t] & 15) * ar;
+                    accr[lo + half] += mult * (r[t] >> 4) * ar;
                 }
             }
         }
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         for (int o = 0; o < W; o++) {
-            float t = (float)acc[o] * w->dx[b] + w->c0[b];
+            float t = ((float)acc[o] + (float)accr[o] * (1.0f / EE_RESIDUAL)) * w->dx[b] + w->c0[b];
             float v = yc[o] + h2f(d[o]) * t;
             if (m) v += h2f(m[o]) * w->c1[b];
             yc[o] = v;
@@ -309,8 +320,8 @@ T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *yc, i
     const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
     {
         int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
-        __m256i A[8];
-        for (int a = 0; a < 8; a++) A[a] = _mm256_setzero_si256();
+        __m256i A[8], B[8];
+        for (int a = 0; a < 8; a++) A[a] = B[a] = _mm256_setzero_si256();
         for (int q = q0; q < q1; q++) {
             int p = q < split ? 0 : 1;
             const __m256i mul = (P->kind == EE_Q8 && p == 0) ? sixteen : one;
@@ -320,7 +331,7 @@ T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *yc, i
             __m256i R1 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[1] * rb));
             __m256i R2 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[2] * rb));
             __m256i R3 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[3] * rb));
-            __m256i X = _mm256_set1_epi32(Q->xq);
+            __m256i X = _mm256_set1_epi32(Q->xq), Xr = _mm256_set1_epi32(Q->xr);
             __m256i U01 = _mm256_unpacklo_epi8(R0, R1), U23 = _mm256_unpacklo_epi8(R2, R3);
             __m256i V01 = _mm256_unpackhi_epi8(R0, R1), V23 = _mm256_unpackhi_epi8(R2, R3);
             __m256i Qk[4] = {_mm256_unpacklo_epi16(U01, U23), _mm256_unpackhi_epi16(U01, U23),
@@ -329,13 +340,17 @@ T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *yc, i
                 __m256i lo = _mm256_and_si256(Qk[k], m4), hi = _mm256_and_si256(_mm256_srli_epi16(Qk[k], 4), m4);
                 A[k] = _mm256_add_epi32(A[k], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, X), mul));
                 A[4 + k] = _mm256_add_epi32(A[4 + k], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, X), mul));
+                B[k] = _mm256_add_epi32(B[k], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, Xr), mul));
+                B[4 + k] = _mm256_add_epi32(B[4 + k], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, Xr), mul));
             }
         }
         const __m256 dx = _mm256_set1_ps(w->dx[b]), c0 = _mm256_set1_ps(w->c0[b]), c1 = _mm256_set1_ps(w->c1[b]);
+        const __m256 res = _mm256_set1_ps(1.0f / EE_RESIDUAL);
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         for (int a = 0; a < 8; a++) {
             int o = (a < 4 ? S * a : S * (a - 4) + H) + eoff;
-            __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[a]), dx, c0);
+            __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(B[a]), res, _mm256_cvtepi32_ps(A[a]));
+            __m256 t = _mm256_fmadd_ps(f, dx, c0);
             __m256 v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + o))), t,
                                        _mm256_loadu_ps(yc + o));
             if (m) v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + o))), c1, v);
@@ -361,42 +376,47 @@ T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float
     {
         int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
         __m512i A0 = _mm512_setzero_si512(), A1 = A0, A2 = A0, A3 = A0, A4 = A0, A5 = A0, A6 = A0, A7 = A0;
+        __m512i B0 = A0, B1 = A0, B2 = A0, B3 = A0, B4 = A0, B5 = A0, B6 = A0, B7 = A0;
         for (int q = q0; q < q1; q++) {
             const ee_quad *Q = w->quads + q;
             int p = q < split ? 0 : 1;
             const uint8_t *pl = rows[p];
             __m512i R0 = _mm512_loadu_si512(pl + Q->row[0] * rb), R1 = _mm512_loadu_si512(pl + Q->row[1] * rb);
             __m512i R2 = _mm512_loadu_si512(pl + Q->row[2] * rb), R3 = _mm512_loadu_si512(pl + Q->row[3] * rb);
-            __m512i X = _mm512_set1_epi32(Q->xq);
+            __m512i X = _mm512_set1_epi32(Q->xq), Xr = _mm512_set1_epi32(Q->xr);
             __m512i U01 = _mm512_unpacklo_epi8(R0, R1), U23 = _mm512_unpacklo_epi8(R2, R3);
             __m512i V01 = _mm512_unpackhi_epi8(R0, R1), V23 = _mm512_unpackhi_epi8(R2, R3);
             __m512i Q0 = _mm512_unpacklo_epi16(U01, U23), Q1 = _mm512_unpackhi_epi16(U01, U23);
             __m512i Q2 = _mm512_unpacklo_epi16(V01, V23), Q3 = _mm512_unpackhi_epi16(V01, V23);
             if (P->kind == EE_Q8 && p == 0) { /* the high plane enters as 16 u: nibbles moved to the top */
-                A0 = _mm512_dpbusd_epi32(A0, _mm512_and_si512(_mm512_slli_epi16(Q0, 4), mh), X);
-                A1 = _mm512_dpbusd_epi32(A1, _mm512_and_si512(_mm512_slli_epi16(Q1, 4), mh), X);
-                A2 = _mm512_dpbusd_epi32(A2, _mm512_and_si512(_mm512_slli_epi16(Q2, 4), mh), X);
-                A3 = _mm512_dpbusd_epi32(A3, _mm512_and_si512(_mm512_slli_epi16(Q3, 4), mh), X);
-                A4 = _mm512_dpbusd_epi32(A4, _mm512_and_si512(Q0, mh), X);
-                A5 = _mm512_dpbusd_epi32(A5, _mm512_and_si512(Q1, mh), X);
-                A6 = _mm512_dpbusd_epi32(A6, _mm512_and_si512(Q2, mh), X);
-                A7 = _mm512_dpbusd_epi32(A7, _mm512_and_si512(Q3, mh), X);
+#define EE_DOT(A, B, c) do { __m512i c_ = (c); A = _mm512_dpbusd_epi32(A, c_, X); B = _mm512_dpbusd_epi32(B, c_, Xr); } while (0)
+                EE_DOT(A0, B0, _mm512_and_si512(_mm512_slli_epi16(Q0, 4), mh));
+                EE_DOT(A1, B1, _mm512_and_si512(_mm512_slli_epi16(Q1, 4), mh));
+                EE_DOT(A2, B2, _mm512_and_si512(_mm512_slli_epi16(Q2, 4), mh));
+                EE_DOT(A3, B3, _mm512_and_si512(_mm512_slli_epi16(Q3, 4), mh));
+                EE_DOT(A4, B4, _mm512_and_si512(Q0, mh));
+                EE_DOT(A5, B5, _mm512_and_si512(Q1, mh));
+                EE_DOT(A6, B6, _mm512_and_si512(Q2, mh));
+                EE_DOT(A7, B7, _mm512_and_si512(Q3, mh));
             } else {
-                A0 = _mm512_dpbusd_epi32(A0, _mm512_and_si512(Q0, m4), X);
-                A1 = _mm512_dpbusd_epi32(A1, _mm512_and_si512(Q1, m4), X);
-                A2 = _mm512_dpbusd_epi32(A2, _mm512_and_si512(Q2, m4), X);
-                A3 = _mm512_dpbusd_epi32(A3, _mm512_and_si512(Q3, m4), X);
-                A4 = _mm512_dpbusd_epi32(A4, _mm512_and_si512(_mm512_srli_epi16(Q0, 4), m4), X);
-                A5 = _mm512_dpbusd_epi32(A5, _mm512_and_si512(_mm512_srli_epi16(Q1, 4), m4), X);
-                A6 = _mm512_dpbusd_epi32(A6, _mm512_and_si512(_mm512_srli_epi16(Q2, 4), m4), X);
-                A7 = _mm512_dpbusd_epi32(A7, _mm512_and_si512(_mm512_srli_epi16(Q3, 4), m4), X);
+                EE_DOT(A0, B0, _mm512_and_si512(Q0, m4));
+                EE_DOT(A1, B1, _mm512_and_si512(Q1, m4));
+                EE_DOT(A2, B2, _mm512_and_si512(Q2, m4));
+                EE_DOT(A3, B3, _mm512_and_si512(Q3, m4));
+                EE_DOT(A4, B4, _mm512_and_si512(_mm512_srli_epi16(Q0, 4), m4));
+                EE_DOT(A5, B5, _mm512_and_si512(_mm512_srli_epi16(Q1, 4), m4));
+                EE_DOT(A6, B6, _mm512_and_si512(_mm512_srli_epi16(Q2, 4), m4));
+                EE_DOT(A7, B7, _mm512_and_si512(_mm512_srli_epi16(Q3, 4), m4));
+#undef EE_DOT
             }
         }
         const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
+        const __m512 res = _mm512_set1_ps(1.0f / EE_RESIDUAL);
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
-        __m512i A[8] = {A0, A1, A2, A3, A4, A5, A6, A7};
+        __m512i A[8] = {A0, A1, A2, A3, A4, A5, A6, A7}, B[8] = {B0, B1, B2, B3, B4, B5, B6, B7};
         for (int a = 0; a < 8; a++) {
-            __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A[a]), dx, c0);
+            __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B[a]), res, _mm512_cvtepi32_ps(A[a]));
+            __m512 t = _mm512_fmadd_ps(f, dx, c0);
             __m512 v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * a))), t,
                                        _mm512_loadu_ps(yc + 16 * a));
             if (m) v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + 16 * a))), c1, v);
@@ -412,8 +432,8 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
     const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
     {
         int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
-        __m256i A[8];
-        for (int a = 0; a < 8; a++) A[a] = _mm256_setzero_si256();
+        __m256i A[8], B[8];
+        for (int a = 0; a < 8; a++) A[a] = B[a] = _mm256_setzero_si256();
         for (int q = q0; q < q1; q++) {
             const ee_quad *Q = w->quads + q;
             int p = q < split ? 0 : 1, high = P->kind == EE_Q8 && p == 0;
@@ -422,7 +442,7 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
             __m256i R1 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[1] * rb));
             __m256i R2 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[2] * rb));
             __m256i R3 = _mm256_loadu_si256((const __m256i *)(pl + Q->row[3] * rb));
-            __m256i X = _mm256_set1_epi32(Q->xq);
+            __m256i X = _mm256_set1_epi32(Q->xq), Xr = _mm256_set1_epi32(Q->xr);
             __m256i U01 = _mm256_unpacklo_epi8(R0, R1), U23 = _mm256_unpacklo_epi8(R2, R3);
             __m256i V01 = _mm256_unpackhi_epi8(R0, R1), V23 = _mm256_unpackhi_epi8(R2, R3);
             __m256i Qk[4] = {_mm256_unpacklo_epi16(U01, U23), _mm256_unpackhi_epi16(U01, U23),
@@ -432,12 +452,16 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
                 __m256i hi = high ? _mm256_and_si256(Qk[k], mh) : _mm256_and_si256(_mm256_srli_epi16(Qk[k], 4), m4);
                 A[k] = _mm256_dpbusd_epi32(A[k], lo, X);
                 A[4 + k] = _mm256_dpbusd_epi32(A[4 + k], hi, X);
+                B[k] = _mm256_dpbusd_epi32(B[k], lo, Xr);
+                B[4 + k] = _mm256_dpbusd_epi32(B[4 + k], hi, Xr);
             }
         }
         const __m256 dx = _mm256_set1_ps(w->dx[b]), c0 = _mm256_set1_ps(w->c0[b]), c1 = _mm256_set1_ps(w->c1[b]);
+        const __m256 res = _mm256_set1_ps(1.0f / EE_RESIDUAL);
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         for (int a = 0; a < 8; a++) {
-            __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[a]), dx, c0);
+            __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(B[a]), res, _mm256_cvtepi32_ps(A[a]));
+            __m256 t = _mm256_fmadd_ps(f, dx, c0);
             __m256 v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + 8 * a))), t,
                                        _mm256_loadu_ps(yc + 8 * a));
             if (m) v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + 8 * a))), c1, v);

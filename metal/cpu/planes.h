@@ -19,9 +19,11 @@
  * cut into chunks of 128 outputs (64 bytes) and, when its width % 128 == 64, one last chunk of 64 (32 bytes).
  *   128-chunk, byte b = 16L + 4k + j (L, k, j in 0..3): low nibble = output 16k + 4L + j, high = that + 64
  *   64-chunk,  byte b = 16L + 4k + j (L in 0..1):       low nibble = output 8k + 4L + j,  high = that + 32
- * x is quantized per block of 32 inputs: xq = round(x / dx), dx = max|x| / 127 (as llama.cpp does), and
- * the kernels sum integer products per block, then fold them in with the block's scales:
- *   y[o] += d[b][o] * (dx[b] * acc[b][o] + c0[b]) + m[b][o] * c1[b]
+ * x is quantized per block of 32 inputs in two int8 levels: xq = round(x / dx) with dx = max|x| / 127 (as
+ * llama.cpp does), and the residual xr = round((x / dx - xq) * 256), so x = dx * (xq + xr / 256) to about
+ * 16 bits (int8 alone moves the logits by ~2% and greedy text away from float references within a few
+ * tokens). The kernels sum integer products per block for both levels, then fold them in with the block's
+ * scales:   y[o] += d[b][o] * (dx[b] * (acc[b][o] + accr[b][o] / 256) + c0[b]) + m[b][o] * c1[b]
  */
 #ifndef EFFORT_PLANES_H
 #define EFFORT_PLANES_H
@@ -33,6 +35,7 @@ extern "C" {
 
 enum { EE_Q4 = 0, EE_Q8 = 1 };
 #define EE_BLOCK 32
+#define EE_RESIDUAL 256 /* xr is the residual of xq in 1/256 steps */
 #define EE_MAX_IN 65535 /* rows are indexed with 16 bits in the work list */
 
 typedef struct {
@@ -46,10 +49,11 @@ typedef struct {
 } ee_planes;
 
 /* Four rows of one block read together: their indices and their four int8 activations packed in one
- * 32-bit word (row[j]'s activation in byte j). A short list is padded with a row whose activation is 0. */
+ * 32-bit word (row[j]'s activation in byte j), the residuals in another. A short list is padded with a
+ * row whose activations are 0. */
 typedef struct {
     uint16_t row[4];
-    int32_t xq;
+    int32_t xq, xr;
 } ee_quad;
 
 /* What one token reads of one matrix: per block, the quads of plane 0 then those of plane 1. */
@@ -68,7 +72,7 @@ typedef struct {
 ee_work *ee_work_new(int in);
 void ee_work_free(ee_work *w);
 
-/* x (fp32 [in]) -> xq (int8 [in]) and dx (fp32 [in/32]) */
+/* x (fp32 [in]) -> xq (int8 [2 * in]: the levels, then the residuals) and dx (fp32 [in/32]) */
 void ee_quantize_x(const float *x, int in, int8_t *xq, float *dx);
 
 /* The selection: row i gets level  [x_i^2 gain[0][i] > tau] + [x_i^2 gain[1][i] > tau]  (the second only if

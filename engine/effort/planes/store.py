@@ -34,7 +34,7 @@ from engine.io.paths import converted_dir
 from engine.model.config import ModelConfig
 from engine.model.decoder import PROJECTIONS, weight_name
 
-FORMAT_VERSION = 2  # 2: planes in tiles
+FORMAT_VERSION = 3  # 2: planes in tiles; 3: the last tile takes the remainder
 MAGIC = b"EEPLANES"
 ALIGN = 64
 HEAD = "lm_head.weight"
@@ -170,17 +170,6 @@ def _slices(out_dim: int, in_dim: int, block: int) -> list[tuple[int, int]]:
     return [(i, min(i + step, in_dim)) for i in range(0, in_dim, step)]
 
 
-def _pad_outputs(part: layout.PlaneMatrix, out_dim: int) -> layout.PlaneMatrix:
-    """A head whose vocabulary is not a multiple of 64: zero weights for the extra outputs."""
-    if part.out_dim == out_dim:
-        return part
-    extra = out_dim - part.out_dim
-    codes = [np.pad(part.codes(p), ((0, extra), (0, 0))) for p in range(part.n_planes)]
-    pad = lambda a: None if a is None else np.pad(a, ((0, 0), (0, extra)))  # noqa: E731
-    return layout.PlaneMatrix(part.kind, out_dim, part.in_dim, [layout.pack(c, part.tile) for c in codes], pad(part.d),
-                              pad(part.m), part.gains, part.tile)
-
-
 def convert(files: ModelFiles, on_progress: ProgressFn | None = None, force: bool = False) -> Path:
     """Write the model's planes layout to the cache (a no-op when an intact one is there)."""
     target = layout_path(files)
@@ -201,12 +190,12 @@ def convert(files: ModelFiles, on_progress: ProgressFn | None = None, force: boo
             for n, name in enumerate(names, 1):
                 stored = files.tensors.stored(source_name(files, name))
                 out_dim = matrices[name]["out"]
+                extra = ((0, out_dim - stored.out_dim), (0, 0))  # a head's vocabulary padded to 64: zero weights
                 for start, stop in _slices(stored.out_dim, stored.in_dim, stored.block):
-                    if layout.keeps_blocks(stored.type_name):
-                        part = layout.from_blocks(stored.type_name, stored.blocks(start, stop), stop - start)
+                    if layout.keeps_blocks(stored.type_name):  # zero bytes are a zero block in every kept type
+                        part = layout.from_blocks(stored.type_name, np.pad(stored.blocks(start, stop), extra), stop - start)
                     else:
-                        part = layout.from_weights(stored.floats(start, stop))
-                    part = _pad_outputs(part, out_dim)
+                        part = layout.from_weights(np.pad(stored.floats(start, stop), extra))
                     for p, plane in enumerate(part.planes):
                         for at, piece in layout.place(plane, out_dim, stop - start, start, stored.in_dim, part.tile):
                             writer.put_span(f"{name}.plane{p}", piece, at)
