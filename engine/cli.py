@@ -224,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if calibration is not None and ids == calibration[: len(ids)]:
                 progress(LoadProgress("notice", 0, 0, "", f"text '{name}' is the calibration text: its figures are not held-out"))
             results, ppl_dense = [], 0.0
-            for runner in dict.fromkeys(runners.values()):
+            for runner in {id(r): r for r in runners.values()}.values():  # each loaded model once, in order
                 mine = [s for s in strategies if runners[s] is runner]
                 inputs = runner.runtime.projection_inputs(ids[: min(len(ids), 33)]) if args.cosine else {}
                 dense_outputs: dict = {}

@@ -1,4 +1,6 @@
-"""The native CPU kernels (metal/cpu/*.c, built on first use) against the numpy reference."""
+"""The native CPU kernels (metal/cpu/planes.c, built on first use) against the layout's numpy reference:
+every kernel family this machine can run (AVX-512 VNNI, AVX2, plain C), and the portable build that
+non-x86 machines compile."""
 
 from __future__ import annotations
 
@@ -7,201 +9,188 @@ import ctypes
 import numpy as np
 import pytest
 
+from engine.effort.planes import layout
 from engine.runtime import native
-from engine.effort import reference
-from engine.effort.bucket import B, convert_matrix, cutoff_for_effort, k_from_cutoff
-from engine.runtime.cpu_runtime import Bucket, Dims, _ptr
+from engine.runtime.cpu_runtime import planes_struct
 
-SHAPES = [(64, 80), (192, 576), (576, 576), (1536, 576), (576, 1536)]
-EFFORTS = [1.0, 0.75, 0.5, 0.25, 0.05]
+SHAPES = [(64, 32), (192, 576), (576, 576), (1536, 576), (576, 1536), (1600, 96)]
 
 
-def _cpu_has(flag: str) -> bool:
+def _cpu_flags() -> set[str]:
     try:
-        return flag in open("/proc/cpuinfo").read().split()
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
 
 
-@pytest.fixture(scope="module", params=["native", "portable"])
+def _widest() -> str:
+    flags = _cpu_flags()
+    if {"avx2", "fma", "f16c"} <= flags:
+        return "avx512vnni" if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= flags else "avx2"
+    return "scalar"
+
+
+FAMILIES = native.ISA_FAMILIES[native.ISA_FAMILIES.index(_widest()):]
+
+
+@pytest.fixture(scope="module", params=[f"native-{f}" for f in FAMILIES] + ["portable"])
 def lib(request):
-    """The library as this machine builds it (its widest kernels), and the plain-C build that
-    non-x86 machines compile."""
-    if request.param == "native":
-        lib = native.library()
-        assert lib is not None, native.build_error()
-        return lib
-    built = native.load(native.build(variant="portable"))
-    assert built.ecpu_isa().decode() == "scalar"
-    return built
+    """The library as this machine builds it, once per kernel family the CPU can run, and the plain-C
+    build that non-x86 machines compile."""
+    if request.param == "portable":
+        built = native.load(native.build(variant="portable"))
+        assert built.ee_isa().decode() == "scalar"
+        yield built
+        return
+    built = native.library()
+    assert built is not None, native.build_error()
+    assert built.ee_use_isa(request.param.split("-", 1)[1].encode()) == 0
+    yield built
+    built.ee_use_isa(_widest().encode())
 
 
 def test_native_build_uses_the_widest_kernels_this_cpu_has():
-    expected = "avx2" if all(_cpu_has(f) for f in ("avx2", "fma", "f16c")) else "scalar"
-    assert native.library().ecpu_isa().decode() == expected
+    lib = native.library()
+    lib.ee_use_isa(_widest().encode())
+    assert lib.ee_isa().decode() == _widest()
+    narrower = {"avx512vnni": None, "avx2": "avx512vnni", "scalar": "avx2"}[_widest()]
+    if narrower:
+        assert lib.ee_use_isa(narrower.encode()) == -1  # a family the CPU cannot run is refused
+        assert lib.ee_isa().decode() == _widest()
 
 
-def fp16_matrix(out_dim: int, in_dim: int, seed: int) -> np.ndarray:
-    """Weights that are exactly representable in fp16 (what the kernels store)."""
+def _matrix(kind: str, out_dim: int, in_dim: int, seed: int, tile: int) -> layout.PlaneMatrix:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((out_dim, in_dim)) * 0.02).astype(np.float16).astype(np.float32)
+    if kind == "q8":
+        return layout.from_codes("q8", rng.integers(-127, 128, (out_dim, in_dim)), (rng.random((out_dim, in_dim // 32)) * 0.01).astype(np.float16), None, tile)
+    d = (rng.random((out_dim, in_dim // 32)) * 0.01).astype(np.float16)
+    m = None if kind == "q4_0" else (-rng.random((out_dim, in_dim // 32)) * 0.08).astype(np.float16)
+    return layout.from_codes("q4", rng.integers(0, 16, (out_dim, in_dim)), d, m, tile)
 
 
-def activations(n: int, seed: int) -> np.ndarray:
+def _x(n: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed + 100).standard_t(3, n).astype(np.float32)
-    x[::7] = 0.0  # exact zeros are never dispatched
+    x[::7] = 0.0
     return x
 
 
-class Layout:
-    """The C kernel layout of one matrix plus its reference twin."""
+class Work:
+    """A work list and the quantized activations, freed with the object."""
 
-    def __init__(self, lib, w: np.ndarray) -> None:
-        self.bm = convert_matrix(w, "nibble", 4)
-        out_dim, in_dim = w.shape
-        self.w16 = np.ascontiguousarray(w.astype(np.float16))
-        self.blk = np.zeros(lib.ecpu_effort_blk_bytes(out_dim, in_dim) // 2, np.uint16)
-        self.c_stats = np.zeros(B * in_dim, np.float32)
-        lib.ecpu_effort_build(_ptr(self.w16), out_dim, in_dim, _ptr(self.blk), _ptr(self.c_stats))
-        self.stats = np.ascontiguousarray(self.bm.stats)
-        self.probes = np.ascontiguousarray(self.bm.probes)
-        self.struct = Bucket(
-            _ptr(self.blk), _ptr(self.stats), _ptr(self.probes), self.probes.shape[0],
-            out_dim, in_dim, B,
-        )
+    def __init__(self, lib, x: np.ndarray) -> None:
+        self.lib = lib
+        self.x = x
+        self.xq = np.zeros(2 * x.size, np.int8)
+        self.dx = np.zeros(x.size // 32, np.float32)
+        lib.ee_quantize_x(x.ctypes.data, x.size, self.xq.ctypes.data, self.dx.ctypes.data)
+        self.handle = lib.ee_work_new(x.size)
+
+    def __del__(self) -> None:
+        self.lib.ee_work_free(self.handle)
 
 
-def assert_matches(ours, ref, x, w):
-    scale = (np.abs(w) @ np.abs(x)).max() + 1e-12
-    assert np.abs(ours - ref).max() <= 2e-6 * scale
+def test_activations_are_quantized_as_the_reference_says(lib):
+    x = _x(576, 1)
+    w = Work(lib, x)
+    xs, dx = layout.quantize_x(x)
+    assert np.array_equal(w.xq[:576] + w.xq[576:] / 256, xs) and np.array_equal(w.dx, dx)
+    bad = x.copy()
+    bad[3] = np.nan
+    assert lib.ee_quantize_x(bad.ctypes.data, 576, w.xq.ctypes.data, w.dx.ctypes.data) == 1  # said, not hidden
+    assert lib.ee_quantize_x(x.ctypes.data, 576, w.xq.ctypes.data, w.dx.ctypes.data) == 0
 
 
+@pytest.mark.parametrize("kind", ["q4", "q4_0", "q8"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_dense_f16(lib, shape):
-    w = fp16_matrix(*shape, seed=1)
-    x = activations(shape[1], 1)
-    y = np.zeros(shape[0], np.float32)
-    w16 = np.ascontiguousarray(w.astype(np.float16))
-    lib.ecpu_dense_f16(_ptr(w16), _ptr(x), _ptr(y), *shape)
-    assert_matches(y, w.astype(np.float64) @ x, x, w)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("effort", EFFORTS)
-def test_effort_kernel_matches_reference(lib, shape, effort):
-    w = fp16_matrix(*shape, seed=hash(shape) % 1000)
-    x = activations(shape[1], 2)
-    lay = Layout(lib, w)
-    cutoff = cutoff_for_effort(lay.bm.probes, x, effort)
-    k_ref = k_from_cutoff(lay.bm.stats2d, x, cutoff)
-    k = np.zeros(shape[1], np.uint8)
-    total = lib.ecpu_effort_k(_ptr(lay.stats), _ptr(x), shape[1], cutoff, _ptr(k))
-    assert np.array_equal(k, k_ref) and total == k_ref.sum()
-    y = np.zeros(shape[0], np.float32)
-    lib.ecpu_effort_matvec(_ptr(lay.blk), shape[0], shape[1], _ptr(x), _ptr(k), _ptr(y))
-    assert_matches(y, reference.matvec_k(lay.bm, x, k_ref), x, w)
-    if effort == 1.0:
-        assert_matches(y, w.astype(np.float64) @ x, x, w)
-
-
-@pytest.fixture(scope="module")
-def scratch_model(lib):
-    dims = Dims(1536, 1536, 0, 1, 1, 64, 8, 1, 0, 1e-5)
-    handle = lib.ee_model_new(ctypes.addressof(dims), None, None, None, None, None, None, None)
-    yield handle
-    lib.ee_model_free(handle)
-
-
-@pytest.mark.parametrize("shape", [(192, 576), (1536, 576), (576, 1536)])
-@pytest.mark.parametrize("effort", [0.75, 0.5, 0.3, 0.1])
-def test_whole_effort_path_matches_reference(lib, scratch_model, shape, effort):
-    """probes -> cutoff -> k -> bucket multiply, all in C, against reference.bucket_matvec."""
-    w = fp16_matrix(*shape, seed=7)
-    x = activations(shape[1], 3)
-    lay = Layout(lib, w)
-    effort = float(np.float32(effort))  # the C side reads a float
-    lib.ee_set_strategy(scratch_model, 0)
-    y = np.zeros(shape[0], np.float32)
-    used = lib.ee_project(scratch_model, ctypes.addressof(lay.struct), _ptr(x), _ptr(y), effort)
-    y_ref, k_ref = reference.bucket_matvec(lay.bm, x, effort)
-    assert used == k_ref.sum() * shape[0] // B
-    assert_matches(y, y_ref, x, w)
-    assert abs(reference.effective_effort(k_ref, lay.bm) - effort) < 0.12
-
-
-def test_activation_strategy_keeps_whole_columns(lib, scratch_model):
-    w = fp16_matrix(576, 576, seed=9)
-    x = activations(576, 4)
-    lay = Layout(lib, w)
-    lib.ee_set_strategy(scratch_model, 1)
-    y = np.zeros(576, np.float32)
-    used = lib.ee_project(scratch_model, ctypes.addressof(lay.struct), _ptr(x), _ptr(y), 0.25)
-    lib.ee_set_strategy(scratch_model, 0)
-    keep = np.argsort(-np.abs(x), kind="stable")[: round(0.25 * 576)]
-    mask = np.zeros(576, bool)
-    mask[keep] = True
-    assert used == mask.sum() * 576
-    assert_matches(y, w.astype(np.float64) @ np.where(mask, x, 0), x, w)
-
-
-@pytest.mark.parametrize("effort", [0.9, 0.5, 0.37, 0.1, 0.01])
-def test_selection_with_heavy_ties(lib, scratch_model, effort):
-    """The C cutoff (histogram of the top key bits, then quickselect inside one bin) on products
-    with many exact ties and a spread of magnitudes: the same k as the reference."""
-    w = fp16_matrix(192, 576, seed=11)
-    lay = Layout(lib, w)
-    rng = np.random.default_rng(5)
-    x = rng.choice(np.array([0.0, 0.25, 0.5, 1.0, 1e-3, 40.0], np.float32), 576)
-    effort = float(np.float32(effort))
-    lib.ee_set_strategy(scratch_model, 0)
-    y = np.zeros(192, np.float32)
-    used = lib.ee_project(scratch_model, ctypes.addressof(lay.struct), _ptr(x), _ptr(y), effort)
-    _, k_ref = reference.bucket_matvec(lay.bm, x, effort)
-    assert used == k_ref.sum() * 192 // B
-
-
-@pytest.mark.parametrize("n", [1, 5, 33, 1000])
-@pytest.mark.parametrize("head_dim", [64, 80, 12])
-def test_attention_matches_numpy(lib, n, head_dim):
-    """One head of decode attention over n cached positions, scores large enough that a softmax
-    without max subtraction would overflow."""
-    rng = np.random.default_rng(n + head_dim)
-    q = (rng.standard_normal(head_dim) * 30).astype(np.float32)
-    K = rng.standard_normal((n, head_dim)).astype(np.float32)
-    V = rng.standard_normal((n, head_dim)).astype(np.float32)
-    scale = float(np.float32(1 / np.sqrt(head_dim)))
-    out, scores = np.zeros(head_dim, np.float32), np.zeros(n, np.float32)
-    lib.ecpu_attend(_ptr(q), _ptr(K), _ptr(V), n, head_dim, scale, _ptr(scores), _ptr(out))
-    s = K.astype(np.float64) @ q * scale
-    p = np.exp(s - s.max())
-    ref = (p / p.sum()) @ V
-    assert np.all(np.isfinite(out))
-    assert np.abs(out - ref).max() <= 1e-4 * np.abs(V).max()
-
-
-def q8_0_blocks(out_dim: int, in_dim: int, seed: int) -> np.ndarray:
-    """GGUF Q8_0 rows: per 32 weights an fp16 scale then 32 int8."""
-    rng = np.random.default_rng(seed)
-    d = (rng.random((out_dim, in_dim // 32)) * 0.01).astype(np.float16)
-    q = rng.integers(-127, 128, (out_dim, in_dim // 32, 32), dtype=np.int8)
-    blocks = np.concatenate([d[..., None].view(np.uint8), q.view(np.uint8)], axis=-1)
-    return np.ascontiguousarray(blocks.reshape(out_dim, in_dim // 32 * 34))
-
-
-@pytest.mark.parametrize("shape", [(64, 64), (1000, 576), (4096, 128)])
-def test_q8_head_and_embedding_rows_use_the_files_values(lib, shape):
+def test_products_at_any_levels_equal_the_reference(lib, kind, shape):
     out_dim, in_dim = shape
-    blocks = q8_0_blocks(out_dim, in_dim, seed=out_dim)
-    qs, scales = np.zeros(shape, np.int8), np.zeros((out_dim, in_dim // 32), np.float32)
-    lib.ecpu_q8_from_gguf(_ptr(blocks), out_dim, in_dim, _ptr(qs), _ptr(scales))
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+    for tile in (128, 512):
+        pm = _matrix(kind, out_dim, in_dim, out_dim + in_dim, tile)
+        s = planes_struct(pm)
+        x = _x(in_dim, in_dim)
+        work = Work(lib, x)
+        rng = np.random.default_rng(3)
+        for levels in (np.full(in_dim, pm.n_planes), rng.integers(0, pm.n_planes + 1, in_dim), np.zeros(in_dim)):
+            lv = levels.astype(np.uint8)
+            read = lib.ee_work_from_levels(ctypes.byref(s), work.xq.ctypes.data, work.dx.ctypes.data, lv.ctypes.data, work.handle)
+            y = np.full(out_dim, 9.0, np.float32)
+            lib.ee_matvec(ctypes.byref(s), work.handle, y.ctypes.data)
+            want = layout.matvec(pm, x, lv)
+            assert np.abs(y - want).max() <= 1e-5 * max(np.abs(want).max(), 1e-6), (kind, shape, tile)
+            assert read == layout.rows_read(pm, lv)
 
-    w = dequantize(blocks, GGMLQuantizationType.Q8_0).reshape(shape).astype(np.float64)
-    row = np.zeros(in_dim, np.float32)
-    lib.ecpu_q8_row(_ptr(qs), _ptr(scales), out_dim - 1, in_dim, _ptr(row))
-    assert np.array_equal(row, w[-1].astype(np.float32))
-    x = activations(in_dim, 2)
-    y = np.zeros(out_dim, np.float32)
-    lib.ecpu_head_q8(_ptr(qs), _ptr(scales), _ptr(x), _ptr(y), out_dim, in_dim)
-    assert_matches(y, w @ x, x, w)
+
+@pytest.mark.parametrize("kind", ["q4", "q8"])
+def test_the_selection_equals_the_reference(lib, kind):
+    pm = _matrix(kind, 576, 576, 5, 512)
+    s = planes_struct(pm)
+    x = _x(576, 9)
+    work = Work(lib, x)
+    scores = np.sort(np.concatenate([x**2 * g for g in pm.gains]))
+    for tau in (-1.0, float(scores[len(scores) // 2]), float(scores[-10]), float("inf")):
+        got = np.zeros(576, np.uint8)
+        read = lib.ee_select(ctypes.byref(s), x.ctypes.data, work.xq.ctypes.data, work.dx.ctypes.data, tau, 0, 0,
+                             work.handle, got.ctypes.data)
+        want = layout.levels(pm, x, tau)
+        assert np.array_equal(got, want) and read == layout.rows_read(pm, want), tau
+        y = np.zeros(576, np.float32)
+        lib.ee_matvec(ctypes.byref(s), work.handle, y.ctypes.data)
+        assert np.allclose(y, layout.matvec(pm, x, want), rtol=1e-5, atol=1e-5 * np.abs(y).max())
+    whole = np.zeros(576, np.uint8)  # the activation baseline: rows by x^2 alone, every plane or none
+    cut = float(np.sort(x**2)[288])
+    lib.ee_select(ctypes.byref(s), x.ctypes.data, work.xq.ctypes.data, work.dx.ctypes.data, cut, 0, 1, work.handle,
+                  whole.ctypes.data)
+    assert np.array_equal(whole, np.where(x**2 > cut, pm.n_planes, 0))
+
+
+def test_a_per_token_budget_reads_at_most_its_rows_and_the_best_ones(lib):
+    pm = _matrix("q8", 576, 576, 11, 512)
+    s = planes_struct(pm)
+    x = _x(576, 4)
+    work = Work(lib, x)
+    scratch = np.zeros(2 * 576, np.float32)
+    first, second = x**2 * pm.gains[0], np.minimum(x**2 * pm.gains[1], x**2 * pm.gains[0])  # level 2 needs level 1
+    scores = np.concatenate([first, second])
+    for budget in (0, 1, 300, 576, 1151, 1152):
+        tau = lib.ee_budget_tau(ctypes.byref(s), x.ctypes.data, budget, 0, 0, scratch.ctypes.data)
+        read = layout.rows_read(pm, layout.levels(pm, x, tau))
+        assert read == (scores > tau).sum() <= budget, (budget, read)
+        assert budget == 0 or (scores >= tau).sum() >= budget  # no better row left out (only ties at tau)
+
+
+def test_several_matrices_in_one_job_equal_one_at_a_time(lib):
+    mats = [_matrix("q4", 576, 576, 1, 512), _matrix("q4", 192, 576, 2, 512), _matrix("q8", 1536, 576, 3, 512)]
+    x = _x(576, 12)
+    works = [Work(lib, x) for _ in mats]
+    structs = [planes_struct(pm) for pm in mats]
+    rng = np.random.default_rng(0)
+    outs, levels = [], []
+    for pm, s, w in zip(mats, structs, works):
+        lv = rng.integers(0, pm.n_planes + 1, 576).astype(np.uint8)
+        lib.ee_work_from_levels(ctypes.byref(s), w.xq.ctypes.data, w.dx.ctypes.data, lv.ctypes.data, w.handle)
+        outs.append(np.zeros(pm.out_dim, np.float32))
+        levels.append(lv)
+    mv = (native.MatVec * 3)(*[native.MatVec(ctypes.addressof(s), w.handle, y.ctypes.data) for s, w, y in zip(structs, works, outs)])
+    lib.ee_matvec_multi(3, mv)
+    for pm, y, lv in zip(mats, outs, levels):
+        want = layout.matvec(pm, x, lv)
+        assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_results_do_not_depend_on_the_thread_count(lib):
+    """Units are tiles or block ranges summed in a fixed order: one thread or two, the same bits."""
+    pm = _matrix("q8", 1536, 576, 21, 512)
+    s = planes_struct(pm)
+    work = Work(lib, _x(576, 2))
+    lib.ee_select(ctypes.byref(s), work.x.ctypes.data, work.xq.ctypes.data, work.dx.ctypes.data, -1.0, 0, 0, work.handle, None)
+    results = []
+    for threads in (1, 2, 1):
+        lib.ecpu_init(threads)
+        y = np.zeros(1536, np.float32)
+        lib.ee_matvec(ctypes.byref(s), work.handle, y.ctypes.data)
+        results.append(y)
+    lib.ecpu_init(native.threads())
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[0], results[2])

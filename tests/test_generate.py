@@ -20,7 +20,7 @@ STOP = 15
 class ScriptedRuntime:
     """Emits logits that make `script[n]` the argmax of step n; records what it was asked."""
 
-    model = SimpleNamespace(config=SimpleNamespace(vocab_size=VOCAB))  # what the loop checks prompt ids against
+    config = SimpleNamespace(vocab_size=VOCAB)  # what the loop checks prompt ids against
 
     def __init__(self, script: list[int], context_limit: int = 64) -> None:
         self.script = script

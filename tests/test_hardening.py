@@ -250,7 +250,7 @@ def test_temp_files_of_a_killed_cache_write_are_cleaned_at_next_start(tiny_gguf,
     import sys
 
     from engine import session
-    from engine.effort import convert
+    from engine.effort.planes import calibrate
     from engine.io.paths import converted_dir
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,12 +267,12 @@ def test_temp_files_of_a_killed_cache_write_are_cleaned_at_next_start(tiny_gguf,
     os.utime(legacy, (time.time() - 7200, time.time() - 7200))
     loaded = session.load(str(tiny_gguf("F16")), runtime="cpu")  # the next start
     names = sorted(p.name for p in converted_dir().iterdir() if not p.name.endswith(".lock"))  # locks stay
-    assert names == sorted([loaded.converted.path.name, loaded.converted.path.name + ".sha256"])
+    layout = loaded.runtime.planes.path
+    calibration = calibrate.allocation_path(loaded.files)
+    assert names == sorted([layout.name, layout.name + ".sha256", calibration.name])
 
 
 def test_a_flipped_byte_in_the_converted_cache_is_detected_and_reconverted(tiny_gguf, cache, capsys):
-    from safetensors.numpy import load_file
-
     from engine.io import checksum
     from engine.io.paths import converted_dir
 
@@ -280,8 +280,8 @@ def test_a_flipped_byte_in_the_converted_cache_is_detected_and_reconverted(tiny_
     argv = generate(model, "--effort", "0.5", "--max-tokens", "6", "--temperature", "0", "--json")
     code, first_out, err, _ = run_cli(argv, capsys)
     assert code == 0, err
-    (path,) = converted_dir().glob("*.safetensors")
-    original = load_file(str(path))
+    (path,) = converted_dir().glob("*.layout")
+    original = path.read_bytes()
     assert checksum.verify(path) is True
     with open(path, "r+b") as f:  # one byte in the middle of the tensor data
         f.seek(path.stat().st_size // 2)
@@ -291,21 +291,20 @@ def test_a_flipped_byte_in_the_converted_cache_is_detected_and_reconverted(tiny_
     code, second_out, err, _ = run_cli(argv, capsys)
     assert code == 0, err
     notes = [line for line in err.splitlines() if "checksum mismatch" in line]
-    assert len(notes) == 1 and "converting again" in notes[0], err
+    assert len(notes) == 1 and "laying it out again" in notes[0], err
     import json
 
     assert json.loads(second_out.splitlines()[-1])["text"] == json.loads(first_out.splitlines()[-1])["text"]
-    again = load_file(str(path))
-    assert all(np.array_equal(original[k], again[k]) for k in original)
-    from engine.effort import convert
+    assert path.read_bytes() == original
+    from engine.effort.planes import store
     from engine.errors import EngineError
     from engine.io.loader import open_model
 
-    with open(path, "r+b") as f:  # damaged between convert() and load(): refused, never used
+    with open(path, "r+b") as f:  # damaged between convert() and open_layout(): refused, never used
         f.seek(path.stat().st_size // 2)
         f.write(b"\x7f")
     with pytest.raises(EngineError, match="checksum mismatch"):
-        convert.load(open_model(model))
+        store.open_layout(open_model(model))
 
 
 # -- the 8,190-token prompt -------------------------------------------------------------------------
@@ -315,7 +314,7 @@ class SlowPrefillRuntime:
     """A runtime whose prefill costs 0.25 ms a token (an 8,190-token prompt: 2 s)."""
 
     context_limit = 8192
-    model = SimpleNamespace(config=SimpleNamespace(vocab_size=8192))
+    config = SimpleNamespace(vocab_size=8192)
 
     def __init__(self) -> None:
         self.length = 0

@@ -116,35 +116,37 @@ def test_the_runtime_refuses_positions_past_its_cache(context_64):
 
 
 def test_the_c_entry_points_refuse_bad_indices_themselves(context_64):
-    """Past every Python check: ee_step and ee_project called directly through the library."""
+    """Past every Python check: ee_step and ee_project called directly through the library. Token ids
+    never reach C (the runtime reads the embedding row itself and checks the id first)."""
     from engine import session
     from engine.runtime import native
-    from engine.runtime.cpu_runtime import Bucket
 
     lib = native.library()
     assert lib is not None, native.build_error()
     loaded = session.load(str(context_64), runtime="cpu", effort=False)
     rt = loaded.runtime
-    vocab, ctx = loaded.model.config.vocab_size, rt.context_limit
+    vocab, ctx = rt.planes.matrices["lm_head.weight"].out_dim, rt.context_limit
     logits = np.full(vocab, 7.0, np.float32)
+    x0 = np.ones(rt.config.hidden_size, np.float32)
     kcache_before = rt.kcache.copy()
-    for token, pos in ((vocab, 0), (-1, 0), (1 << 30, 0), (5, ctx), (5, -1), (5, 1 << 30)):
-        used = lib.ee_step(rt._handle, token, pos, None, logits.ctypes.data)
-        assert used == -1.0, (token, pos, used)
+    for pos in (ctx, -1, 1 << 30, -(1 << 30)):
+        assert lib.ee_step(rt._handle, x0.ctypes.data, pos, None, logits.ctypes.data) == -1, pos
+    assert lib.ee_step(rt._handle, None, 0, None, logits.ctypes.data) == -1
+    assert lib.ee_step(rt._handle, x0.ctypes.data, 0, None, None) == -1
     assert (logits == 7.0).all() and np.array_equal(rt.kcache, kcache_before)  # nothing written
-    assert lib.ee_step(rt._handle, 5, ctx - 1, None, logits.ctypes.data) >= 0  # the last position is fine
+    assert lib.ee_step(rt._handle, x0.ctypes.data, ctx - 1, None, logits.ctypes.data) == 0  # the last position is fine
     assert np.isfinite(logits).all()
 
     name = "model.layers.0.mlp.down_proj.weight"
     good = rt._structs[name]
     x = np.ones(good.in_, np.float32)
     y = np.zeros(good.out, np.float32)
-    assert lib.ee_project(rt._handle, ctypes.addressof(good), x.ctypes.data, y.ctypes.data, 1.0) > 0
-    for field, value in (("in_", 1 << 20), ("in_", 0), ("out", 100), ("out", -64)):
-        bad = Bucket(good.blk, good.stats, good.probes, good.n_probes, good.out, good.in_, good.max_rank)
+    assert lib.ee_project(rt._handle, ctypes.addressof(good), x.ctypes.data, y.ctypes.data, -1.0, -1.0, 0) > 0
+    for field, value in (("in_", 1 << 20), ("in_", 0), ("in_", 33), ("out", 100), ("out", -64), ("tile", 64)):
+        bad = native.Planes.from_buffer_copy(good)
         setattr(bad, field, value)
-        assert lib.ee_project(rt._handle, ctypes.addressof(bad), x.ctypes.data, y.ctypes.data, 1.0) == -1.0, field
-    assert lib.ee_project(rt._handle, None, x.ctypes.data, y.ctypes.data, 1.0) == -1.0
+        assert lib.ee_project(rt._handle, ctypes.addressof(bad), x.ctypes.data, y.ctypes.data, -1.0, -1.0, 0) == -1, field
+    assert lib.ee_project(rt._handle, None, x.ctypes.data, y.ctypes.data, -1.0, -1.0, 0) == -1
 
 
 # -- 2. NaN and inf: stopped with one line that names the tensor or layer ---------------------------
@@ -441,17 +443,17 @@ def test_a_model_cache_made_by_another_user_is_one_line(cache, monkeypatch, caps
 
 
 def test_a_full_disk_during_convert_is_one_line_and_leaves_nothing(tiny_gguf, cache, monkeypatch, capsys):
-    from engine.effort import convert
+    from engine.effort.planes import store
 
-    real_write = convert.write_safetensors
+    real_writer = store._Writer
 
-    def onto_a_full_disk(path, tensors, metadata=None):
+    def onto_a_full_disk(path, tensors):
         os.symlink("/dev/full", path)  # every write there fails with ENOSPC, from the kernel itself
-        real_write(path, tensors, metadata)
+        return real_writer(path, tensors)
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    monkeypatch.setattr(convert, "write_safetensors", onto_a_full_disk)
+    monkeypatch.setattr(store, "_Writer", onto_a_full_disk)
     line = one_line_error(run_cli(["convert", "--model", tiny_gguf("F16"), "--force"], capsys),
                           "cannot write", "no space left on device")
     assert "Traceback" not in line
@@ -489,7 +491,7 @@ def test_bit_rot_that_keeps_size_and_mtime_is_found_by_the_weekly_rehash(tiny_gg
             "--temperature", "0", "--json"]
     code, first, err, _ = run_cli(argv, capsys)
     assert code == 0, err
-    (path,) = converted_dir().glob("*.safetensors")
+    (path,) = converted_dir().glob("*.layout")
     st = path.stat()
     with open(path, "r+b") as f:  # one flipped byte; size and mtime kept, as bit rot keeps them
         f.seek(st.st_size // 2)
@@ -503,7 +505,7 @@ def test_bit_rot_that_keeps_size_and_mtime_is_found_by_the_weekly_rehash(tiny_gg
     checksum.record_path(path).write_text(json.dumps(record))
     code, second, err, _ = run_cli(argv, capsys)
     assert code == 0, err
-    assert any("checksum mismatch" in line and "converting again" in line for line in err.splitlines()), err
+    assert any("checksum mismatch" in line and "laying it out again" in line for line in err.splitlines()), err
     assert json.loads(second.splitlines()[-1])["text"] == json.loads(first.splitlines()[-1])["text"]
     assert checksum.verify(path) is True
 
@@ -513,7 +515,7 @@ def fresh_native(cache, monkeypatch):
     """engine.runtime.native as at a first start, building into the test's own cache."""
     from engine.runtime import native
 
-    for name, value in (("_lib", None), ("_error", None), ("_broken", False)):
+    for name, value in (("_libs", {}), ("_errors", {}), ("_broken", set())):
         monkeypatch.setattr(native, name, value)
     return native
 
@@ -533,7 +535,7 @@ def test_a_garbage_native_library_is_detected_and_rebuilt(fresh_native):
 
 def test_a_native_library_that_computes_wrong_is_refused_not_replaced_by_mlx(fresh_native, tmp_path, monkeypatch,
                                                                              tiny_gguf, capsys):
-    """A library that loads fine but multiplies wrong (here: a compiler that links in a dense kernel
+    """A library that loads fine but multiplies wrong (here: a compiler that links in a matrix product
     returning zeros) fails the self-test, is rebuilt (wrong again), and the CLI refuses in one line."""
     import shutil
 
@@ -542,10 +544,10 @@ def test_a_native_library_that_computes_wrong_is_refused_not_replaced_by_mlx(fre
     if cc is None:
         pytest.skip("no C compiler")
     evil = tmp_path / "evil.c"
-    evil.write_text("#include <stdint.h>\n#undef ecpu_dense_f16\nvoid ecpu_dense_f16(const uint16_t *W, const float *x, "
-                    "float *y, int out, int in) { for (int o = 0; o < out; o++) y[o] = 0.0f; }\n")
+    evil.write_text("#undef ee_matvec\nvoid ee_matvec(const void *P, const void *w, float *y) "
+                    "{ (void)P; (void)w; for (int o = 0; o < 64; o++) y[o] = 0.0f; }\n")
     wrapper = tmp_path / "cc"
-    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which(cc)} "$@" -Decpu_dense_f16=ecpu_dense_f16_real {evil}\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {shutil.which(cc)} "$@" -Dee_matvec=ee_matvec_real {evil}\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("CC", str(wrapper))
     assert native.library() is None and native.broken()
@@ -560,8 +562,8 @@ import hashlib, sys
 from engine.cli import main
 code = main(["convert", "--model", sys.argv[1]] + sys.argv[2:])
 from engine.io.loader import open_model
-from engine.effort.convert import converted_path
-print(code, hashlib.sha256(converted_path(open_model(sys.argv[1])).read_bytes()).hexdigest(), flush=True)
+from engine.effort.planes.store import layout_path
+print(code, hashlib.sha256(layout_path(open_model(sys.argv[1])).read_bytes()).hexdigest(), flush=True)
 """
 
 
@@ -580,7 +582,7 @@ def test_two_processes_converting_one_model_wait_for_each_other_and_agree(tiny_g
         assert proc.returncode == 0 and code == "0", err
     digests = {digest for _, digest in last}
     assert len(digests) == 1, digests  # both see one file, and it passes its checksum (exit 0)
-    waited = [err for _, err in results if "another process is converting this model" in err]
+    waited = [err for _, err in results if "another process is laying this model out" in err]
     assert len(waited) <= 1
     # conversion is deterministic: converting again gives the same bytes
     out = subprocess.run([sys.executable, "-c", CONVERT_AND_HASH, str(model), "--force"], capture_output=True,

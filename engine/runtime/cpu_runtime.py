@@ -156,14 +156,14 @@ class CPURuntime:
 
     def _step(self, token: int, effort: native.Effort | None) -> None:
         if self.length >= self.context_limit:
-            raise EngineError(f"the context is full ({self.context_limit} tokens)")
+            raise EngineError(f"position {self.length} is past the context of {self.context_limit} tokens")
         vocab = self.config.vocab_size
         if not 0 <= token < vocab:
             raise EngineError(f"token id {token} is outside the model's vocabulary of {vocab}")
         x0 = np.ascontiguousarray(self.embed(np.array([token]))[0], np.float32)
         rc = self.lib.ee_step(self._handle, _ptr(x0), self.length, ctypes.byref(effort) if effort else None, _ptr(self._logits))
         if rc != 0:
-            raise EngineError(f"the decode step refused position {self.length}")
+            raise EngineError(f"the native step refused position {self.length}")
         self.length += 1
         total = self.lib.ee_bytes_total(self._handle)
         self.last_read = self.lib.ee_bytes_read(self._handle) / total if total else 1.0

@@ -94,6 +94,7 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
     signatures = {
         "ee_projections": (ctypes.c_char_p, []),
         "ee_isa": (ctypes.c_char_p, []),
+        "ee_use_isa": (c_int, [ctypes.c_char_p]),
         "ee_model_new": (c_ptr, [c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_int]),
         "ee_model_free": (None, [c_ptr]),
         "ee_set_stats": (None, [c_ptr, c_ptr]),
@@ -104,7 +105,7 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_bytes_total": (c_double, [c_ptr]),
         "ee_work_new": (c_ptr, [c_int]),
         "ee_work_free": (None, [c_ptr]),
-        "ee_quantize_x": (None, [c_ptr, c_int, c_ptr, c_ptr]),
+        "ee_quantize_x": (c_int, [c_ptr, c_int, c_ptr, c_ptr]),
         "ee_select": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_int, c_int, c_ptr, c_ptr]),
         "ee_work_from_levels": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_ptr]),
         "ee_budget_tau": (c_float, [c_ptr, c_ptr, c_long, c_int, c_int, c_ptr]),
@@ -307,6 +308,9 @@ def broken(which: str = "planes") -> bool:
     """The kernels were built but fail their checks: refuse, rather than run another backend."""
     library(which)
     return which in _broken
+
+
+ISA_FAMILIES = ("avx512vnni", "avx2", "scalar")  # widest first: what planes.c dispatches between
 
 
 def threads() -> int:

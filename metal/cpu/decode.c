@@ -77,6 +77,7 @@ typedef struct {
     float *capture;          /* optional: each matrix's input x, at capture + capture_at[index] */
     const int64_t *capture_at;
     double read, total; /* plane bytes read / at the top level, last step */
+    int nonfinite;      /* this step met NaN or inf activations: its logits are NaN */
     int widest_in;      /* the scratch buffers' size: no matrix with more inputs may run */
 } ee_model;
 
@@ -96,7 +97,7 @@ void ee_model_free(ee_model *m) {
 }
 
 static int valid_planes(const ee_planes *p, int out, int in) {
-    return p->out == out && p->in == in && out % 64 == 0 && in % EE_BLOCK == 0 && in <= EE_MAX_IN &&
+    return p->out == out && p->in == in && out > 0 && in > 0 && out % 64 == 0 && in % EE_BLOCK == 0 && in <= EE_MAX_IN &&
            p->tile > 0 && p->tile % 128 == 0 &&
            p->plane[0] && p->d && p->gain[0] && (p->kind == EE_Q4 || (p->kind == EE_Q8 && !p->m));
 }
@@ -218,7 +219,7 @@ static void record(ee_stats *st, int index, const ee_planes *p, const float *x, 
  * threshold, then one parallel product over all of them. */
 static void project_group(ee_model *m, const ee_planes *const *ps, float *const *ys, const int *index, int count,
                           const float *x, const ee_effort *e) {
-    ee_quantize_x(x, ps[0]->in, m->xq, m->dx);
+    m->nonfinite |= ee_quantize_x(x, ps[0]->in, m->xq, m->dx);
     ee_mv mv[MAX_GROUP];
     int whole = e && e->whole_rows;
     for (int j = 0; j < count; j++) {
@@ -361,6 +362,7 @@ int ee_step(ee_model *m, const float *x0, int pos, const ee_effort *effort, floa
     const ee_effort *e = effort && (effort->tau || effort->share) ? effort : NULL;
     int dim = d->dim, hd = d->head_dim, qdim = d->n_heads * hd, kvdim = d->n_kv * hd;
     m->read = m->total = 0.0;
+    m->nonfinite = 0;
     memcpy(m->x, x0, sizeof(float) * (size_t)dim);
     for (int li = 0; li < d->n_layers; li++) {
         ee_layer *l = &m->layers[li];
@@ -412,6 +414,8 @@ int ee_step(ee_model *m, const float *x0, int pos, const ee_effort *effort, floa
     float *head_out[1] = {logits};
     int head_index[1] = {d->n_layers * EE_N_PROJ};
     project_group(m, head, head_out, head_index, 1, m->xn, e);
+    if (m->nonfinite) /* the activations went NaN or inf somewhere: the logits say so */
+        for (int i = 0; i < d->vocab; i++) logits[i] = NAN;
     return 0;
 }
 

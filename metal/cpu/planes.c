@@ -47,9 +47,17 @@ static int isa(void) {
     g_isa = best;
     return g_isa;
 }
-const char *ee_isa(void) {
-    static const char *names[] = {"scalar", "avx2", "avx512vnni"};
-    return names[isa()];
+static const char *ISA_NAMES[] = {"scalar", "avx2", "avx512vnni"};
+const char *ee_isa(void) { return ISA_NAMES[isa()]; }
+
+int ee_use_isa(const char *name) {
+    int best = (g_isa = -1, isa()); /* what this CPU (and EE_ISA) allows */
+    for (int i = 0; i <= best; i++)
+        if (strcmp(name, ISA_NAMES[i]) == 0) {
+            g_isa = i;
+            return 0;
+        }
+    return -1;
 }
 
 static float h2f(uint16_t h) {
@@ -69,12 +77,16 @@ static float h2f(uint16_t h) {
 }
 
 /* ------------------------------------------------------------------ activations */
-void ee_quantize_x(const float *x, int in, int8_t *xq, float *dx) {
-    int8_t *xr = xq + in;
+int ee_quantize_x(const float *x, int in, int8_t *xq, float *dx) {
+    int8_t *xr = xq + in, bad = 0;
     for (int b = 0; b < in / EE_BLOCK; b++) {
         const float *v = x + EE_BLOCK * b;
         float top = 0.0f;
-        for (int j = 0; j < EE_BLOCK; j++) top = fmaxf(top, fabsf(v[j]));
+        for (int j = 0; j < EE_BLOCK; j++) {
+            float a = fabsf(v[j]);
+            bad |= !(a <= 3.0e38f); /* NaN or inf: integers cannot carry it, so say so */
+            top = a > top ? a : top;
+        }
         float d = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
         dx[b] = d;
         for (int j = 0; j < EE_BLOCK; j++) {
@@ -84,6 +96,7 @@ void ee_quantize_x(const float *x, int in, int8_t *xq, float *dx) {
             xr[EE_BLOCK * b + j] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
         }
     }
+    return bad;
 }
 
 /* ------------------------------------------------------------------ work lists */
@@ -523,6 +536,7 @@ static void mv_worker(void *arg, int tid) {
     }
 }
 
+#define EE_MIN_UNITS 4 /* units a matrix is cut into at least */
 /* Below this many quad-chunks a job is not worth waking another thread for. */
 #define EE_PARALLEL_WORK 512
 
@@ -543,8 +557,9 @@ void ee_matvec_multi(int n, const ee_mv *mv) {
         const ee_planes *P = mv[k].P;
         const ee_work *w = mv[k].w;
         int tiles = n_tiles(P), nb = w->nb;
-        /* split tiles into block ranges until there are about two units per thread */
-        int split = parallel && tiles < 2 * threads ? (2 * threads + tiles - 1) / tiles : 1;
+        /* a matrix of few tiles is split into block ranges too, by its shape alone (never by the thread
+         * count or the machine's load): the same units, so the same sums, on any machine */
+        int split = tiles < EE_MIN_UNITS ? (EE_MIN_UNITS + tiles - 1) / tiles : 1;
         if (split > nb) split = nb > 0 ? nb : 1;
         if (J.units + tiles * split > EE_MAX_UNITS) split = 1;
         long total = w->start[nb];

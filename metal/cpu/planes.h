@@ -72,8 +72,9 @@ typedef struct {
 ee_work *ee_work_new(int in);
 void ee_work_free(ee_work *w);
 
-/* x (fp32 [in]) -> xq (int8 [2 * in]: the levels, then the residuals) and dx (fp32 [in/32]) */
-void ee_quantize_x(const float *x, int in, int8_t *xq, float *dx);
+/* x (fp32 [in]) -> xq (int8 [2 * in]: the levels, then the residuals) and dx (fp32 [in/32]); returns 1 when
+ * x holds NaN or inf (which integers cannot carry: the caller must not trust the product), else 0 */
+int ee_quantize_x(const float *x, int in, int8_t *xq, float *dx);
 
 /* The selection: row i gets level  [x_i^2 gain[0][i] > tau] + [x_i^2 gain[1][i] > tau]  (the second only if
  * the first holds; tau < 0 is every row at the top level, tau = +inf reads nothing). `top` = 1 reads no
@@ -101,6 +102,9 @@ void ee_matvec_multi(int n, const ee_mv *mv);
 
 /* "avx512vnni", "avx2" or "scalar": the kernel family chosen at run time (EE_ISA=avx2|scalar caps it) */
 const char *ee_isa(void);
+/* use a narrower family than the CPU's best (tests and benchmarks run every one the machine can);
+ * 0, or -1 when this CPU cannot run it */
+int ee_use_isa(const char *name);
 
 #ifdef __cplusplus
 }

@@ -128,7 +128,8 @@ def calibrate(runtime, tokens: list[int], on_progress: ProgressFn | None = None)
 def calibrate_model(files: ModelFiles, runtime, on_progress: ProgressFn | None = None) -> alloc.Allocation:
     """Calibrate (with the token budget for the model's size), save beside the layout, return it."""
     parameters = sum(m.out_dim * m.in_dim for m in runtime.planes.matrices.values())
-    tokens = calibration_tokens(files.tokenizer, token_budget(parameters) + 1)
+    budget = min(token_budget(parameters) + 1, runtime.context_limit)  # a short context holds fewer
+    tokens = calibration_tokens(files.tokenizer, budget)
     result = calibrate(runtime, tokens, on_progress)
     result.save(allocation_path(files))
     return result

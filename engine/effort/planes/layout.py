@@ -227,7 +227,7 @@ def quantize_q8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c.reshape(out_dim, in_dim), d
 
 
-def from_codes(kind: str, codes: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> PlaneMatrix:
+def from_codes(kind: str, codes: np.ndarray, d: np.ndarray, m: np.ndarray | None, tile: int = TILE) -> PlaneMatrix:
     """The layout of one matrix from its codes [out, in] and per-block scales [out, in/32] (file order)."""
     out_dim, in_dim = codes.shape
     if in_dim % BLOCK:
@@ -240,14 +240,15 @@ def from_codes(kind: str, codes: np.ndarray, d: np.ndarray, m: np.ndarray | None
         mf = -8.0 * d.astype(np.float32) if m is None else m.astype(np.float32)
         w = df * q + np.repeat(mf, BLOCK, axis=1)
         gains = (w.astype(np.float64) ** 2).sum(0)[None, :]
-        return PlaneMatrix("q4", out_dim, in_dim, [pack(q)], d_t, m_t, gains.astype(np.float32))
+        return PlaneMatrix("q4", out_dim, in_dim, [pack(q, tile)], d_t, m_t, gains.astype(np.float32), tile)
     c = codes.astype(np.int16)
     u, low = (c >> 4) + 8, c & 15
     w = df * c
     e0 = (w.astype(np.float64) ** 2).sum(0)
     e1 = ((df * (low - LEVEL1_LOW)).astype(np.float64) ** 2).sum(0)
     gains = np.stack([np.maximum(e0 - e1, 0.0), e1]).astype(np.float32)
-    return PlaneMatrix("q8", out_dim, in_dim, [pack(u.astype(np.uint8)), pack(low.astype(np.uint8))], d_t, None, gains)
+    planes = [pack(u.astype(np.uint8), tile), pack(low.astype(np.uint8), tile)]
+    return PlaneMatrix("q8", out_dim, in_dim, planes, d_t, None, gains, tile)
 
 
 def keeps_blocks(ggml_type: str | None) -> bool:

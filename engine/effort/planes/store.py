@@ -28,7 +28,7 @@ from engine.effort.planes import layout
 from engine.errors import EngineError
 from engine.events import LoadProgress
 from engine.io import checksum
-from engine.io.atomic import atomic_path, clean_stale
+from engine.io.atomic import atomic_path, clean_stale, file_lock
 from engine.io.loader import ModelFiles
 from engine.io.paths import converted_dir
 from engine.model.config import ModelConfig
@@ -107,8 +107,7 @@ class _Writer:
             self.entries[name] = (dtype, shape, at)
             at += int(np.prod(shape)) * np.dtype(dtype).itemsize
         self.index_at = at + (-at % ALIGN)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(self.fd, self.index_at)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # grows as pieces land (holes read 0)
 
     def put(self, name: str, array: np.ndarray, first_row: int = 0) -> None:
         """Rows [first_row, first_row + len(array)) of tensor `name` (its full row width)."""
@@ -171,10 +170,17 @@ def _slices(out_dim: int, in_dim: int, block: int) -> list[tuple[int, int]]:
 
 
 def convert(files: ModelFiles, on_progress: ProgressFn | None = None, force: bool = False) -> Path:
-    """Write the model's planes layout to the cache (a no-op when an intact one is there)."""
+    """Write the model's planes layout to the cache (a no-op when an intact one is there). One process
+    lays a model out at a time; a second waits, then finds it made."""
     target = layout_path(files)
     progress = on_progress or (lambda p: None)
     clean_stale(target.parent)
+    waiting = LoadProgress("notice", 0, 0, "", "another process is laying this model out; waiting for it")
+    with file_lock(target, on_wait=lambda: progress(waiting)):
+        return _convert_locked(files, target, progress, force)
+
+
+def _convert_locked(files: ModelFiles, target: Path, progress: ProgressFn, force: bool) -> Path:
     if target.exists() and not force:
         intact = checksum.verify(target, progress)
         if intact is None:
@@ -226,8 +232,14 @@ def convert(files: ModelFiles, on_progress: ProgressFn | None = None, force: boo
 
 
 def open_layout(files: ModelFiles) -> PlanesModel:
-    """Map a converted layout read-only (checked against its sha256 record first)."""
+    """Map a converted layout read-only (checked against its sha256 record first). A file replaced later
+    (`effort convert --force` elsewhere) does not disturb the mapping: the rename leaves this one intact."""
     path = layout_path(files)
+    with file_lock(path, shared=True):  # not replaced by a layout run between the check and the mapping
+        return _open_locked(files, path)
+
+
+def _open_locked(files: ModelFiles, path: Path) -> PlanesModel:
     if not path.exists():
         raise EngineError(f"{files.path.name} has not been laid out yet; run `effort convert --model {files.path}`")
     if checksum.verify(path) is False:
