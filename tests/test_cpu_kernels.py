@@ -194,3 +194,26 @@ def test_results_do_not_depend_on_the_thread_count(lib):
         results.append(y)
     lib.ecpu_init(native.threads())
     assert np.array_equal(results[0], results[1]) and np.array_equal(results[0], results[2])
+
+
+@pytest.mark.parametrize("kind", ["q4", "q8"])
+def test_a_batch_of_tokens_gets_the_bits_each_token_gets_alone(lib, kind):
+    """ee_matmul_multi (the prompt, drafted tokens to verify) reads the weights once for all tokens and
+    gives every token exactly what ee_matvec_multi gives it."""
+    mats = [_matrix(kind, 576, 576, 31, 512), _matrix(kind, 1536, 576, 32, 512)]
+    structs = [planes_struct(pm) for pm in mats]
+    ntok = 5
+    xs = [_x(576, 40 + j) for j in range(ntok)]
+    works = [[Work(lib, x) for x in xs] for _ in mats]
+    for s, row in zip(structs, works):
+        for w in row:
+            lib.ee_select(ctypes.byref(s), w.x.ctypes.data, w.xq.ctypes.data, w.dx.ctypes.data, -1.0, 0, 0, w.handle, None)
+    batched = [[np.zeros(pm.out_dim, np.float32) for _ in range(ntok)] for pm in mats]
+    mv = (native.MatVec * (2 * ntok))(*[native.MatVec(ctypes.addressof(s), w.handle, y.ctypes.data)
+                                        for s, row, ys in zip(structs, works, batched) for w, y in zip(row, ys)])
+    lib.ee_matmul_multi(2, ntok, mv)
+    for k, (s, row) in enumerate(zip(structs, works)):
+        for j, w in enumerate(row):
+            alone = np.zeros(mats[k].out_dim, np.float32)
+            lib.ee_matvec(ctypes.byref(s), w.handle, alone.ctypes.data)
+            assert np.array_equal(batched[k][j], alone), (k, j)

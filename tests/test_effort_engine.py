@@ -323,3 +323,21 @@ def test_first_use_answers_at_once_and_attaches_the_calibration_made_in_the_back
         assert all(e < 0.7 for e in results[0].effective_trace[1:]), results[0].effective_trace  # the dial acts (the first token comes from the dense prefill)
     finally:
         worker.close()
+
+
+def test_the_batched_prompt_and_verify_give_the_decode_steps_bits(tiny_gguf, cache):
+    """The CPU runtime reads a prompt (and drafted tokens to verify) in batches, every matrix once per
+    batch; each position's logits are exactly those of one decode step after another."""
+    loaded = session.load(str(tiny_gguf("Q8_0")), runtime="cpu", effort=False)
+    rt = loaded.runtime
+    ids = loaded.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 4)[:40]
+    rt.reset(0)
+    steps = [rt.step(t, 1.0)[0] for t in ids]
+    rt.reset(0)
+    rt.batch = 16  # several chunks
+    assert np.array_equal(rt.prefill(ids), steps[-1])
+    rt.reset(30)
+    assert np.array_equal(rt.verify(ids[30:36]), np.stack(steps[30:36]))
+    assert rt.length == 36
+    logits, _ = rt.step(ids[36], 1.0)  # the cache the batch wrote is the one the steps wrote
+    assert np.array_equal(logits, steps[36])

@@ -101,6 +101,8 @@ class CPURuntime:
         self._logits = np.zeros(head.out_dim, np.float32)
         self._effort_arrays: dict[tuple[str, float], tuple[native.Effort, tuple]] = {}
         self.length = 0  # positions valid in the KV cache
+        # tokens per batched call: a chunk of the prompt; smaller for wide models (activations grow with it)
+        self.batch = int(min(native.MAX_BATCH, max(16, (64 << 20) // (4 * (c.hidden_size * 6 + c.intermediate_size * 2)))))
         self.last_read = 1.0
         if allocation is not None:
             self.attach(allocation)
@@ -168,21 +170,41 @@ class CPURuntime:
         total = self.lib.ee_bytes_total(self._handle)
         self.last_read = self.lib.ee_bytes_read(self._handle) / total if total else 1.0
 
+    def _forward(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
+        """`ids` through the batched step at full effort (the weights read once for all of them): the
+        last position's logits, or every position's. The same bits the decode step gives, token by token."""
+        ids = [int(t) for t in ids]
+        vocab, padded = self.config.vocab_size, self._logits.size
+        rows = []
+        for start in range(0, len(ids), self.batch):
+            part = ids[start : start + self.batch]
+            if self.length + len(part) > self.context_limit:
+                raise EngineError(f"position {self.context_limit} is past the context of {self.context_limit} tokens")
+            for token in part:
+                if not 0 <= token < vocab:
+                    raise EngineError(f"token id {token} is outside the model's vocabulary of {vocab}")
+            x0 = np.ascontiguousarray(self.embed(np.array(part)), np.float32)
+            out = np.empty((len(part) if all_logits else 1, padded), np.float32)
+            rc = self.lib.ee_forward(self._handle, _ptr(x0), self.length, len(part), _ptr(out), int(all_logits))
+            if rc != 0:
+                raise EngineError(f"the native step refused {len(part)} tokens at position {self.length}")
+            self.length += len(part)
+            rows.append(out[:, :vocab])
+        self.last_read = 1.0
+        return np.concatenate(rows) if all_logits else rows[-1][0].copy()
+
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
-        for token in ids:
-            self._step(int(token), None)
-        return self._logits[: self.config.vocab_size].copy()
+        """The prompt, batched: every matrix read once per chunk of up to `batch` tokens."""
+        return self._forward(ids, all_logits=False)
 
     def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
         self._step(int(token), self._effort(effort))
         return self._logits[: self.config.vocab_size].copy(), self.last_read
 
     def verify(self, ids: Sequence[int]) -> np.ndarray:
-        rows = []
-        for token in ids:
-            self._step(int(token), None)
-            rows.append(self._logits[: self.config.vocab_size].copy())
-        return np.stack(rows) if rows else np.zeros((0, self.config.vocab_size), np.float32)
+        if not len(ids):
+            return np.zeros((0, self.config.vocab_size), np.float32)
+        return self._forward(ids, all_logits=True)
 
     # -- one projection, outside a decode step --------------------------------------------------------
     def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:

@@ -84,6 +84,7 @@ class Stats(ctypes.Structure):
 
 
 HIST_BINS, HIST_PER_OCTAVE, HIST_LOW = 1024, 8, -96  # decode.c's EE_HIST_*
+MAX_BATCH = 512  # planes.h's EE_MAX_BATCH: tokens one ee_forward takes
 
 
 class MatVec(ctypes.Structure):
@@ -100,6 +101,7 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_set_stats": (None, [c_ptr, c_ptr]),
         "ee_set_capture": (None, [c_ptr, c_ptr, c_ptr]),
         "ee_step": (c_int, [c_ptr, c_ptr, c_int, c_ptr, c_ptr]),
+        "ee_forward": (c_int, [c_ptr, c_ptr, c_int, c_int, c_ptr, c_int]),
         "ee_project": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_float, c_int]),
         "ee_bytes_read": (c_double, [c_ptr]),
         "ee_bytes_total": (c_double, [c_ptr]),
@@ -111,6 +113,7 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_budget_tau": (c_float, [c_ptr, c_ptr, c_long, c_int, c_int, c_ptr]),
         "ee_matvec": (None, [c_ptr, c_ptr, c_ptr]),
         "ee_matvec_multi": (None, [c_int, c_ptr]),
+        "ee_matmul_multi": (None, [c_int, c_int, c_ptr]),
         "ecpu_init": (c_int, [c_int]),
         "ecpu_threads": (c_int, []),
     }

@@ -78,13 +78,32 @@ typedef struct {
     const int64_t *capture_at;
     double read, total; /* plane bytes read / at the top level, last step */
     int nonfinite;      /* this step met NaN or inf activations: its logits are NaN */
+    /* batches (ee_forward), grown on first use: per token activations, work lists, quantized inputs */
+    int batch_cap;
+    float *bx, *bxn, *bq, *bk, *bv, *batt, *bproj, *bgate, *bup, *bscores;
+    int8_t *bxq;
+    float *bdx;
+    ee_work **bwork; /* [MAX_GROUP][batch_cap] */
     int widest_in;      /* the scratch buffers' size: no matrix with more inputs may run */
 } ee_model;
 
 static float *alloc_f(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
 
+static void free_batch(ee_model *m) {
+    free(m->bx); free(m->bxn); free(m->bq); free(m->bk); free(m->bv); free(m->batt); free(m->bproj);
+    free(m->bgate); free(m->bup); free(m->bscores); free(m->bxq); free(m->bdx);
+    if (m->bwork)
+        for (int i = 0; i < MAX_GROUP * m->batch_cap; i++) ee_work_free(m->bwork[i]);
+    free(m->bwork);
+    m->bx = m->bxn = m->bq = m->bk = m->bv = m->batt = m->bproj = m->bgate = m->bup = m->bscores = m->bdx = NULL;
+    m->bxq = NULL;
+    m->bwork = NULL;
+    m->batch_cap = 0;
+}
+
 void ee_model_free(ee_model *m) {
     if (!m) return;
+    free_batch(m);
     free(m->layers);
     free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
     free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores); free(m->scratch);
@@ -437,4 +456,149 @@ long ee_project(ee_model *m, const ee_planes *p, const float *x, float *y, float
     m->stats = keep;
     m->capture = capture;
     return m->work[0]->rows_read;
+}
+
+/* ------------------------------------------------------------------ batches */
+static int grow_batch(ee_model *m, int ntok) {
+    if (ntok <= m->batch_cap) return 1;
+    free_batch(m);
+    const ee_dims *d = &m->d;
+    size_t n = (size_t)ntok, qdim = (size_t)d->n_heads * d->head_dim, kvdim = (size_t)d->n_kv * d->head_dim;
+    size_t widest = (size_t)(d->dim > (int)qdim ? d->dim : (int)qdim);
+    m->bx = alloc_f(n * d->dim);
+    m->bxn = alloc_f(n * widest);
+    m->bq = alloc_f(n * qdim);
+    m->bk = alloc_f(n * kvdim);
+    m->bv = alloc_f(n * kvdim);
+    m->batt = alloc_f(n * qdim);
+    m->bproj = alloc_f(n * widest);
+    m->bgate = alloc_f(n * d->ffn);
+    m->bup = alloc_f(n * d->ffn);
+    m->bscores = alloc_f((size_t)ecpu_threads() * d->max_ctx);
+    m->bxq = (int8_t *)calloc(2 * n * m->widest_in, 1);
+    m->bdx = alloc_f(n * m->widest_in / EE_BLOCK);
+    m->bwork = (ee_work **)calloc((size_t)MAX_GROUP * n, sizeof(ee_work *));
+    int ok = m->bx && m->bxn && m->bq && m->bk && m->bv && m->batt && m->bproj && m->bgate && m->bup && m->bscores &&
+             m->bxq && m->bdx && m->bwork;
+    for (size_t i = 0; ok && i < MAX_GROUP * n; i++) ok = (m->bwork[i] = ee_work_new(m->widest_in)) != NULL;
+    m->batch_cap = ntok;
+    if (!ok) free_batch(m);
+    return ok;
+}
+
+/* Up to MAX_GROUP matrices of the same inputs for ntok tokens at full effort: inputs xs[j * stride],
+ * outputs ys[g][j * ystride[g]]. */
+static void project_batch(ee_model *m, const ee_planes *const *ps, float *const *ys, const int *ystride, int count,
+                          const float *xs, int stride, int ntok) {
+    int in = ps[0]->in;
+    ee_mv mv[MAX_GROUP * EE_MAX_BATCH];
+    for (int j = 0; j < ntok; j++) {
+        int8_t *xq = m->bxq + (size_t)j * 2 * m->widest_in;
+        float *dx = m->bdx + (size_t)j * (m->widest_in / EE_BLOCK);
+        const float *x = xs + (size_t)j * stride;
+        m->nonfinite |= ee_quantize_x(x, in, xq, dx);
+        for (int g = 0; g < count; g++) {
+            ee_work *w = m->bwork[(size_t)g * m->batch_cap + j];
+            ee_select(ps[g], x, xq, dx, -1.0f, top_level(ps[g]) == 1, 0, w, NULL);
+            mv[(size_t)g * ntok + j] = (ee_mv){ps[g], w, ys[g] + (size_t)j * ystride[g]};
+        }
+    }
+    ee_matmul_multi(count, ntok, mv);
+}
+
+typedef struct {
+    ee_model *m;
+    int layer, pos, ntok;
+    atomic_int next;
+} batch_attention_job;
+
+/* (token, head) pairs in parallel: token j at position pos + j attends to every cached position up to
+ * its own (the batch's keys and values are in the cache already) */
+static void batch_attention_worker(void *arg, int tid) {
+    batch_attention_job *J = (batch_attention_job *)arg;
+    ee_model *m = J->m;
+    const ee_dims *d = &m->d;
+    int hd = d->head_dim, group = d->n_heads / d->n_kv, qdim = d->n_heads * hd;
+    size_t layer_off = (size_t)J->layer * d->n_kv * d->max_ctx * hd;
+    float *scores = m->bscores + (size_t)tid * d->max_ctx;
+    for (;;) {
+        int u = atomic_fetch_add(&J->next, 1);
+        if (u >= J->ntok * d->n_heads) break;
+        int j = u / d->n_heads, h = u % d->n_heads, at = J->pos + j;
+        int first = d->window > 0 && at + 1 > d->window ? at + 1 - d->window : 0;
+        size_t kv = layer_off + ((size_t)(h / group) * d->max_ctx + first) * hd;
+        attend(m->bq + (size_t)j * qdim + h * hd, m->kcache + kv, m->vcache + kv, at + 1 - first, hd,
+               1.0f / sqrtf((float)hd), scores, m->batt + (size_t)j * qdim + h * hd);
+    }
+}
+
+/* ntok tokens at positions pos .. pos + ntok - 1, from their embeddings x0 [ntok][dim], at full effort:
+ * the prompt, or drafted tokens to verify. Each matrix's weights are read once for all of them, and every
+ * token gets the logits a decode step would give it, bit for bit. Writes logits [ntok][vocab] (all_logits)
+ * or only the last token's [vocab]. Returns 0, or -1 (nothing written) for a position past the cache, a
+ * batch too large, a missing buffer or no memory. */
+int ee_forward(ee_model *m, const float *x0, int pos, int ntok, float *logits, int all_logits) {
+    if (!m || !x0 || !logits || ntok < 1 || ntok > EE_MAX_BATCH) return -1;
+    const ee_dims *d = &m->d;
+    if (pos < 0 || pos > d->max_ctx - ntok) return -1;
+    if (!grow_batch(m, ntok)) return -1;
+    int dim = d->dim, hd = d->head_dim, qdim = d->n_heads * hd, kvdim = d->n_kv * hd, ffn = d->ffn;
+    int widest = dim > qdim ? dim : qdim;
+    m->nonfinite = 0;
+    m->read = m->total = 0.0;
+    memcpy(m->bx, x0, sizeof(float) * (size_t)ntok * dim);
+    for (int li = 0; li < d->n_layers; li++) {
+        ee_layer *l = &m->layers[li];
+        for (int j = 0; j < ntok; j++) rmsnorm(m->bxn + (size_t)j * widest, m->bx + (size_t)j * dim, l->attn_norm, dim, d->eps);
+        const ee_planes *qkv[3] = {&l->proj[P_Q], &l->proj[P_K], &l->proj[P_V]};
+        float *qkv_out[3] = {m->bq, m->bk, m->bv};
+        int qkv_stride[3] = {qdim, kvdim, kvdim};
+        project_batch(m, qkv, qkv_out, qkv_stride, 3, m->bxn, widest, ntok);
+        size_t layer_off = (size_t)li * d->n_kv * d->max_ctx * hd;
+        for (int j = 0; j < ntok; j++) {
+            float *q = m->bq + (size_t)j * qdim, *k = m->bk + (size_t)j * kvdim, *v = m->bv + (size_t)j * kvdim;
+            add_bias(q, l->bias[0], qdim);
+            add_bias(k, l->bias[1], kvdim);
+            add_bias(v, l->bias[2], kvdim);
+            rope(q, d->n_heads, hd, pos + j, m->rope_inv_freq);
+            rope(k, d->n_kv, hd, pos + j, m->rope_inv_freq);
+            for (int h = 0; h < d->n_kv; h++) {
+                size_t to = layer_off + ((size_t)h * d->max_ctx + pos + j) * hd;
+                memcpy(m->kcache + to, k + h * hd, sizeof(float) * hd);
+                memcpy(m->vcache + to, v + h * hd, sizeof(float) * hd);
+            }
+        }
+        batch_attention_job A = {m, li, pos, ntok, 0};
+        atomic_init(&A.next, 0);
+        ecpu_parallel(batch_attention_worker, &A);
+        const ee_planes *o[1] = {&l->proj[P_O]};
+        float *o_out[1] = {m->bproj};
+        int o_stride[1] = {dim};
+        project_batch(m, o, o_out, o_stride, 1, m->batt, qdim, ntok);
+        for (size_t i = 0; i < (size_t)ntok * dim; i++) m->bx[i] += m->bproj[i];
+        for (int j = 0; j < ntok; j++) rmsnorm(m->bxn + (size_t)j * widest, m->bx + (size_t)j * dim, l->ffn_norm, dim, d->eps);
+        const ee_planes *gu[2] = {&l->proj[P_GATE], &l->proj[P_UP]};
+        float *gu_out[2] = {m->bgate, m->bup};
+        int gu_stride[2] = {ffn, ffn};
+        project_batch(m, gu, gu_out, gu_stride, 2, m->bxn, widest, ntok);
+        for (size_t i = 0; i < (size_t)ntok * ffn; i++) {
+            float g = m->bgate[i];
+            m->bgate[i] = g / (1.0f + expf(-g)) * m->bup[i];
+        }
+        const ee_planes *dn[1] = {&l->proj[P_DOWN]};
+        float *dn_out[1] = {m->bproj};
+        int dn_stride[1] = {dim};
+        project_batch(m, dn, dn_out, dn_stride, 1, m->bgate, ffn, ntok);
+        for (size_t i = 0; i < (size_t)ntok * dim; i++) m->bx[i] += m->bproj[i];
+    }
+    int first = all_logits ? 0 : ntok - 1, count = ntok - first;
+    for (int j = first; j < ntok; j++)
+        rmsnorm(m->bxn + (size_t)(j - first) * widest, m->bx + (size_t)j * dim, m->final_norm, dim, d->eps);
+    const ee_planes *head[1] = {&m->head};
+    float *head_out[1] = {logits};
+    int head_stride[1] = {d->vocab};
+    project_batch(m, head, head_out, head_stride, 1, m->bxn, widest, count);
+    if (m->nonfinite)
+        for (size_t i = 0; i < (size_t)count * d->vocab; i++) logits[i] = NAN;
+    return 0;
 }

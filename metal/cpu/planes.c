@@ -482,30 +482,104 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
         }
     }
 }
+
+/* The same 128 outputs for several tokens at full effort (every token reads the same rows): the block's
+ * quads are unpacked once into `codes` and multiplied with each token's activations while they sit in L1.
+ * Each token's sums and fold are exactly those of chunk128_avx512 (integer sums do not depend on the
+ * order; the fold is the same code), so a batch gives the bits the decode step gives. */
+#define EE_MAX_QUADS_PER_BLOCK (2 * EE_BLOCK / 4)
+T_AVX512 static void chunk128_batch_avx512(const ee_planes *P, const ee_work *const *ws, float *const *ycs, int ntok,
+                                           int b, int base) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
+    __m512i codes[EE_MAX_QUADS_PER_BLOCK][8];
+    size_t rb;
+    const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
+    const ee_work *w0 = ws[0];
+    int q0 = w0->start[b], q1 = w0->start[b + 1], split = w0->split[b];
+    for (int q = q0; q < q1; q++) {
+        const ee_quad *Q = w0->quads + q;
+        int p = q < split ? 0 : 1;
+        const uint8_t *pl = rows[p];
+        __m512i R0 = _mm512_loadu_si512(pl + Q->row[0] * rb), R1 = _mm512_loadu_si512(pl + Q->row[1] * rb);
+        __m512i R2 = _mm512_loadu_si512(pl + Q->row[2] * rb), R3 = _mm512_loadu_si512(pl + Q->row[3] * rb);
+        __m512i U01 = _mm512_unpacklo_epi8(R0, R1), U23 = _mm512_unpacklo_epi8(R2, R3);
+        __m512i V01 = _mm512_unpackhi_epi8(R0, R1), V23 = _mm512_unpackhi_epi8(R2, R3);
+        __m512i Qk[4] = {_mm512_unpacklo_epi16(U01, U23), _mm512_unpackhi_epi16(U01, U23),
+                         _mm512_unpacklo_epi16(V01, V23), _mm512_unpackhi_epi16(V01, V23)};
+        __m512i *c = codes[q - q0];
+        for (int k = 0; k < 4; k++) {
+            if (P->kind == EE_Q8 && p == 0) {
+                c[k] = _mm512_and_si512(_mm512_slli_epi16(Qk[k], 4), mh);
+                c[4 + k] = _mm512_and_si512(Qk[k], mh);
+            } else {
+                c[k] = _mm512_and_si512(Qk[k], m4);
+                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(Qk[k], 4), m4);
+            }
+        }
+    }
+    const __m512 res = _mm512_set1_ps(1.0f / EE_RESIDUAL);
+    const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
+    for (int n = 0; n < ntok; n++) {
+        const ee_work *w = ws[n];
+        __m512i A[8], B[8];
+        for (int a = 0; a < 8; a++) A[a] = B[a] = _mm512_setzero_si512();
+        for (int q = q0; q < q1; q++) {
+            const ee_quad *Q = w->quads + q;
+            const __m512i X = _mm512_set1_epi32(Q->xq), Xr = _mm512_set1_epi32(Q->xr), *c = codes[q - q0];
+            for (int a = 0; a < 8; a++) {
+                A[a] = _mm512_dpbusd_epi32(A[a], c[a], X);
+                B[a] = _mm512_dpbusd_epi32(B[a], c[a], Xr);
+            }
+        }
+        const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
+        float *yc = ycs[n];
+        for (int a = 0; a < 8; a++) {
+            __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B[a]), res, _mm512_cvtepi32_ps(A[a]));
+            __m512 t = _mm512_fmadd_ps(f, dx, c0);
+            __m512 v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * a))), t,
+                                       _mm512_loadu_ps(yc + 16 * a));
+            if (m) v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + 16 * a))), c1, v);
+            _mm512_storeu_ps(yc + 16 * a, v);
+        }
+    }
+}
 #endif
 
-/* Blocks [b0, b1) of tile t into yt (the tile's outputs, overwritten): block by block, each of the tile's
- * chunks in turn, so the tile's rows of a block (32 x width/2 contiguous bytes) are read together and stay
- * in L1 while its chunks go by. */
-static void run_tile(const ee_planes *P, const ee_work *w, float *yt, int t, int b0, int b1) {
-    int t0 = t * P->tile, end = tile_end(P, t);
-    memset(yt, 0, sizeof(float) * (size_t)(end - t0));
-    for (int b = b0; b < b1; b++) {
-        if (w->start[b] == w->start[b + 1]) continue;
-        for (int c = t0 / 128; c < (end + 127) / 128; c++) {
-            float *yc = yt + (128 * c - t0);
+/* One (block, chunk) of one token's product into yc. */
+static void run_chunk(const ee_planes *P, const ee_work *w, float *yc, int b, int c) {
 #if EE_X86
-            if (g_isa == ISA_AVX512) {
-                if (chunk_width(P, c) == 128) chunk128_avx512(P, w, yc, b, 128 * c);
-                else chunk64_avx512(P, w, yc, b, 128 * c);
-                continue;
-            }
-            if (g_isa == ISA_AVX2) {
-                chunk_avx2(P, w, yc, b, c);
+    if (g_isa == ISA_AVX512) {
+        if (chunk_width(P, c) == 128) chunk128_avx512(P, w, yc, b, 128 * c);
+        else chunk64_avx512(P, w, yc, b, 128 * c);
+        return;
+    }
+    if (g_isa == ISA_AVX2) {
+        chunk_avx2(P, w, yc, b, c);
+        return;
+    }
+#endif
+    chunk_scalar(P, w, yc, b, c);
+}
+
+/* Blocks [b0, b1) of tile t for `ntok` tokens into yts[n] (the tile's outputs, overwritten): block by
+ * block, each of the tile's chunks in turn, so the tile's rows of a block (32 x width/2 contiguous bytes)
+ * are read together and stay in L1 while its chunks, and the tokens, go by. */
+static void run_tile(const ee_planes *P, const ee_work *const *ws, float *const *yts, int ntok, int t, int b0, int b1) {
+    int t0 = t * P->tile, end = tile_end(P, t);
+    for (int n = 0; n < ntok; n++) memset(yts[n], 0, sizeof(float) * (size_t)(end - t0));
+    float *ycs[EE_MAX_BATCH];
+    for (int b = b0; b < b1; b++) {
+        if (ws[0]->start[b] == ws[0]->start[b + 1]) continue;
+        for (int c = t0 / 128; c < (end + 127) / 128; c++) {
+            for (int n = 0; n < ntok; n++) ycs[n] = yts[n] + (128 * c - t0);
+#if EE_X86
+            if (ntok > 1 && g_isa == ISA_AVX512 && chunk_width(P, c) == 128 &&
+                ws[0]->start[b + 1] - ws[0]->start[b] <= EE_MAX_QUADS_PER_BLOCK) {
+                chunk128_batch_avx512(P, ws, ycs, ntok, b, 128 * c);
                 continue;
             }
 #endif
-            chunk_scalar(P, w, yc, b, c);
+            for (int n = 0; n < ntok; n++) run_chunk(P, ws[n], ycs[n], b, c);
         }
     }
 }
@@ -516,23 +590,29 @@ static void run_tile(const ee_planes *P, const ee_work *w, float *yt, int t, int
  * the sums do not depend on which thread ran what. */
 #define EE_MAX_UNITS 4096
 typedef struct {
-    const ee_mv *mv;
-    int units;
+    const ee_mv *mv; /* [matrix][token] */
+    int ntok, units;
     int um[EE_MAX_UNITS], ut[EE_MAX_UNITS], ub0[EE_MAX_UNITS], ub1[EE_MAX_UNITS]; /* matrix, tile, blocks */
-    float *part[EE_MAX_UNITS]; /* NULL: the unit writes its tile of y itself */
+    float *part[EE_MAX_UNITS]; /* NULL: the unit writes its tile of y itself; else ntok partials, one per token */
     atomic_int next;
 } mv_job;
 
 static void mv_worker(void *arg, int tid) {
     (void)tid;
     mv_job *J = (mv_job *)arg;
+    const ee_work *ws[EE_MAX_BATCH];
+    float *yts[EE_MAX_BATCH];
     for (;;) {
         int u = atomic_fetch_add(&J->next, 1);
         if (u >= J->units) break;
-        const ee_mv *mv = J->mv + J->um[u];
-        int t = J->ut[u];
-        float *yt = J->part[u] ? J->part[u] : mv->y + t * mv->P->tile;
-        run_tile(mv->P, mv->w, yt, t, J->ub0[u], J->ub1[u]);
+        const ee_mv *mv = J->mv + (size_t)J->um[u] * J->ntok;
+        const ee_planes *P = mv->P;
+        int t = J->ut[u], width = tile_end(P, t) - t * P->tile;
+        for (int n = 0; n < J->ntok; n++) {
+            ws[n] = mv[n].w;
+            yts[n] = J->part[u] ? J->part[u] + (size_t)n * width : mv[n].y + t * P->tile;
+        }
+        run_tile(P, ws, yts, J->ntok, t, J->ub0[u], J->ub1[u]);
     }
 }
 
@@ -543,22 +623,26 @@ static void mv_worker(void *arg, int tid) {
 static float *g_parts;
 static size_t g_parts_n;
 
-void ee_matvec_multi(int n, const ee_mv *mv) {
+void ee_matmul_multi(int n, int ntok, const ee_mv *mv) {
     isa();
     static mv_job J;
     int threads = ecpu_threads();
     long work = 0;
     size_t need = 0;
     J.mv = mv;
+    J.ntok = ntok;
     J.units = 0;
-    for (int k = 0; k < n; k++) work += (long)mv[k].w->start[mv[k].w->nb] * ((mv[k].P->out + 127) / 128);
+    for (int k = 0; k < n; k++) {
+        const ee_mv *m = mv + (size_t)k * ntok;
+        work += (long)m->w->start[m->w->nb] * ((m->P->out + 127) / 128) * ntok;
+    }
     int parallel = threads > 1 && work >= EE_PARALLEL_WORK;
     for (int k = 0; k < n; k++) {
-        const ee_planes *P = mv[k].P;
-        const ee_work *w = mv[k].w;
+        const ee_planes *P = mv[(size_t)k * ntok].P;
+        const ee_work *w = mv[(size_t)k * ntok].w;
         int tiles = n_tiles(P), nb = w->nb;
         /* a matrix of few tiles is split into block ranges too, by its shape alone (never by the thread
-         * count or the machine's load): the same units, so the same sums, on any machine */
+         * count, the batch or the machine's load): the same units, so the same sums, on any machine */
         int split = tiles < EE_MIN_UNITS ? (EE_MIN_UNITS + tiles - 1) / tiles : 1;
         if (split > nb) split = nb > 0 ? nb : 1;
         if (J.units + tiles * split > EE_MAX_UNITS) split = 1;
@@ -575,7 +659,7 @@ void ee_matvec_multi(int n, const ee_mv *mv) {
                 J.ub0[J.units] = b0;
                 J.ub1[J.units] = b;
                 J.part[J.units] = NULL;
-                if (split > 1) need += (size_t)(tile_end(P, t) - t * P->tile);
+                if (split > 1) need += (size_t)(tile_end(P, t) - t * P->tile) * ntok;
                 J.units++;
             }
         }
@@ -584,20 +668,21 @@ void ee_matvec_multi(int n, const ee_mv *mv) {
         free(g_parts);
         g_parts = (float *)malloc(sizeof(float) * need);
         g_parts_n = g_parts ? need : 0;
-        if (!g_parts) { /* no room for partials: every tile whole, on this thread */
-            for (int k = 0; k < n; k++)
-                for (int t = 0; t < n_tiles(mv[k].P); t++)
-                    run_tile(mv[k].P, mv[k].w, mv[k].y + t * mv[k].P->tile, t, 0, mv[k].w->nb);
-            return;
-        }
+    }
+    if (need && !g_parts) { /* no memory for partials: nothing is computed, the caller's outputs become NaN */
+        for (int k = 0; k < n; k++)
+            for (int j = 0; j < ntok; j++) {
+                const ee_mv *m = mv + (size_t)k * ntok + j;
+                for (int o = 0; o < m->P->out; o++) m->y[o] = NAN;
+            }
+        return;
     }
     size_t at = 0;
     for (int u = 0; u < J.units; u++) {
-        const ee_planes *P = mv[J.um[u]].P;
-        int whole = J.ub0[u] == 0 && J.ub1[u] == mv[J.um[u]].w->nb;
-        if (!whole) {
+        const ee_mv *m = mv + (size_t)J.um[u] * ntok;
+        if (!(J.ub0[u] == 0 && J.ub1[u] == m->w->nb)) {
             J.part[u] = g_parts + at;
-            at += (size_t)(tile_end(P, J.ut[u]) - J.ut[u] * P->tile);
+            at += (size_t)(tile_end(m->P, J.ut[u]) - J.ut[u] * m->P->tile) * ntok;
         }
     }
     atomic_store(&J.next, 0);
@@ -605,14 +690,18 @@ void ee_matvec_multi(int n, const ee_mv *mv) {
     else ecpu_parallel(mv_worker, &J);
     for (int u = 0; u < J.units; u++) { /* partials in unit order: the same sums whoever ran them */
         if (!J.part[u]) continue;
-        const ee_planes *P = mv[J.um[u]].P;
-        int t = J.ut[u], width = tile_end(P, t) - t * P->tile;
-        float *yt = mv[J.um[u]].y + t * P->tile;
-        const float *p = J.part[u];
-        if (J.ub0[u] == 0) memcpy(yt, p, sizeof(float) * (size_t)width);
-        else for (int o = 0; o < width; o++) yt[o] += p[o];
+        const ee_mv *m = mv + (size_t)J.um[u] * ntok;
+        int t = J.ut[u], width = tile_end(m->P, t) - t * m->P->tile;
+        for (int j = 0; j < ntok; j++) {
+            float *yt = m[j].y + t * m->P->tile;
+            const float *p = J.part[u] + (size_t)j * width;
+            if (J.ub0[u] == 0) memcpy(yt, p, sizeof(float) * (size_t)width);
+            else for (int o = 0; o < width; o++) yt[o] += p[o];
+        }
     }
 }
+
+void ee_matvec_multi(int n, const ee_mv *mv) { ee_matmul_multi(n, 1, mv); }
 
 void ee_matvec(const ee_planes *P, const ee_work *w, float *y) {
     ee_mv one = {P, w, y};

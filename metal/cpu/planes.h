@@ -99,6 +99,11 @@ typedef struct {
     float *y;
 } ee_mv;
 void ee_matvec_multi(int n, const ee_mv *mv);
+/* n matrices for ntok tokens (ntok <= EE_MAX_BATCH): mv[k * ntok + j] is matrix k for token j, every token's
+ * work list of matrix k reading the same rows (full effort); each matrix's weights are read once for all
+ * the tokens, and every token gets exactly the bits ee_matvec_multi gives it. */
+#define EE_MAX_BATCH 512
+void ee_matmul_multi(int n, int ntok, const ee_mv *mv);
 
 /* "avx512vnni", "avx2" or "scalar": the kernel family chosen at run time (EE_ISA=avx2|scalar caps it) */
 const char *ee_isa(void);
