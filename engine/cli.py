@@ -243,7 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 runtime = runners[strategy].runtime
                 runtime.set_strategy(strategy)
                 note = lambda text, s=strategy: progress(LoadProgress("speed", 0, 0, "", f"{s}: {text}"))  # noqa: E731
-                speed[strategy] = bench.run(runtime, prompt, efforts, args.speed_tokens, None, note, rounds=args.rounds)
+                speed[strategy] = bench.run(runtime, prompt, efforts, args.speed_tokens, None, note, rounds=args.rounds)[:2]
                 runtime.set_strategy(runtime.strategies[0])
     progress.close()
     shown = printable(loaded.info.name)  # the tables quote it: one line, nothing raw
@@ -339,6 +339,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from engine.tools import bench
     from engine.model.diagnose import locating
+    from engine.runtime.base import check_room
 
     efforts = parse_efforts(args.efforts)
     progress = ProgressLine()
@@ -359,11 +360,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     captured = runtime.projection_inputs(ids)
     inputs = {name: x[-1] for name, x in captured.items()}
     note = (lambda s: print(printable(s), file=sys.stderr)) if not args.json else None
+    long_prompt = None
+    if args.prompt_tokens:
+        if args.synthetic:
+            long_prompt = [(31 * n + 7) % runtime.config.vocab_size for n in range(args.prompt_tokens)]
+        else:
+            long_prompt = _long_prompt(loaded.tokenizer, args.prompt_tokens)
+        check_room(runtime, len(long_prompt), f"a {len(long_prompt)}-token prompt")
+    peers = {}
+    if args.llama_cpp:
+        if args.synthetic:
+            raise EngineError("--llama-cpp needs a model file (write one with python -m engine.tools.synthetic)")
+        from engine.runtime import native
+        from engine.tools.llamacpp import LlamaCpp
+
+        peer = LlamaCpp(loaded.files.path, native.threads(), runtime.context_limit)
+        peers[f"llama.cpp {peer.version}"] = peer
     with locating(None if args.synthetic else loaded.files):
-        dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
+        dense, results, peer_rows, prompt = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds,
+                                                      peers=peers, long_prompt=long_prompt)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
     shown = dataclasses.replace(info, name=printable(info.name), device=printable(info.device))
     print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True))
+    if peer_rows or prompt:
+        print(printable(bench.format_peers(dense, peer_rows, prompt), lines=True))
     if args.json:
         def speed(r) -> dict:
             return {
@@ -383,9 +403,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "dense": speed(dense),
             "results": [speed(r) for r in results],
             "peak_memory_bytes": peak,
+            "resident_weight_bytes": info.resident_bytes,
+            "peers": [dataclasses.asdict(p) for p in peer_rows],
+            "prompt": dataclasses.asdict(prompt) if prompt else None,
         }
         print(json.dumps(record))
     return 0
+
+
+def _long_prompt(tokenizer, n: int) -> list[int]:
+    """A prompt of exactly n tokens from the bundled evaluation texts (repeated as needed)."""
+    from engine.tools import evaluate
+
+    text = "\n\n".join(p.read_text(encoding="utf-8") for p in evaluate.default_texts())
+    ids = tokenizer.encode(text)
+    return (ids * (n // max(len(ids), 1) + 1))[:n]
 
 
 def _synthetic_bench_model(args: argparse.Namespace, progress: "ProgressLine"):
@@ -602,6 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--layers", type=positive_int, help="layers of the --synthetic model (default: all)")
     be.add_argument("--dtype", choices=("q8_0", "q4_0", "q4_1", "f16"), default="q8_0",
                     help="the precision the --synthetic model is stored at (default q8_0)")
+    be.add_argument("--llama-cpp", action="store_true", help="also time llama.cpp (llama-cpp-python) on the same "
+                    "file, in the same rounds, with the same threads")
+    be.add_argument("--prompt-tokens", type=positive_int, help="also time reading a prompt of this many tokens "
+                    "(and llama.cpp's, with --llama-cpp)")
     be.add_argument("--json", action="store_true", help="end with one JSON line of results")
     be.set_defaults(func=cmd_bench)
     return parser

@@ -211,9 +211,31 @@ def test_a_batch_of_tokens_gets_the_bits_each_token_gets_alone(lib, kind):
     batched = [[np.zeros(pm.out_dim, np.float32) for _ in range(ntok)] for pm in mats]
     mv = (native.MatVec * (2 * ntok))(*[native.MatVec(ctypes.addressof(s), w.handle, y.ctypes.data)
                                         for s, row, ys in zip(structs, works, batched) for w, y in zip(row, ys)])
-    lib.ee_matmul_multi(2, ntok, mv)
+    lib.ee_matmul_multi(2, ntok, mv, 1)
     for k, (s, row) in enumerate(zip(structs, works)):
         for j, w in enumerate(row):
             alone = np.zeros(mats[k].out_dim, np.float32)
             lib.ee_matvec(ctypes.byref(s), w.handle, alone.ctypes.data)
             assert np.array_equal(batched[k][j], alone), (k, j)
+
+
+@pytest.mark.parametrize("kind", ["q4", "q4_0", "q8"])
+@pytest.mark.parametrize("shape", [(64, 32), (576, 576), (1600, 96), (1536, 64)])
+def test_the_native_packer_lays_out_what_the_reference_does(kind, shape):
+    from engine.effort.planes import store
+
+    out_dim, in_dim = shape
+    rng = np.random.default_rng(out_dim)
+    d = (rng.random((out_dim, in_dim // 32)) * 0.01).astype(np.float16)
+    if kind == "q8":
+        codes, m = rng.integers(-127, 128, (out_dim, in_dim)).astype(np.int8), None
+    else:
+        codes = rng.integers(0, 16, (out_dim, in_dim)).astype(np.uint8)
+        m = None if kind == "q4_0" else (-rng.random((out_dim, in_dim // 32)) * 0.08).astype(np.float16)
+    want = layout.from_codes("q4" if kind != "q8" else "q8", codes, d, m)
+    got = store._build("q4" if kind != "q8" else "q8", codes, d, m)
+    for a, b in zip(got.planes, want.planes):
+        assert np.array_equal(a, b)
+    assert np.array_equal(got.d, want.d) and (got.m is None) == (want.m is None)
+    assert got.m is None or np.array_equal(got.m, want.m)
+    assert np.allclose(got.gains, want.gains, rtol=1e-4, atol=1e-12)  # float32 vs double sums: same ranking

@@ -341,3 +341,11 @@ def test_the_batched_prompt_and_verify_give_the_decode_steps_bits(tiny_gguf, cac
     assert rt.length == 36
     logits, _ = rt.step(ids[36], 1.0)  # the cache the batch wrote is the one the steps wrote
     assert np.array_equal(logits, steps[36])
+    # a text scored at an effort: each token reads its own rows, and gets what a step at that effort gives
+    for effort in (0.5, 0.25):
+        rt.reset(10)
+        one_by_one = [rt.step(t, effort) for t in ids[10:30]]
+        rt.reset(10)
+        together, read = rt.forward(ids[10:30], effort)
+        assert np.array_equal(together, np.stack([lg for lg, _ in one_by_one]))
+        assert read == pytest.approx(np.mean([r for _, r in one_by_one]))

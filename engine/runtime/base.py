@@ -38,6 +38,10 @@ class Runtime(Protocol):
     def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
         """Append one token at `effort`; return (logits, effective effort)."""
 
+    def forward(self, ids: Sequence[int], effort: float) -> tuple[np.ndarray, float]:
+        """Append `ids` at `effort` and return every position's logits [len(ids), vocab] (exactly what one
+        step after another gives) and the mean effective effort: a text scored teacher-forced."""
+
     def verify(self, ids: Sequence[int]) -> np.ndarray:
         """Append `ids` at full effort and return every position's logits [len(ids), vocab] (speculative
         decoding checks drafted tokens this way; `reset` rolls the cache back to what was accepted)."""

@@ -10,6 +10,7 @@ per-token byte budget of the same share in every matrix.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import time
 from typing import Callable, Sequence
 
@@ -31,6 +32,17 @@ def _ptr(a: np.ndarray | None) -> int | None:
     if not a.flags.c_contiguous:
         raise ValueError("the C kernels need C-contiguous arrays")
     return a.ctypes.data
+
+
+def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 zeros whose pages become resident only when written, 4 KB at a time: the KV cache holds a
+    whole context but a chat uses its start. (numpy asks for 2 MB pages on large arrays, so writing the
+    first position of each (layer, head) row would make the whole cache resident.)"""
+    size = int(np.prod(shape)) * 4
+    buf = mmap.mmap(-1, max(size, 1))
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, np.float32, count=size // 4).reshape(shape)
 
 
 def planes_struct(pm: PlaneMatrix) -> native.Planes:
@@ -73,8 +85,8 @@ class CPURuntime:
         self.selection = "static"  # "static": calibrated thresholds; "budget": each matrix's share read exactly per token
         self.allocation: Allocation | None = None
         self.names = matrix_names(c)
-        self.kcache = np.zeros((c.num_layers, c.num_kv_heads, context_limit, c.head_dim), np.float32)
-        self.vcache = np.zeros(self.kcache.shape, np.float32)  # zeros map pages lazily: only used positions become resident
+        shape = (c.num_layers, c.num_kv_heads, context_limit, c.head_dim)
+        self.kcache, self.vcache = lazy_zeros(shape), lazy_zeros(shape)
         self._structs = {name: planes_struct(planes.matrices[name]) for name in self.names}
         layers = (native.Layer * c.num_layers)()
         for i in range(c.num_layers):
@@ -152,9 +164,10 @@ class CPURuntime:
         """The last step's logits (a copy, the vocabulary without the layout's padding)."""
         return self._logits[: self.config.vocab_size].copy()
 
-    def run_step(self, token: int, effort: native.Effort | None) -> None:
-        """One step with the C side's effort given directly (calibration measures single kinds this way)."""
-        self._step(token, effort)
+    def run_batch(self, ids: Sequence[int], effort: native.Effort | None) -> np.ndarray:
+        """Every position's logits with the C side's effort given directly (calibration measures single
+        kinds of matrix this way)."""
+        return self._forward(ids, effort, True)
 
     def _step(self, token: int, effort: native.Effort | None) -> None:
         if self.length >= self.context_limit:
@@ -170,12 +183,12 @@ class CPURuntime:
         total = self.lib.ee_bytes_total(self._handle)
         self.last_read = self.lib.ee_bytes_read(self._handle) / total if total else 1.0
 
-    def _forward(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
-        """`ids` through the batched step at full effort (the weights read once for all of them): the
-        last position's logits, or every position's. The same bits the decode step gives, token by token."""
+    def _forward(self, ids: Sequence[int], effort: native.Effort | None, all_logits: bool) -> np.ndarray:
+        """`ids` through the batched step (every matrix read once per chunk of up to `batch` tokens): the
+        last position's logits, or every position's; each position gets the bits a decode step gives it."""
         ids = [int(t) for t in ids]
         vocab, padded = self.config.vocab_size, self._logits.size
-        rows = []
+        rows, read, total = [], 0.0, 0.0
         for start in range(0, len(ids), self.batch):
             part = ids[start : start + self.batch]
             if self.length + len(part) > self.context_limit:
@@ -185,17 +198,25 @@ class CPURuntime:
                     raise EngineError(f"token id {token} is outside the model's vocabulary of {vocab}")
             x0 = np.ascontiguousarray(self.embed(np.array(part)), np.float32)
             out = np.empty((len(part) if all_logits else 1, padded), np.float32)
-            rc = self.lib.ee_forward(self._handle, _ptr(x0), self.length, len(part), _ptr(out), int(all_logits))
+            rc = self.lib.ee_forward(self._handle, _ptr(x0), self.length, len(part),
+                                     ctypes.byref(effort) if effort else None, _ptr(out), int(all_logits))
             if rc != 0:
                 raise EngineError(f"the native step refused {len(part)} tokens at position {self.length}")
             self.length += len(part)
+            read += self.lib.ee_bytes_read(self._handle)
+            total += self.lib.ee_bytes_total(self._handle)
             rows.append(out[:, :vocab])
-        self.last_read = 1.0
+        self.last_read = read / total if total else 1.0
         return np.concatenate(rows) if all_logits else rows[-1][0].copy()
+
+    def forward(self, ids: Sequence[int], effort: float) -> tuple[np.ndarray, float]:
+        """Every position's logits of `ids` appended at `effort` (a text scored teacher-forced), with the
+        share of the plane bytes read; batched, and the bits one decode step after another would give."""
+        return self._forward(ids, self._effort(effort), True), self.last_read
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         """The prompt, batched: every matrix read once per chunk of up to `batch` tokens."""
-        return self._forward(ids, all_logits=False)
+        return self._forward(ids, None, all_logits=False)
 
     def step(self, token: int, effort: float) -> tuple[np.ndarray, float]:
         self._step(int(token), self._effort(effort))
@@ -204,7 +225,7 @@ class CPURuntime:
     def verify(self, ids: Sequence[int]) -> np.ndarray:
         if not len(ids):
             return np.zeros((0, self.config.vocab_size), np.float32)
-        return self._forward(ids, all_logits=True)
+        return self._forward(ids, None, all_logits=True)
 
     # -- one projection, outside a decode step --------------------------------------------------------
     def project(self, name: str, x: np.ndarray, effort: float) -> tuple[np.ndarray, float]:

@@ -41,6 +41,14 @@ class MLXRuntime:
         assert logits is not None
         return np.array(logits[-1])
 
+    def forward(self, ids: Sequence[int], effort: float) -> tuple[np.ndarray, float]:
+        rows, used = [], []
+        for token in ids:
+            logits, share = self.step(int(token), effort)
+            rows.append(logits)
+            used.append(share)
+        return np.stack(rows), float(np.mean(used))
+
     def verify(self, ids: Sequence[int]) -> np.ndarray:
         logits = self.model(mx.array(list(ids), dtype=mx.int32), self.cache)
         mx.eval(logits)

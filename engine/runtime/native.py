@@ -80,7 +80,9 @@ class Effort(ctypes.Structure):
 
 
 class Stats(ctypes.Structure):
-    _fields_ = [("hist", c_ptr), ("unread", c_ptr), ("energy", c_ptr), ("residual", c_ptr)]
+    """ee_stats: where the rows' scores fall, per matrix and plane (calibration)."""
+
+    _fields_ = [("hist", c_ptr)]
 
 
 HIST_BINS, HIST_PER_OCTAVE, HIST_LOW = 1024, 8, -96  # decode.c's EE_HIST_*
@@ -101,7 +103,7 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_set_stats": (None, [c_ptr, c_ptr]),
         "ee_set_capture": (None, [c_ptr, c_ptr, c_ptr]),
         "ee_step": (c_int, [c_ptr, c_ptr, c_int, c_ptr, c_ptr]),
-        "ee_forward": (c_int, [c_ptr, c_ptr, c_int, c_int, c_ptr, c_int]),
+        "ee_forward": (c_int, [c_ptr, c_ptr, c_int, c_int, c_ptr, c_ptr, c_int]),
         "ee_project": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_float, c_int]),
         "ee_bytes_read": (c_double, [c_ptr]),
         "ee_bytes_total": (c_double, [c_ptr]),
@@ -113,7 +115,8 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_budget_tau": (c_float, [c_ptr, c_ptr, c_long, c_int, c_int, c_ptr]),
         "ee_matvec": (None, [c_ptr, c_ptr, c_ptr]),
         "ee_matvec_multi": (None, [c_int, c_ptr]),
-        "ee_matmul_multi": (None, [c_int, c_int, c_ptr]),
+        "ee_matmul_multi": (None, [c_int, c_int, c_ptr, c_int]),
+        "ee_pack": (c_int, [c_int, c_ptr, c_ptr, c_ptr, c_int, c_int, c_int, c_ptr, c_ptr, c_ptr, c_ptr, c_ptr]),
         "ecpu_init": (c_int, [c_int]),
         "ecpu_threads": (c_int, []),
     }

@@ -102,6 +102,33 @@ def kernel_times(runtime, inputs: dict[str, np.ndarray], effort: float, repeats:
     return totals
 
 
+@dataclass
+class PeerResult:
+    """Another runtime on the same file, timed in the same rounds (e.g. llama.cpp)."""
+
+    name: str
+    decode_tps: float
+    ms_per_token: float
+    spread: float
+    vs_dense: float  # median over rounds of the engine's dense ms / the peer's ms: above 1, the peer is faster
+
+
+@dataclass
+class PromptResult:
+    """Prompt reading: tokens per second from an empty cache, medians over the rounds."""
+
+    tokens: int
+    engine_tps: float
+    peer_tps: dict[str, float] = field(default_factory=dict)
+
+
+def prompt_seconds(runtime, ids: Sequence[int]) -> float:
+    runtime.reset(0)
+    start = time.perf_counter()
+    require_finite(runtime.prefill(ids), "reading the prompt", ids)
+    return time.perf_counter() - start
+
+
 def run(
     runtime,
     prompt_ids: Sequence[int],
@@ -110,20 +137,35 @@ def run(
     inputs: dict[str, np.ndarray] | None = None,
     on_step: Callable[[str], None] | None = None,
     rounds: int = 3,
-) -> tuple[SpeedResult, list[SpeedResult]]:
-    """Dense and each effort below 1, `rounds` times in turn; returns (dense, [per effort]). An effort of
-    1 in `efforts` is the dense run itself (timed once per round, not twice)."""
+    peers: dict | None = None,
+    long_prompt: Sequence[int] | None = None,
+) -> tuple[SpeedResult, list[SpeedResult], list[PeerResult], PromptResult | None]:
+    """Dense and each effort below 1, `rounds` times in turn, and in the same rounds each peer (a runtime
+    of another project with `decode_speed(prompt_ids, tokens)` and `prompt_seconds(ids)`) and, with
+    `long_prompt`, the prompt reading of the engine and the peers. Returns (dense, [per effort], [per
+    peer], prompt). An effort of 1 in `efforts` is the dense run itself (timed once per round, not twice)."""
     note = on_step or (lambda s: None)
+    peers = peers or {}
     efforts = [e for e in dict.fromkeys(float(e) for e in efforts) if e < 1.0]
     configs = [1.0, *efforts]
     steps: dict[float, list[float]] = {e: [] for e in configs}
     shares: dict[float, list[float]] = {e: [] for e in configs}
+    peer_steps: dict[str, list[float]] = {name: [] for name in peers}
+    prompt_s: dict[str, list[float]] = {name: [] for name in ["engine", *peers]}
     for r in range(rounds):
         for effort in configs:
             note(f"round {r + 1}/{rounds}: decoding {tokens} tokens at effort {effort:g}")
             step_s, share = decode_speed(runtime, prompt_ids, effort, tokens)
             steps[effort].append(step_s)
             shares[effort].append(share)
+        for name, peer in peers.items():
+            note(f"round {r + 1}/{rounds}: {name} decoding {tokens} tokens")
+            peer_steps[name].append(peer.decode_speed(prompt_ids, tokens))
+        if long_prompt is not None:
+            note(f"round {r + 1}/{rounds}: reading a {len(long_prompt)}-token prompt")
+            prompt_s["engine"].append(prompt_seconds(runtime, long_prompt))
+            for name, peer in peers.items():
+                prompt_s[name].append(peer.prompt_seconds(long_prompt))
     results = []
     for effort in configs:
         per_round = np.array(steps[effort])
@@ -141,7 +183,29 @@ def run(
             {k: b / (ms / 1e3) / 1e9 if ms > 0 else 0.0 for k, (ms, b) in kernels.items()},
             spread, speedup,
         ))
-    return results[0], results[1:]
+    peer_results = []
+    for name, times in peer_steps.items():
+        per_round = np.array(times)
+        step_s = float(np.median(per_round))
+        peer_results.append(PeerResult(name, 1.0 / step_s, step_s * 1e3, float((per_round.max() - per_round.min()) / step_s),
+                                       float(np.median(np.array(steps[1.0]) / per_round))))
+    prompt = None
+    if long_prompt is not None:
+        tps = {name: len(long_prompt) / float(np.median(s)) for name, s in prompt_s.items()}
+        prompt = PromptResult(len(long_prompt), tps.pop("engine"), tps)
+    return results[0], results[1:], peer_results, prompt
+
+
+def format_peers(dense: SpeedResult, peers: list[PeerResult], prompt: PromptResult | None) -> str:
+    """The peers' rows under the table, and the prompt speeds."""
+    lines = []
+    for p in peers:
+        lines.append(f"{p.name}: {p.decode_tps:.1f} tok/s ({p.ms_per_token:.2f} ms/tok, spread {100 * p.spread:.0f}%); "
+                     f"the engine's dense decode is {p.vs_dense:.2f}x its speed")
+    if prompt is not None:
+        peer = "; ".join(f"{name} {tps:.1f} tok/s ({prompt.engine_tps / tps:.2f}x)" for name, tps in prompt.peer_tps.items())
+        lines.append(f"prompt of {prompt.tokens} tokens: the engine {prompt.engine_tps:.1f} tok/s" + (f"; {peer}" if peer else ""))
+    return "\n".join(lines)
 
 
 def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_bytes: int, strategy: str = "bucket") -> str:

@@ -52,15 +52,13 @@ def teacher_forced(runtime, ids: Sequence[int], effort: float) -> tuple[np.ndarr
     check_tokens(runtime, ids)
     check_room(runtime, len(ids) - 1, f"scoring {len(ids) - 1} tokens", f"use --tokens {runtime.context_limit} or fewer")
     runtime.reset(0)
-    rows = [runtime.prefill(ids[:1])]
-    require_finite(rows[0], "at position 0 of the evaluation text", ids[:1])
-    effective = []
-    for n, token in enumerate(ids[1:-1], 1):
-        logits, used = runtime.step(token, effort)
-        require_finite(logits, f"at position {n} of the evaluation text (effort {effort:g})", ids[: n + 1])
-        rows.append(logits)
-        effective.append(used)
-    return log_softmax(np.stack(rows)), float(np.mean(effective)) if effective else 1.0
+    first = runtime.prefill(ids[:1])
+    require_finite(first, "at position 0 of the evaluation text", ids[:1])
+    if len(ids) <= 2:
+        return log_softmax(first[None, :]), 1.0
+    rest, effective = runtime.forward(ids[1:-1], effort)  # each position as a decode step at `effort` gives it
+    require_finite(rest, f"in the evaluation text (effort {effort:g})", ids)
+    return log_softmax(np.concatenate([first[None, :], rest])), effective
 
 
 def compare(dense_lp: np.ndarray, lp: np.ndarray, targets: np.ndarray) -> tuple[float, float, float]:

@@ -263,3 +263,23 @@ def _add_tokenizer(writer, vocab: int) -> None:
     writer.add_token_types([1] * (len(tokens) - 2 - fillers) + [4] * fillers + [3, 3])
     writer.add_bos_token_id(len(tokens) - 2)
     writer.add_eos_token_id(len(tokens) - 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.tools.synthetic SHAPE DTYPE OUT.gguf [--layers N]`: write a random-weight GGUF of a
+    real shape (for measuring loading, memory and speed on sizes no bundled model has)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m engine.tools.synthetic", description=main.__doc__)
+    parser.add_argument("shape", choices=sorted(SHAPES))
+    parser.add_argument("dtype", choices=sorted(GGUF_TYPES))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--layers", type=int, default=None)
+    args = parser.parse_args(argv)
+    write_gguf(args.shape, args.out, args.dtype, args.layers, progress=lambda s: print(s, flush=True))
+    print(f"{args.out} ({args.out.stat().st_size / 2**30:.2f} GiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

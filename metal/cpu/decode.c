@@ -1,11 +1,14 @@
-/* decode.c — one step of a Llama-family decoder on the CPU, every projection in the planes layout.
+/* decode.c — a Llama-family decoder on the CPU, every projection in the planes layout.
  * Run by: engine.runtime.cpu_runtime.CPURuntime (built by engine.runtime.native, called through ctypes).
  *
- * Python owns every buffer (the layout is memory-mapped from the converted file, the KV cache is numpy)
- * and calls ee_step() per token with the token's embedding:
+ * Python owns the weights (the layout is memory-mapped from the converted file) and the KV cache, and
+ * calls ee_forward() with the embeddings of one or more tokens at consecutive positions:
  *   x -> n_layers x (attention + SwiGLU MLP) -> norm -> head -> logits.
- * Each projection (and the head) reads its rows at the levels its threshold picks (planes.h); with no
- * thresholds every row is read at its top level: the dense model, through the same kernels.
+ * One token is a decode step; several are a chunk of the prompt, drafted tokens to verify, or a text
+ * scored teacher-forced: every matrix's weights are then read once for all of them, and each token gets
+ * the bits it would get alone. Each projection (and the head) reads its rows at the levels its threshold
+ * picks, per token (planes.h); with no effort every row is read at its top level: the dense model, through
+ * the same kernels.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -47,17 +50,14 @@ typedef struct {
     int whole_rows; /* the activation baseline: rows by x^2 alone, every plane or none */
 } ee_effort;
 
-/* Calibration statistics (optional): per matrix and plane, a histogram of log2 of the row scores
- * x^2 * gain (EE_HIST_BINS bins of 1/EE_HIST_PER_OCTAVE octave from 2^EE_HIST_LOW), the output error
- * energy left unread, and the output energy. */
+/* Calibration statistics (optional): per matrix and plane, a histogram of log2 of the rows' scores
+ * x^2 * gain, EE_HIST_BINS bins of 1/EE_HIST_PER_OCTAVE octave from 2^EE_HIST_LOW: what a static threshold
+ * reads on average. */
 #define EE_HIST_BINS 1024
 #define EE_HIST_PER_OCTAVE 8
 #define EE_HIST_LOW (-96)
 typedef struct {
-    uint32_t *hist;   /* [n_matrices][2][EE_HIST_BINS] */
-    double *unread;   /* [n_matrices] */
-    double *energy;   /* [n_matrices] */
-    double *residual; /* [n_layers + 1]: energy of the residual stream entering each layer (and the final norm) */
+    uint32_t *hist; /* [n_matrices][2][EE_HIST_BINS] */
 } ee_stats;
 
 #define MAX_GROUP 3 /* q/k/v share their input, as do gate/up */
@@ -68,50 +68,68 @@ typedef struct {
     ee_planes head;
     const float *final_norm, *rope_inv_freq;
     float *kcache, *vcache; /* [layers][n_kv][max_ctx][head_dim] */
-    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores, *scratch;
+    int widest_in;          /* the most inputs of any matrix: the work lists' size */
+    float *scratch;         /* 2 * widest_in: the per-token budget's order statistic */
+    /* per token of a batch, grown on demand: activations, quantized inputs, work lists */
+    int cap;
+    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
     int8_t *xq;
     float *dx;
-    ee_work *work[MAX_GROUP];
-    uint8_t *levels[MAX_GROUP]; /* each row's level, kept for the calibration statistics */
+    ee_work **work; /* [MAX_GROUP][cap] */
     ee_stats *stats;
-    float *capture;          /* optional: each matrix's input x, at capture + capture_at[index] */
+    float *capture;            /* optional: each matrix's input, at capture + capture_at[index] (one token) */
     const int64_t *capture_at;
-    double read, total; /* plane bytes read / at the top level, last step */
-    int nonfinite;      /* this step met NaN or inf activations: its logits are NaN */
-    /* batches (ee_forward), grown on first use: per token activations, work lists, quantized inputs */
-    int batch_cap;
-    float *bx, *bxn, *bq, *bk, *bv, *batt, *bproj, *bgate, *bup, *bscores;
-    int8_t *bxq;
-    float *bdx;
-    ee_work **bwork; /* [MAX_GROUP][batch_cap] */
-    int widest_in;      /* the scratch buffers' size: no matrix with more inputs may run */
+    double read, total; /* plane bytes read / at the top level, by the last call */
+    int nonfinite;      /* the last call met NaN or inf activations: its logits are NaN */
 } ee_model;
 
 static float *alloc_f(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
 
-static void free_batch(ee_model *m) {
-    free(m->bx); free(m->bxn); free(m->bq); free(m->bk); free(m->bv); free(m->batt); free(m->bproj);
-    free(m->bgate); free(m->bup); free(m->bscores); free(m->bxq); free(m->bdx);
-    if (m->bwork)
-        for (int i = 0; i < MAX_GROUP * m->batch_cap; i++) ee_work_free(m->bwork[i]);
-    free(m->bwork);
-    m->bx = m->bxn = m->bq = m->bk = m->bv = m->batt = m->bproj = m->bgate = m->bup = m->bscores = m->bdx = NULL;
-    m->bxq = NULL;
-    m->bwork = NULL;
-    m->batch_cap = 0;
+static void free_tokens(ee_model *m) {
+    free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v); free(m->att); free(m->proj);
+    free(m->gate); free(m->up); free(m->scores); free(m->xq); free(m->dx);
+    if (m->work)
+        for (int i = 0; i < MAX_GROUP * m->cap; i++) ee_work_free(m->work[i]);
+    free(m->work);
+    m->x = m->xn = m->q = m->k = m->v = m->att = m->proj = m->gate = m->up = m->scores = m->dx = NULL;
+    m->xq = NULL;
+    m->work = NULL;
+    m->cap = 0;
+}
+
+/* room for ntok tokens' activations and work lists */
+static int grow(ee_model *m, int ntok) {
+    if (ntok <= m->cap) return 1;
+    free_tokens(m);
+    const ee_dims *d = &m->d;
+    size_t n = (size_t)ntok, qdim = (size_t)d->n_heads * d->head_dim, kvdim = (size_t)d->n_kv * d->head_dim;
+    size_t widest = (size_t)d->dim > qdim ? (size_t)d->dim : qdim;
+    m->x = alloc_f(n * d->dim);
+    m->xn = alloc_f(n * widest);
+    m->q = alloc_f(n * qdim);
+    m->k = alloc_f(n * kvdim);
+    m->v = alloc_f(n * kvdim);
+    m->att = alloc_f(n * qdim);
+    m->proj = alloc_f(n * widest);
+    m->gate = alloc_f(n * d->ffn);
+    m->up = alloc_f(n * d->ffn);
+    m->scores = alloc_f((size_t)ecpu_threads() * d->max_ctx);
+    m->xq = (int8_t *)calloc(2 * n * m->widest_in, 1);
+    m->dx = alloc_f(n * m->widest_in / EE_BLOCK);
+    m->work = (ee_work **)calloc((size_t)MAX_GROUP * n, sizeof(ee_work *));
+    int ok = m->x && m->xn && m->q && m->k && m->v && m->att && m->proj && m->gate && m->up && m->scores && m->xq &&
+             m->dx && m->work;
+    m->cap = ntok;
+    for (size_t i = 0; ok && i < MAX_GROUP * n; i++) ok = (m->work[i] = ee_work_new(m->widest_in)) != NULL;
+    if (!ok) free_tokens(m);
+    return ok;
 }
 
 void ee_model_free(ee_model *m) {
     if (!m) return;
-    free_batch(m);
+    free_tokens(m);
     free(m->layers);
-    free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v);
-    free(m->att); free(m->proj); free(m->gate); free(m->up); free(m->scores); free(m->scratch);
-    free(m->xq); free(m->dx);
-    for (int g = 0; g < MAX_GROUP; g++) {
-        ee_work_free(m->work[g]);
-        free(m->levels[g]);
-    }
+    free(m->scratch);
     free(m);
 }
 
@@ -146,45 +164,27 @@ ee_model *ee_model_new(const ee_dims *d, const ee_layer *layers, const ee_planes
     m->rope_inv_freq = rope_inv_freq;
     m->kcache = kcache;
     m->vcache = vcache;
-    int widest = d->dim > qdim ? d->dim : qdim, widest_in = d->ffn > widest ? d->ffn : widest;
-    m->widest_in = widest_in;
-    m->x = alloc_f(d->dim);
-    m->xn = alloc_f(widest);
-    m->q = alloc_f(qdim);
-    m->k = alloc_f(kvdim);
-    m->v = alloc_f(kvdim);
-    m->att = alloc_f(qdim);
-    m->proj = alloc_f(widest);
-    m->gate = alloc_f(d->ffn);
-    m->up = alloc_f(d->ffn);
-    m->scores = alloc_f((size_t)d->n_heads * d->max_ctx);
-    m->scratch = alloc_f(2 * (size_t)widest_in);
-    m->xq = (int8_t *)calloc(2 * (size_t)widest_in, 1);
-    m->dx = alloc_f((size_t)widest_in / EE_BLOCK);
-    int ok = m->layers && m->x && m->xn && m->q && m->k && m->v && m->att && m->proj && m->gate && m->up &&
-             m->scores && m->scratch && m->xq && m->dx;
-    for (int g = 0; g < MAX_GROUP; g++) {
-        ok = ok && (m->work[g] = ee_work_new(widest_in)) != NULL;
-        ok = ok && (m->levels[g] = (uint8_t *)malloc((size_t)widest_in)) != NULL;
-    }
-    if (!ok) {
+    int widest = d->dim > qdim ? d->dim : qdim;
+    m->widest_in = d->ffn > widest ? d->ffn : widest;
+    m->scratch = alloc_f(2 * (size_t)m->widest_in);
+    ecpu_init(threads);
+    if (!m->layers || !m->scratch || !grow(m, 1)) {
         ee_model_free(m);
         return NULL;
     }
-    ecpu_init(threads);
     return m;
 }
 
 void ee_set_stats(ee_model *m, ee_stats *stats) { m->stats = stats; }
 
-/* Keep each matrix's input of the following steps (bench and eval time and compare single matrices
- * on real activations); NULL stops it. */
+/* Keep each matrix's input of the following single-token calls (bench and eval time and compare single
+ * matrices on real activations); NULL stops it. */
 void ee_set_capture(ee_model *m, float *capture, const int64_t *capture_at) {
     m->capture = capture;
     m->capture_at = capture ? capture_at : NULL;
 }
 
-/* plane bytes the last step read, and what every row at its top level would have read */
+/* plane bytes the last call read, and what every row at its top level would have read */
 double ee_bytes_read(const ee_model *m) { return m->read; }
 double ee_bytes_total(const ee_model *m) { return m->total; }
 
@@ -210,55 +210,60 @@ static void rope(float *v, int n_heads, int head_dim, int pos, const float *inv_
     }
 }
 
-/* ------------------------------------------------------------------ one projection group */
+static void add_bias(float *y, const float *b, int n) {
+    if (b)
+        for (int i = 0; i < n; i++) y[i] += b[i];
+}
+
+/* ------------------------------------------------------------------ projections */
 static int top_level(const ee_planes *p) { return p->kind == EE_Q8 && p->plane[1] ? 2 : 1; }
 
-/* Calibration: where this token's row scores fall, what was left unread, and the output energy. */
-static void record(ee_stats *st, int index, const ee_planes *p, const float *x, const float *y,
-                   const uint8_t *levels) {
+/* Calibration: where this token's row scores fall. */
+static void record(ee_stats *st, int index, const ee_planes *p, const float *x) {
     uint32_t *h = st->hist + (size_t)index * 2 * EE_HIST_BINS;
-    double unread = 0.0, energy = 0.0;
     int planes = top_level(p);
     for (int i = 0; i < p->in; i++) {
         float s = x[i] * x[i];
         for (int q = 0; q < planes; q++) {
             float v = s * p->gain[q][i];
             int bin = v > 0.0f ? (int)floorf((log2f(v) - EE_HIST_LOW) * EE_HIST_PER_OCTAVE) : 0;
-            bin = bin < 0 ? 0 : bin >= EE_HIST_BINS ? EE_HIST_BINS - 1 : bin;
-            h[q * EE_HIST_BINS + bin]++;
-            if (levels[i] <= q) unread += v;
+            h[q * EE_HIST_BINS + (bin < 0 ? 0 : bin >= EE_HIST_BINS ? EE_HIST_BINS - 1 : bin)]++;
         }
     }
-    for (int o = 0; o < p->out; o++) energy += (double)y[o] * y[o];
-    st->unread[index] += unread;
-    st->energy[index] += energy;
 }
 
-/* Up to MAX_GROUP matrices of the same input x: x quantized once, each matrix's rows selected at its
- * threshold, then one parallel product over all of them. */
-static void project_group(ee_model *m, const ee_planes *const *ps, float *const *ys, const int *index, int count,
-                          const float *x, const ee_effort *e) {
-    m->nonfinite |= ee_quantize_x(x, ps[0]->in, m->xq, m->dx);
-    ee_mv mv[MAX_GROUP];
-    int whole = e && e->whole_rows;
-    for (int j = 0; j < count; j++) {
-        const ee_planes *p = ps[j];
-        if (m->capture) memcpy(m->capture + m->capture_at[index[j]], x, sizeof(float) * (size_t)p->in);
-        int top = top_level(p) == 1;
-        float tau = -1.0f; /* every row at its top level */
-        if (e && e->tau) tau = e->tau[index[j]];
-        else if (e && e->share) {
-            long rows = (long)p->in * top_level(p), budget = lrintf(e->share[index[j]] * (float)rows);
-            tau = budget >= rows ? -1.0f : ee_budget_tau(p, x, budget, top, whole, m->scratch);
+/* Up to MAX_GROUP matrices of the same input, for ntok tokens (inputs xs + j * xstride, outputs
+ * ys[g] + j * ystride[g]): each token's input quantized once, each matrix's rows selected per token at
+ * its threshold (or budget), then one parallel product over all matrices and tokens. */
+static void project(ee_model *m, const ee_planes *const *ps, float *const *ys, const int *ystride, const int *index,
+                    int count, const float *xs, int xstride, int ntok, const ee_effort *e) {
+    int in = ps[0]->in, whole = e && e->whole_rows, same = 1; /* same: every token reads every row */
+    ee_mv mv[MAX_GROUP * EE_MAX_BATCH];
+    for (int j = 0; j < ntok; j++) {
+        const float *x = xs + (size_t)j * xstride;
+        int8_t *xq = m->xq + (size_t)j * 2 * m->widest_in;
+        float *dx = m->dx + (size_t)j * (m->widest_in / EE_BLOCK);
+        m->nonfinite |= ee_quantize_x(x, in, xq, dx);
+        for (int g = 0; g < count; g++) {
+            const ee_planes *p = ps[g];
+            ee_work *w = m->work[(size_t)g * m->cap + j];
+            int top = top_level(p) == 1;
+            float tau = -1.0f; /* every row at its top level */
+            if (e && e->tau) tau = e->tau[index[g]];
+            else if (e && e->share) {
+                long rows = (long)p->in * top_level(p), budget = lrintf(e->share[index[g]] * (float)rows);
+                tau = budget >= rows ? -1.0f : ee_budget_tau(p, x, budget, top, whole, m->scratch);
+            }
+            ee_select(p, x, xq, dx, tau, top, whole, w, NULL);
+            same &= tau < 0.0f;
+            if (m->stats) record(m->stats, index[g], p, x);
+            if (m->capture && ntok == 1) memcpy(m->capture + m->capture_at[index[g]], x, sizeof(float) * (size_t)in);
+            m->read += (double)w->rows_read * (p->out / 2);
+            m->total += (double)p->in * top_level(p) * (p->out / 2);
+            mv[(size_t)g * ntok + j] = (ee_mv){p, w, ys[g] + (size_t)j * ystride[g]};
         }
-        ee_select(p, x, m->xq, m->dx, tau, top, whole, m->work[j], m->stats ? m->levels[j] : NULL);
-        m->read += (double)m->work[j]->rows_read * (p->out / 2);
-        m->total += (double)p->in * top_level(p) * (p->out / 2);
-        mv[j] = (ee_mv){p, m->work[j], ys[j]};
     }
-    ee_matvec_multi(count, mv);
-    if (m->stats)
-        for (int j = 0; j < count; j++) record(m->stats, index[j], ps[j], x, ys[j], m->levels[j]);
+    ee_matmul_multi(count, ntok, mv, same);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -337,226 +342,65 @@ static void attend(const float *q, const float *K, const float *V, int n, int hd
 
 typedef struct {
     ee_model *m;
-    int layer, pos;
+    int layer, pos, ntok;
     atomic_int next;
 } attention_job;
 
+/* (token, head) pairs, claimed in turn: token j at position pos + j attends to every cached position up
+ * to its own (the batch's keys and values are in the cache already) */
 static void attention_worker(void *arg, int tid) {
-    (void)tid;
     attention_job *J = (attention_job *)arg;
-    ee_model *m = J->m;
-    const ee_dims *d = &m->d;
-    int hd = d->head_dim, group = d->n_heads / d->n_kv;
-    int first = d->window > 0 && J->pos + 1 > d->window ? J->pos + 1 - d->window : 0;
-    size_t layer_off = (size_t)J->layer * d->n_kv * d->max_ctx * hd;
-    for (;;) {
-        int h = atomic_fetch_add(&J->next, 1);
-        if (h >= d->n_heads) break;
-        size_t at = layer_off + ((size_t)(h / group) * d->max_ctx + first) * hd;
-        attend(m->q + h * hd, m->kcache + at, m->vcache + at, J->pos + 1 - first, hd, 1.0f / sqrtf((float)hd),
-               m->scores + (size_t)h * d->max_ctx, m->att + h * hd);
-    }
-}
-
-/* heads in parallel once the context is long enough to pay for the hand-off */
-static void attention(ee_model *m, int layer, int pos) {
-    attention_job J = {m, layer, pos, 0};
-    atomic_init(&J.next, 0);
-    if (pos >= 32) ecpu_parallel(attention_worker, &J);
-    else attention_worker(&J, 0);
-}
-
-static void add_bias(float *y, const float *b, int n) {
-    if (b)
-        for (int i = 0; i < n; i++) y[i] += b[i];
-}
-
-/* One token at position `pos`, from its embedding x0 [dim]: writes logits [vocab]. Returns 0, or -1 when
- * `pos` is outside the KV cache or a buffer is missing (nothing is written then). Token ids never reach
- * C: the caller reads the embedding row (and checks the id) itself. */
-int ee_step(ee_model *m, const float *x0, int pos, const ee_effort *effort, float *logits) {
-    if (!m || !x0 || !logits) return -1;
-    const ee_dims *d = &m->d;
-    if (pos < 0 || pos >= d->max_ctx) return -1;
-    const ee_effort *e = effort && (effort->tau || effort->share) ? effort : NULL;
-    int dim = d->dim, hd = d->head_dim, qdim = d->n_heads * hd, kvdim = d->n_kv * hd;
-    m->read = m->total = 0.0;
-    m->nonfinite = 0;
-    memcpy(m->x, x0, sizeof(float) * (size_t)dim);
-    for (int li = 0; li < d->n_layers; li++) {
-        ee_layer *l = &m->layers[li];
-        int at = li * EE_N_PROJ;
-        if (m->stats)
-            for (int i = 0; i < dim; i++) m->stats->residual[li] += (double)m->x[i] * m->x[i];
-        rmsnorm(m->xn, m->x, l->attn_norm, dim, d->eps);
-        const ee_planes *qkv[3] = {&l->proj[P_Q], &l->proj[P_K], &l->proj[P_V]};
-        float *qkv_out[3] = {m->q, m->k, m->v};
-        int qkv_index[3] = {at + P_Q, at + P_K, at + P_V};
-        project_group(m, qkv, qkv_out, qkv_index, 3, m->xn, e);
-        add_bias(m->q, l->bias[0], qdim);
-        add_bias(m->k, l->bias[1], kvdim);
-        add_bias(m->v, l->bias[2], kvdim);
-        rope(m->q, d->n_heads, hd, pos, m->rope_inv_freq);
-        rope(m->k, d->n_kv, hd, pos, m->rope_inv_freq);
-        size_t layer_off = (size_t)li * d->n_kv * d->max_ctx * hd;
-        for (int h = 0; h < d->n_kv; h++) {
-            size_t to = layer_off + ((size_t)h * d->max_ctx + pos) * hd;
-            memcpy(m->kcache + to, m->k + h * hd, sizeof(float) * hd);
-            memcpy(m->vcache + to, m->v + h * hd, sizeof(float) * hd);
-        }
-        attention(m, li, pos);
-        const ee_planes *o[1] = {&l->proj[P_O]};
-        float *o_out[1] = {m->proj};
-        int o_index[1] = {at + P_O};
-        project_group(m, o, o_out, o_index, 1, m->att, e);
-        for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
-
-        rmsnorm(m->xn, m->x, l->ffn_norm, dim, d->eps);
-        const ee_planes *gu[2] = {&l->proj[P_GATE], &l->proj[P_UP]};
-        float *gu_out[2] = {m->gate, m->up};
-        int gu_index[2] = {at + P_GATE, at + P_UP};
-        project_group(m, gu, gu_out, gu_index, 2, m->xn, e);
-        for (int i = 0; i < d->ffn; i++) {
-            float g = m->gate[i];
-            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
-        }
-        const ee_planes *dn[1] = {&l->proj[P_DOWN]};
-        float *dn_out[1] = {m->proj};
-        int dn_index[1] = {at + P_DOWN};
-        project_group(m, dn, dn_out, dn_index, 1, m->gate, e);
-        for (int i = 0; i < dim; i++) m->x[i] += m->proj[i];
-    }
-    if (m->stats)
-        for (int i = 0; i < dim; i++) m->stats->residual[d->n_layers] += (double)m->x[i] * m->x[i];
-    rmsnorm(m->xn, m->x, m->final_norm, dim, d->eps);
-    const ee_planes *head[1] = {&m->head};
-    float *head_out[1] = {logits};
-    int head_index[1] = {d->n_layers * EE_N_PROJ};
-    project_group(m, head, head_out, head_index, 1, m->xn, e);
-    if (m->nonfinite) /* the activations went NaN or inf somewhere: the logits say so */
-        for (int i = 0; i < d->vocab; i++) logits[i] = NAN;
-    return 0;
-}
-
-/* One projection outside a decode step (bench, eval, tests): y = the matrix at `tau` (or `share`) times x.
- * Returns the plane rows it read, or -1 (nothing written) for a matrix this model's buffers cannot run. */
-long ee_project(ee_model *m, const ee_planes *p, const float *x, float *y, float tau, float share, int whole_rows) {
-    if (!m || !p || !x || !y || !valid_planes(p, p->out, p->in) || p->in > m->widest_in) return -1;
-    float t[1] = {tau}, s[1] = {share};
-    ee_effort e = {share >= 0.0f ? NULL : t, share >= 0.0f ? s : NULL, whole_rows};
-    const ee_planes *ps[1] = {p};
-    float *ys[1] = {y};
-    int index[1] = {0};
-    ee_stats *keep = m->stats;
-    float *capture = m->capture;
-    m->stats = NULL;
-    m->capture = NULL;
-    m->read = m->total = 0.0;
-    project_group(m, ps, ys, index, 1, x, &e);
-    m->stats = keep;
-    m->capture = capture;
-    return m->work[0]->rows_read;
-}
-
-/* ------------------------------------------------------------------ batches */
-static int grow_batch(ee_model *m, int ntok) {
-    if (ntok <= m->batch_cap) return 1;
-    free_batch(m);
-    const ee_dims *d = &m->d;
-    size_t n = (size_t)ntok, qdim = (size_t)d->n_heads * d->head_dim, kvdim = (size_t)d->n_kv * d->head_dim;
-    size_t widest = (size_t)(d->dim > (int)qdim ? d->dim : (int)qdim);
-    m->bx = alloc_f(n * d->dim);
-    m->bxn = alloc_f(n * widest);
-    m->bq = alloc_f(n * qdim);
-    m->bk = alloc_f(n * kvdim);
-    m->bv = alloc_f(n * kvdim);
-    m->batt = alloc_f(n * qdim);
-    m->bproj = alloc_f(n * widest);
-    m->bgate = alloc_f(n * d->ffn);
-    m->bup = alloc_f(n * d->ffn);
-    m->bscores = alloc_f((size_t)ecpu_threads() * d->max_ctx);
-    m->bxq = (int8_t *)calloc(2 * n * m->widest_in, 1);
-    m->bdx = alloc_f(n * m->widest_in / EE_BLOCK);
-    m->bwork = (ee_work **)calloc((size_t)MAX_GROUP * n, sizeof(ee_work *));
-    int ok = m->bx && m->bxn && m->bq && m->bk && m->bv && m->batt && m->bproj && m->bgate && m->bup && m->bscores &&
-             m->bxq && m->bdx && m->bwork;
-    for (size_t i = 0; ok && i < MAX_GROUP * n; i++) ok = (m->bwork[i] = ee_work_new(m->widest_in)) != NULL;
-    m->batch_cap = ntok;
-    if (!ok) free_batch(m);
-    return ok;
-}
-
-/* Up to MAX_GROUP matrices of the same inputs for ntok tokens at full effort: inputs xs[j * stride],
- * outputs ys[g][j * ystride[g]]. */
-static void project_batch(ee_model *m, const ee_planes *const *ps, float *const *ys, const int *ystride, int count,
-                          const float *xs, int stride, int ntok) {
-    int in = ps[0]->in;
-    ee_mv mv[MAX_GROUP * EE_MAX_BATCH];
-    for (int j = 0; j < ntok; j++) {
-        int8_t *xq = m->bxq + (size_t)j * 2 * m->widest_in;
-        float *dx = m->bdx + (size_t)j * (m->widest_in / EE_BLOCK);
-        const float *x = xs + (size_t)j * stride;
-        m->nonfinite |= ee_quantize_x(x, in, xq, dx);
-        for (int g = 0; g < count; g++) {
-            ee_work *w = m->bwork[(size_t)g * m->batch_cap + j];
-            ee_select(ps[g], x, xq, dx, -1.0f, top_level(ps[g]) == 1, 0, w, NULL);
-            mv[(size_t)g * ntok + j] = (ee_mv){ps[g], w, ys[g] + (size_t)j * ystride[g]};
-        }
-    }
-    ee_matmul_multi(count, ntok, mv);
-}
-
-typedef struct {
-    ee_model *m;
-    int layer, pos, ntok;
-    atomic_int next;
-} batch_attention_job;
-
-/* (token, head) pairs in parallel: token j at position pos + j attends to every cached position up to
- * its own (the batch's keys and values are in the cache already) */
-static void batch_attention_worker(void *arg, int tid) {
-    batch_attention_job *J = (batch_attention_job *)arg;
     ee_model *m = J->m;
     const ee_dims *d = &m->d;
     int hd = d->head_dim, group = d->n_heads / d->n_kv, qdim = d->n_heads * hd;
     size_t layer_off = (size_t)J->layer * d->n_kv * d->max_ctx * hd;
-    float *scores = m->bscores + (size_t)tid * d->max_ctx;
+    float *scores = m->scores + (size_t)tid * d->max_ctx;
     for (;;) {
         int u = atomic_fetch_add(&J->next, 1);
         if (u >= J->ntok * d->n_heads) break;
         int j = u / d->n_heads, h = u % d->n_heads, at = J->pos + j;
         int first = d->window > 0 && at + 1 > d->window ? at + 1 - d->window : 0;
         size_t kv = layer_off + ((size_t)(h / group) * d->max_ctx + first) * hd;
-        attend(m->bq + (size_t)j * qdim + h * hd, m->kcache + kv, m->vcache + kv, at + 1 - first, hd,
-               1.0f / sqrtf((float)hd), scores, m->batt + (size_t)j * qdim + h * hd);
+        attend(m->q + (size_t)j * qdim + h * hd, m->kcache + kv, m->vcache + kv, at + 1 - first, hd,
+               1.0f / sqrtf((float)hd), scores, m->att + (size_t)j * qdim + h * hd);
     }
 }
 
-/* ntok tokens at positions pos .. pos + ntok - 1, from their embeddings x0 [ntok][dim], at full effort:
- * the prompt, or drafted tokens to verify. Each matrix's weights are read once for all of them, and every
- * token gets the logits a decode step would give it, bit for bit. Writes logits [ntok][vocab] (all_logits)
- * or only the last token's [vocab]. Returns 0, or -1 (nothing written) for a position past the cache, a
- * batch too large, a missing buffer or no memory. */
-int ee_forward(ee_model *m, const float *x0, int pos, int ntok, float *logits, int all_logits) {
+/* in parallel once there is enough to pay for the hand-off */
+static void attention(ee_model *m, int layer, int pos, int ntok) {
+    attention_job J = {m, layer, pos, ntok, 0};
+    atomic_init(&J.next, 0);
+    if ((long)ntok * (pos + ntok) >= 32) ecpu_parallel(attention_worker, &J);
+    else attention_worker(&J, 0);
+}
+
+/* ntok tokens at positions pos .. pos + ntok - 1, from their embeddings x0 [ntok][dim], at an effort (NULL:
+ * full): writes logits [ntok][vocab] (all_logits) or only the last token's [vocab]. Each matrix's weights
+ * are read once for all the tokens and every token gets the bits it would get alone. Returns 0, or -1
+ * (nothing written) for a position past the cache, a batch too large, a missing buffer or no memory.
+ * Token ids never reach C: the caller reads the embedding rows (and checks the ids) itself. */
+int ee_forward(ee_model *m, const float *x0, int pos, int ntok, const ee_effort *effort, float *logits, int all_logits) {
     if (!m || !x0 || !logits || ntok < 1 || ntok > EE_MAX_BATCH) return -1;
     const ee_dims *d = &m->d;
     if (pos < 0 || pos > d->max_ctx - ntok) return -1;
-    if (!grow_batch(m, ntok)) return -1;
+    if (!grow(m, ntok)) return -1;
+    const ee_effort *e = effort && (effort->tau || effort->share) ? effort : NULL;
     int dim = d->dim, hd = d->head_dim, qdim = d->n_heads * hd, kvdim = d->n_kv * hd, ffn = d->ffn;
     int widest = dim > qdim ? dim : qdim;
     m->nonfinite = 0;
     m->read = m->total = 0.0;
-    memcpy(m->bx, x0, sizeof(float) * (size_t)ntok * dim);
+    memcpy(m->x, x0, sizeof(float) * (size_t)ntok * dim);
     for (int li = 0; li < d->n_layers; li++) {
         ee_layer *l = &m->layers[li];
-        for (int j = 0; j < ntok; j++) rmsnorm(m->bxn + (size_t)j * widest, m->bx + (size_t)j * dim, l->attn_norm, dim, d->eps);
+        int at = li * EE_N_PROJ;
+        for (int j = 0; j < ntok; j++) rmsnorm(m->xn + (size_t)j * widest, m->x + (size_t)j * dim, l->attn_norm, dim, d->eps);
         const ee_planes *qkv[3] = {&l->proj[P_Q], &l->proj[P_K], &l->proj[P_V]};
-        float *qkv_out[3] = {m->bq, m->bk, m->bv};
-        int qkv_stride[3] = {qdim, kvdim, kvdim};
-        project_batch(m, qkv, qkv_out, qkv_stride, 3, m->bxn, widest, ntok);
+        float *qkv_out[3] = {m->q, m->k, m->v};
+        int qkv_stride[3] = {qdim, kvdim, kvdim}, qkv_index[3] = {at + P_Q, at + P_K, at + P_V};
+        project(m, qkv, qkv_out, qkv_stride, qkv_index, 3, m->xn, widest, ntok, e);
         size_t layer_off = (size_t)li * d->n_kv * d->max_ctx * hd;
         for (int j = 0; j < ntok; j++) {
-            float *q = m->bq + (size_t)j * qdim, *k = m->bk + (size_t)j * kvdim, *v = m->bv + (size_t)j * kvdim;
+            float *q = m->q + (size_t)j * qdim, *k = m->k + (size_t)j * kvdim, *v = m->v + (size_t)j * kvdim;
             add_bias(q, l->bias[0], qdim);
             add_bias(k, l->bias[1], kvdim);
             add_bias(v, l->bias[2], kvdim);
@@ -568,37 +412,60 @@ int ee_forward(ee_model *m, const float *x0, int pos, int ntok, float *logits, i
                 memcpy(m->vcache + to, v + h * hd, sizeof(float) * hd);
             }
         }
-        batch_attention_job A = {m, li, pos, ntok, 0};
-        atomic_init(&A.next, 0);
-        ecpu_parallel(batch_attention_worker, &A);
+        attention(m, li, pos, ntok);
         const ee_planes *o[1] = {&l->proj[P_O]};
-        float *o_out[1] = {m->bproj};
-        int o_stride[1] = {dim};
-        project_batch(m, o, o_out, o_stride, 1, m->batt, qdim, ntok);
-        for (size_t i = 0; i < (size_t)ntok * dim; i++) m->bx[i] += m->bproj[i];
-        for (int j = 0; j < ntok; j++) rmsnorm(m->bxn + (size_t)j * widest, m->bx + (size_t)j * dim, l->ffn_norm, dim, d->eps);
+        float *o_out[1] = {m->proj};
+        int o_stride[1] = {dim}, o_index[1] = {at + P_O};
+        project(m, o, o_out, o_stride, o_index, 1, m->att, qdim, ntok, e);
+        for (size_t i = 0; i < (size_t)ntok * dim; i++) m->x[i] += m->proj[i];
+        for (int j = 0; j < ntok; j++) rmsnorm(m->xn + (size_t)j * widest, m->x + (size_t)j * dim, l->ffn_norm, dim, d->eps);
         const ee_planes *gu[2] = {&l->proj[P_GATE], &l->proj[P_UP]};
-        float *gu_out[2] = {m->bgate, m->bup};
-        int gu_stride[2] = {ffn, ffn};
-        project_batch(m, gu, gu_out, gu_stride, 2, m->bxn, widest, ntok);
+        float *gu_out[2] = {m->gate, m->up};
+        int gu_stride[2] = {ffn, ffn}, gu_index[2] = {at + P_GATE, at + P_UP};
+        project(m, gu, gu_out, gu_stride, gu_index, 2, m->xn, widest, ntok, e);
         for (size_t i = 0; i < (size_t)ntok * ffn; i++) {
-            float g = m->bgate[i];
-            m->bgate[i] = g / (1.0f + expf(-g)) * m->bup[i];
+            float g = m->gate[i];
+            m->gate[i] = g / (1.0f + expf(-g)) * m->up[i];
         }
         const ee_planes *dn[1] = {&l->proj[P_DOWN]};
-        float *dn_out[1] = {m->bproj};
-        int dn_stride[1] = {dim};
-        project_batch(m, dn, dn_out, dn_stride, 1, m->bgate, ffn, ntok);
-        for (size_t i = 0; i < (size_t)ntok * dim; i++) m->bx[i] += m->bproj[i];
+        float *dn_out[1] = {m->proj};
+        int dn_stride[1] = {dim}, dn_index[1] = {at + P_DOWN};
+        project(m, dn, dn_out, dn_stride, dn_index, 1, m->gate, ffn, ntok, e);
+        for (size_t i = 0; i < (size_t)ntok * dim; i++) m->x[i] += m->proj[i];
     }
     int first = all_logits ? 0 : ntok - 1, count = ntok - first;
     for (int j = first; j < ntok; j++)
-        rmsnorm(m->bxn + (size_t)(j - first) * widest, m->bx + (size_t)j * dim, m->final_norm, dim, d->eps);
+        rmsnorm(m->xn + (size_t)(j - first) * widest, m->x + (size_t)j * dim, m->final_norm, dim, d->eps);
     const ee_planes *head[1] = {&m->head};
     float *head_out[1] = {logits};
-    int head_stride[1] = {d->vocab};
-    project_batch(m, head, head_out, head_stride, 1, m->bxn, widest, count);
-    if (m->nonfinite)
+    int head_stride[1] = {d->vocab}, head_index[1] = {d->n_layers * EE_N_PROJ};
+    project(m, head, head_out, head_stride, head_index, 1, m->xn, widest, count, e);
+    if (m->nonfinite) /* the activations went NaN or inf somewhere: the logits say so */
         for (size_t i = 0; i < (size_t)count * d->vocab; i++) logits[i] = NAN;
     return 0;
+}
+
+/* One token (a decode step): ee_forward of one. */
+int ee_step(ee_model *m, const float *x0, int pos, const ee_effort *effort, float *logits) {
+    return ee_forward(m, x0, pos, 1, effort, logits, 1);
+}
+
+/* One projection outside a decode step (bench, eval, tests): y = the matrix at `tau` (or `share`) times x.
+ * Returns the plane rows it read, or -1 (nothing written) for a matrix this model's buffers cannot run. */
+long ee_project(ee_model *m, const ee_planes *p, const float *x, float *y, float tau, float share, int whole_rows) {
+    if (!m || !p || !x || !y || !valid_planes(p, p->out, p->in) || p->in > m->widest_in) return -1;
+    float t[1] = {tau}, s[1] = {share};
+    ee_effort e = {share >= 0.0f ? NULL : t, share >= 0.0f ? s : NULL, whole_rows};
+    const ee_planes *ps[1] = {p};
+    float *ys[1] = {y};
+    int stride[1] = {p->out}, index[1] = {0};
+    ee_stats *stats = m->stats;
+    float *capture = m->capture;
+    m->stats = NULL;
+    m->capture = NULL;
+    m->read = m->total = 0.0;
+    project(m, ps, ys, stride, index, 1, x, p->in, 1, tau < 0.0f && share < 0.0f ? NULL : &e);
+    m->stats = stats;
+    m->capture = capture;
+    return m->work[0]->rows_read;
 }

@@ -563,23 +563,25 @@ static void run_chunk(const ee_planes *P, const ee_work *w, float *yc, int b, in
 
 /* Blocks [b0, b1) of tile t for `ntok` tokens into yts[n] (the tile's outputs, overwritten): block by
  * block, each of the tile's chunks in turn, so the tile's rows of a block (32 x width/2 contiguous bytes)
- * are read together and stay in L1 while its chunks, and the tokens, go by. */
-static void run_tile(const ee_planes *P, const ee_work *const *ws, float *const *yts, int ntok, int t, int b0, int b1) {
+ * are read together and stay in L1 while its chunks, and the tokens, go by. `same`: every token reads the
+ * same rows (full effort), so a block's quads can be unpacked once for all of them. */
+static void run_tile(const ee_planes *P, const ee_work *const *ws, float *const *yts, int ntok, int same, int t, int b0,
+                     int b1) {
     int t0 = t * P->tile, end = tile_end(P, t);
     for (int n = 0; n < ntok; n++) memset(yts[n], 0, sizeof(float) * (size_t)(end - t0));
     float *ycs[EE_MAX_BATCH];
     for (int b = b0; b < b1; b++) {
-        if (ws[0]->start[b] == ws[0]->start[b + 1]) continue;
         for (int c = t0 / 128; c < (end + 127) / 128; c++) {
             for (int n = 0; n < ntok; n++) ycs[n] = yts[n] + (128 * c - t0);
 #if EE_X86
-            if (ntok > 1 && g_isa == ISA_AVX512 && chunk_width(P, c) == 128 &&
+            if (same && ntok > 1 && g_isa == ISA_AVX512 && chunk_width(P, c) == 128 &&
                 ws[0]->start[b + 1] - ws[0]->start[b] <= EE_MAX_QUADS_PER_BLOCK) {
-                chunk128_batch_avx512(P, ws, ycs, ntok, b, 128 * c);
+                if (ws[0]->start[b] < ws[0]->start[b + 1]) chunk128_batch_avx512(P, ws, ycs, ntok, b, 128 * c);
                 continue;
             }
 #endif
-            for (int n = 0; n < ntok; n++) run_chunk(P, ws[n], ycs[n], b, c);
+            for (int n = 0; n < ntok; n++)
+                if (ws[n]->start[b] < ws[n]->start[b + 1]) run_chunk(P, ws[n], ycs[n], b, c);
         }
     }
 }
@@ -591,7 +593,7 @@ static void run_tile(const ee_planes *P, const ee_work *const *ws, float *const 
 #define EE_MAX_UNITS 4096
 typedef struct {
     const ee_mv *mv; /* [matrix][token] */
-    int ntok, units;
+    int ntok, same, units;
     int um[EE_MAX_UNITS], ut[EE_MAX_UNITS], ub0[EE_MAX_UNITS], ub1[EE_MAX_UNITS]; /* matrix, tile, blocks */
     float *part[EE_MAX_UNITS]; /* NULL: the unit writes its tile of y itself; else ntok partials, one per token */
     atomic_int next;
@@ -612,7 +614,7 @@ static void mv_worker(void *arg, int tid) {
             ws[n] = mv[n].w;
             yts[n] = J->part[u] ? J->part[u] + (size_t)n * width : mv[n].y + t * P->tile;
         }
-        run_tile(P, ws, yts, J->ntok, t, J->ub0[u], J->ub1[u]);
+        run_tile(P, ws, yts, J->ntok, J->same, t, J->ub0[u], J->ub1[u]);
     }
 }
 
@@ -623,7 +625,7 @@ static void mv_worker(void *arg, int tid) {
 static float *g_parts;
 static size_t g_parts_n;
 
-void ee_matmul_multi(int n, int ntok, const ee_mv *mv) {
+void ee_matmul_multi(int n, int ntok, const ee_mv *mv, int same) {
     isa();
     static mv_job J;
     int threads = ecpu_threads();
@@ -631,6 +633,7 @@ void ee_matmul_multi(int n, int ntok, const ee_mv *mv) {
     size_t need = 0;
     J.mv = mv;
     J.ntok = ntok;
+    J.same = same;
     J.units = 0;
     for (int k = 0; k < n; k++) {
         const ee_mv *m = mv + (size_t)k * ntok;
@@ -641,19 +644,15 @@ void ee_matmul_multi(int n, int ntok, const ee_mv *mv) {
         const ee_planes *P = mv[(size_t)k * ntok].P;
         const ee_work *w = mv[(size_t)k * ntok].w;
         int tiles = n_tiles(P), nb = w->nb;
-        /* a matrix of few tiles is split into block ranges too, by its shape alone (never by the thread
-         * count, the batch or the machine's load): the same units, so the same sums, on any machine */
+        /* a matrix of few tiles is split into ranges of blocks too, by its shape alone (never by the thread
+         * count, the batch, the rows selected or the machine's load): the same units, so the same sums,
+         * for a token alone or in a batch, on any machine */
         int split = tiles < EE_MIN_UNITS ? (EE_MIN_UNITS + tiles - 1) / tiles : 1;
         if (split > nb) split = nb > 0 ? nb : 1;
         if (J.units + tiles * split > EE_MAX_UNITS) split = 1;
-        long total = w->start[nb];
         for (int t = 0; t < tiles && J.units < EE_MAX_UNITS; t++) {
-            int b = 0;
-            for (int s = 0; s < split; s++) { /* equal shares of the quads */
-                int b0 = b;
-                long goal = total * (s + 1) / split;
-                while (b < nb - (split - s - 1) && (w->start[b] < goal || b == b0)) b++;
-                if (s == split - 1) b = nb;
+            for (int s = 0; s < split; s++) {
+                int b0 = nb * s / split, b = nb * (s + 1) / split;
                 J.um[J.units] = k;
                 J.ut[J.units] = t;
                 J.ub0[J.units] = b0;
@@ -701,9 +700,79 @@ void ee_matmul_multi(int n, int ntok, const ee_mv *mv) {
     }
 }
 
-void ee_matvec_multi(int n, const ee_mv *mv) { ee_matmul_multi(n, 1, mv); }
+void ee_matvec_multi(int n, const ee_mv *mv) { ee_matmul_multi(n, 1, mv, 1); }
 
 void ee_matvec(const ee_planes *P, const ee_work *w, float *y) {
     ee_mv one = {P, w, y};
     ee_matvec_multi(1, &one);
+}
+
+/* ------------------------------------------------------------------ building the layout */
+/* the outputs in the low and high nibble of byte `byte` of a tile's row of `width` outputs (planes.h) */
+static void outputs_of(int byte, int width, int *lo, int *hi) {
+    int chunk = byte / 64 * 128, w = width - chunk >= 128 ? 128 : 64, b = byte - chunk / 2;
+    int L = b / 16, k = (b % 16) / 4, j = b % 4, S = w == 128 ? 16 : 8;
+    *lo = chunk + S * k + 4 * L + j;
+    *hi = *lo + w / 2;
+}
+
+int ee_pack(int kind, const void *codes, const uint16_t *d, const uint16_t *m, int out, int in, int tile,
+            uint8_t *plane0, uint8_t *plane1, uint16_t *d_t, uint16_t *m_t, float *gains) {
+    if (out <= 0 || in <= 0 || out % 64 || in % EE_BLOCK || tile <= 0 || tile % 128) return -1;
+    int nb = in / EE_BLOCK, tiles = out >= 2 * tile ? out / tile : 1, widest = out - (tiles - 1) * tile;
+    int *lo = (int *)malloc(sizeof(int) * (size_t)widest), *hi = (int *)malloc(sizeof(int) * (size_t)widest);
+    int8_t *block = (int8_t *)malloc((size_t)EE_BLOCK * widest);  /* one tile x block of codes, transposed */
+    float *val = (float *)malloc(sizeof(float) * (size_t)EE_BLOCK * widest), *res = NULL;
+    double *e0 = (double *)calloc((size_t)in, sizeof(double)), *e1 = (double *)calloc((size_t)in, sizeof(double));
+    if (kind == EE_Q8) res = (float *)malloc(sizeof(float) * (size_t)EE_BLOCK * widest);
+    int ok = lo && hi && block && val && e0 && e1 && (kind == EE_Q4 || res);
+    for (int t = 0; ok && t < tiles; t++) {
+        int t0 = t * tile, width = t == tiles - 1 ? out - t0 : tile;
+        for (int byte = 0; byte < width / 2; byte++) outputs_of(byte, width, &lo[byte], &hi[byte]);
+        for (int b = 0; b < nb; b++) {
+            for (int o = 0; o < width; o++) { /* the tile's rows of this block, transposed, with their values */
+                size_t row = (size_t)(t0 + o) * in + (size_t)b * EE_BLOCK;
+                float db = h2f(d[(size_t)(t0 + o) * nb + b]), mb = m ? h2f(m[(size_t)(t0 + o) * nb + b]) : -8.0f * db;
+                d_t[(size_t)b * out + t0 + o] = d[(size_t)(t0 + o) * nb + b];
+                if (m_t) m_t[(size_t)b * out + t0 + o] = m[(size_t)(t0 + o) * nb + b];
+                for (int j = 0; j < EE_BLOCK; j++) {
+                    int c = kind == EE_Q4 ? (((const uint8_t *)codes)[row + j] & 15) : ((const int8_t *)codes)[row + j];
+                    block[(size_t)j * width + o] = (int8_t)c;
+                    val[(size_t)j * width + o] = kind == EE_Q4 ? db * (float)c + mb : db * (float)c;
+                    if (res) res[(size_t)j * width + o] = db * ((float)(c & 15) - 7.5f);
+                }
+            }
+            for (int j = 0; j < EE_BLOCK; j++) {
+                int i = b * EE_BLOCK + j;
+                const int8_t *c = block + (size_t)j * width;
+                uint8_t *p0 = plane0 + (size_t)t0 / 2 * in + (size_t)i * (width / 2);
+                uint8_t *p1 = plane1 ? plane1 + (size_t)t0 / 2 * in + (size_t)i * (width / 2) : NULL;
+                for (int byte = 0; byte < width / 2; byte++) {
+                    int a = c[lo[byte]], z = c[hi[byte]];
+                    if (kind == EE_Q4) p0[byte] = (uint8_t)(a | z << 4);
+                    else {
+                        p0[byte] = (uint8_t)(((a >> 4) + 8) | ((z >> 4) + 8) << 4);
+                        p1[byte] = (uint8_t)((a & 15) | (z & 15) << 4);
+                    }
+                }
+                double s0 = 0.0, s1 = 0.0;
+                for (int o = 0; o < width; o++) {
+                    float v = val[(size_t)j * width + o];
+                    s0 += (double)(v * v);
+                    if (res) s1 += (double)(res[(size_t)j * width + o] * res[(size_t)j * width + o]);
+                }
+                e0[i] += s0;
+                e1[i] += s1;
+            }
+        }
+    }
+    for (int i = 0; ok && i < in; i++) {
+        if (kind == EE_Q4) gains[i] = (float)e0[i];
+        else {
+            gains[i] = (float)(e0[i] - e1[i] > 0.0 ? e0[i] - e1[i] : 0.0);
+            gains[in + i] = (float)e1[i];
+        }
+    }
+    free(lo); free(hi); free(block); free(val); free(res); free(e0); free(e1);
+    return ok ? 0 : -1;
 }

@@ -99,11 +99,20 @@ typedef struct {
     float *y;
 } ee_mv;
 void ee_matvec_multi(int n, const ee_mv *mv);
-/* n matrices for ntok tokens (ntok <= EE_MAX_BATCH): mv[k * ntok + j] is matrix k for token j, every token's
- * work list of matrix k reading the same rows (full effort); each matrix's weights are read once for all
- * the tokens, and every token gets exactly the bits ee_matvec_multi gives it. */
+/* n matrices for ntok tokens (ntok <= EE_MAX_BATCH): mv[k * ntok + j] is matrix k for token j with its own
+ * work list; each matrix's weights are read from memory once for all the tokens (block by block, the
+ * tokens inside), and every token gets exactly the bits ee_matvec_multi gives it. `same`: every token's
+ * list reads the same rows (full effort), which lets a block's weights be unpacked once for all. */
 #define EE_MAX_BATCH 512
-void ee_matmul_multi(int n, int ntok, const ee_mv *mv);
+void ee_matmul_multi(int n, int ntok, const ee_mv *mv, int same);
+
+/* The layout of a matrix from its codes [out][in] (int8 for EE_Q8, 0..15 as uint8 for EE_Q4) and file-order
+ * scales d, m [out][in/32] (m NULL: none, or for EE_Q4 a Q4_0 file's -8 d): the planes (out * in / 2 bytes
+ * each; plane1 for EE_Q8 only), the scales transposed to [in/32][out], and the gains ([planes][in]). What
+ * engine/effort/planes/layout.py's from_codes computes (the gains summed in double here), much faster.
+ * Returns 0, or -1 for a shape the layout does not take or no memory. */
+int ee_pack(int kind, const void *codes, const uint16_t *d, const uint16_t *m, int out, int in, int tile,
+            uint8_t *plane0, uint8_t *plane1, uint16_t *d_t, uint16_t *m_t, float *gains);
 
 /* "avx512vnni", "avx2" or "scalar": the kernel family chosen at run time (EE_ISA=avx2|scalar caps it) */
 const char *ee_isa(void);

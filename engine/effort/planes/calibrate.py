@@ -8,10 +8,13 @@ On a short calibration text (never one of the evaluation texts), teacher-forced:
    one pass with every matrix of that kind reading that share (the best rows, per token) and all
    others whole: the KL to the dense pass it costs. These are the kind's cost curve.
 
+Each pass is one batched forward over the text (every matrix read once per pass, each token at its own
+rows), so a pass costs about one decode step's memory traffic plus the tokens' arithmetic.
+
 `allocation.build` spreads each global effort over the kinds where it costs least (a convex-hull
 Lagrangian over the measured curves), every matrix of a kind at the kind's share. No backward pass and
-no second copy of the weights: only decode steps over the layout, so the cost is
-(kinds × shares + 1) × tokens decode steps, and the memory is the histograms.
+no second copy of the weights: only forward passes over the layout, (kinds × shares + 1) of them, and
+the memory is the histograms.
 
 Why kinds and not single matrices: proxies that tell matrices apart without measuring each (their
 output energy, the residual stream's) starved single matrices and cost 2-5x the KL of a uniform
@@ -71,9 +74,15 @@ def kind_of(name: str) -> str:
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    """In place, float32 (a large vocabulary times the calibration tokens, held for every pass)."""
+    z -= z.max(axis=-1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    return z
+
+
+def _kl(p: np.ndarray, dense: np.ndarray, lp: np.ndarray) -> float:
+    """Mean KL(dense || lp) over positions, a position at a time (no second copy of the logits)."""
+    return float(np.mean([np.dot(p[t], dense[t] - lp[t]) for t in range(len(lp))]))
 
 
 def calibrate(runtime, tokens: list[int], on_progress: ProgressFn | None = None) -> alloc.Allocation:
@@ -85,22 +94,12 @@ def calibrate(runtime, tokens: list[int], on_progress: ProgressFn | None = None)
     passes = 1 + len(KINDS) * len(LEVELS)
     start = time.monotonic()
     hist = np.zeros((m_count, 2, native.HIST_BINS), np.uint32)
-    unread = np.zeros(m_count, np.float64)
-    energy = np.zeros(m_count, np.float64)
-    residual = np.zeros(runtime.config.num_layers + 1, np.float64)
-    stats = native.Stats(hist.ctypes.data, unread.ctypes.data, energy.ctypes.data, residual.ctypes.data)
+    stats = native.Stats(hist.ctypes.data)
 
     def run(effort, label: str, n: int) -> np.ndarray:
+        progress(LoadProgress("calibrate", n, passes, "passes", f"{label} ({time.monotonic() - start:.0f}s)"))
         runtime.reset(0)
-        rows = []
-        for t, token in enumerate(tokens[:-1]):
-            runtime.run_step(int(token), effort)
-            rows.append(runtime.logits())
-            if t % 16 == 0:
-                done = n * steps + t
-                progress(LoadProgress("calibrate", done, passes * steps, "steps",
-                                      f"{label} ({time.monotonic() - start:.0f}s)"))
-        return _log_softmax(np.stack(rows))
+        return _log_softmax(runtime.run_batch(tokens[:-1], effort).astype(np.float32, copy=False))
 
     runtime.lib.ee_set_stats(runtime._handle, ctypes.byref(stats))
     try:
@@ -115,13 +114,13 @@ def calibrate(runtime, tokens: list[int], on_progress: ProgressFn | None = None)
             for j, level in enumerate(LEVELS):
                 share = np.where(kinds == kind, level, 1.0).astype(np.float32)
                 lp = run(native.Effort(None, share.ctypes.data, 0), f"what {kind} costs at {level:.0%}", n)
-                cost[k, j] = max(float((p * (dense - lp)).sum(-1).mean()), 0.0)
+                cost[k, j] = max(_kl(p, dense, lp), 0.0)
                 n += 1
     finally:
         runtime.reset(0)
     row_bytes = np.array([runtime.planes.matrices[n].out_dim / 2 for n in names])
     edges = native.HIST_LOW + np.arange(native.HIST_BINS + 1) / native.HIST_PER_OCTAVE
-    progress(LoadProgress("calibrate", passes * steps, passes * steps, "steps", "building the allocation"))
+    progress(LoadProgress("calibrate", passes, passes, "passes", "building the allocation"))
     return alloc.build(names, kinds, KINDS, np.array(LEVELS), cost, hist / steps, row_bytes, edges)
 
 

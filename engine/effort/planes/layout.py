@@ -26,6 +26,7 @@ llama.cpp does) and the kernels sum integer products, which this reference repro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,7 @@ def _chunk_order(width: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, lo + half
 
 
+@functools.lru_cache(maxsize=64)
 def row_order(out_dim: int) -> tuple[np.ndarray, np.ndarray]:
     """For each byte of a row of `out_dim` outputs: the outputs in its low and high nibbles."""
     if out_dim % 64:
@@ -130,12 +132,19 @@ def pack(codes: np.ndarray, tile: int = TILE) -> np.ndarray:
     """4-bit codes [out, in] (natural order) -> a plane: tile after tile, each [in, width/2] in the byte
     order of `row_order` (flat uint8 [in * out / 2])."""
     out_dim, in_dim = codes.shape
+    spans = tiles(out_dim, tile)
     parts = []
-    for t0, width in tiles(out_dim, tile):
-        lo, hi = row_order(width)
-        block = codes[t0 : t0 + width]
-        parts.append(((block[lo].T & 15) | ((block[hi].T & 15) << 4)).astype(np.uint8).reshape(-1))
-    return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros(0, np.uint8)
+    full = len(spans) - 1  # every tile but the last has the same width: packed together
+    if full:
+        lo, hi = row_order(tile)
+        blocks = codes[: full * tile].reshape(full, tile, in_dim)
+        both = (blocks[:, lo] & 15) | ((blocks[:, hi] & 15) << 4)  # [full, tile/2, in]
+        parts.append(np.ascontiguousarray(both.transpose(0, 2, 1)).astype(np.uint8).reshape(-1))
+    t0, width = spans[-1]
+    lo, hi = row_order(width)
+    last = codes[t0 : t0 + width]
+    parts.append(np.ascontiguousarray(((last[lo] & 15) | ((last[hi] & 15) << 4)).T).astype(np.uint8).reshape(-1))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def unpack(plane: np.ndarray, out_dim: int, in_dim: int, tile: int = TILE) -> np.ndarray:
@@ -227,28 +236,36 @@ def quantize_q8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return c.reshape(out_dim, in_dim), d
 
 
+def _column_energy(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """sum over outputs of (scale[o, b] * values[o, i])**2 for each input i (block b = i // 32), float32
+    (the gains rank rows; four digits are plenty). values [out, in], scale [out, in/32]."""
+    out_dim, in_dim = values.shape
+    v = values.reshape(out_dim, in_dim // BLOCK, BLOCK).astype(np.float32)
+    s2 = np.square(scale.astype(np.float32))
+    return np.einsum("ob,obj,obj->bj", s2, v, v, optimize=True).reshape(in_dim)
+
+
 def from_codes(kind: str, codes: np.ndarray, d: np.ndarray, m: np.ndarray | None, tile: int = TILE) -> PlaneMatrix:
     """The layout of one matrix from its codes [out, in] and per-block scales [out, in/32] (file order)."""
     out_dim, in_dim = codes.shape
     if in_dim % BLOCK:
         raise ValueError(f"the planes layout needs a multiple of {BLOCK} inputs, got {in_dim}")
     d_t = np.ascontiguousarray(d.T).astype(np.float16)
-    df = np.repeat(d.astype(np.float32), BLOCK, axis=1)  # [out, in]
     if kind == "q4":
-        q = codes.astype(np.uint8)
+        q = codes.astype(np.uint8, copy=False)
         m_t = None if m is None else np.ascontiguousarray(m.T).astype(np.float16)
         mf = -8.0 * d.astype(np.float32) if m is None else m.astype(np.float32)
-        w = df * q + np.repeat(mf, BLOCK, axis=1)
-        gains = (w.astype(np.float64) ** 2).sum(0)[None, :]
+        # w = d q + m per block: the row's energy, with m as the code of a constant term
+        w = q.reshape(out_dim, in_dim // BLOCK, BLOCK) * d.astype(np.float32)[:, :, None] + mf[:, :, None]
+        gains = np.einsum("obj,obj->bj", w, w).reshape(1, in_dim)
         return PlaneMatrix("q4", out_dim, in_dim, [pack(q, tile)], d_t, m_t, gains.astype(np.float32), tile)
-    c = codes.astype(np.int16)
-    u, low = (c >> 4) + 8, c & 15
-    w = df * c
-    e0 = (w.astype(np.float64) ** 2).sum(0)
-    e1 = ((df * (low - LEVEL1_LOW)).astype(np.float64) ** 2).sum(0)
+    c = codes.astype(np.int8, copy=False)
+    u = ((c >> 4) + 8).astype(np.uint8)
+    low = (c & 15).astype(np.uint8)
+    e0 = _column_energy(c, d)
+    e1 = _column_energy(low.astype(np.float32) - np.float32(LEVEL1_LOW), d)
     gains = np.stack([np.maximum(e0 - e1, 0.0), e1]).astype(np.float32)
-    planes = [pack(u.astype(np.uint8), tile), pack(low.astype(np.uint8), tile)]
-    return PlaneMatrix("q8", out_dim, in_dim, planes, d_t, None, gains, tile)
+    return PlaneMatrix("q8", out_dim, in_dim, [pack(u, tile), pack(low, tile)], d_t, None, gains, tile)
 
 
 def keeps_blocks(ggml_type: str | None) -> bool:

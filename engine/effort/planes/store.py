@@ -169,6 +169,29 @@ def _slices(out_dim: int, in_dim: int, block: int) -> list[tuple[int, int]]:
     return [(i, min(i + step, in_dim)) for i in range(0, in_dim, step)]
 
 
+def _build(kind: str, codes: np.ndarray, d: np.ndarray, m: np.ndarray | None) -> layout.PlaneMatrix:
+    """`layout.from_codes` (the spec), done by the native packer when it is built (what the spec computes,
+    an order of magnitude faster: a 7B file is laid out in a minute, not ten)."""
+    from engine.runtime import native
+
+    lib = native.library()
+    if lib is None:
+        return layout.from_codes(kind, codes, d, m)
+    out_dim, in_dim = codes.shape
+    planes = [np.empty(out_dim * in_dim // 2, np.uint8) for _ in range(1 if kind == "q4" else 2)]
+    d_t = np.empty((in_dim // layout.BLOCK, out_dim), np.float16)
+    m_t = None if m is None else np.empty_like(d_t)
+    gains = np.empty((len(planes), in_dim), np.float32)
+    codes = np.ascontiguousarray(codes, np.uint8 if kind == "q4" else np.int8)
+    d, m = np.ascontiguousarray(d, np.float16), None if m is None else np.ascontiguousarray(m, np.float16)
+    ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+    rc = lib.ee_pack(0 if kind == "q4" else 1, ptr(codes), ptr(d), ptr(m), out_dim, in_dim, layout.TILE, ptr(planes[0]),
+                     ptr(planes[1]) if len(planes) > 1 else None, ptr(d_t), ptr(m_t), ptr(gains))
+    if rc != 0:
+        raise EngineError(f"the native packer refused a {out_dim}x{in_dim} matrix (out of memory?)")
+    return layout.PlaneMatrix(kind, out_dim, in_dim, planes, d_t, m_t, gains, layout.TILE)
+
+
 def convert(files: ModelFiles, on_progress: ProgressFn | None = None, force: bool = False) -> Path:
     """Write the model's planes layout to the cache (a no-op when an intact one is there). One process
     lays a model out at a time; a second waits, then finds it made."""
@@ -199,9 +222,11 @@ def _convert_locked(files: ModelFiles, target: Path, progress: ProgressFn, force
                 extra = ((0, out_dim - stored.out_dim), (0, 0))  # a head's vocabulary padded to 64: zero weights
                 for start, stop in _slices(stored.out_dim, stored.in_dim, stored.block):
                     if layout.keeps_blocks(stored.type_name):  # zero bytes are a zero block in every kept type
-                        part = layout.from_blocks(stored.type_name, np.pad(stored.blocks(start, stop), extra), stop - start)
+                        codes, d, m = layout.parse_blocks(stored.type_name, np.pad(stored.blocks(start, stop), extra), stop - start)
+                        part = _build(matrices[name]["kind"], codes, d, m)
                     else:
-                        part = layout.from_weights(np.pad(stored.floats(start, stop), extra))
+                        codes, d = layout.quantize_q8(np.pad(stored.floats(start, stop), extra))
+                        part = _build("q8", codes, d, None)
                     for p, plane in enumerate(part.planes):
                         for at, piece in layout.place(plane, out_dim, stop - start, start, stored.in_dim, part.tile):
                             writer.put_span(f"{name}.plane{p}", piece, at)
