@@ -5,3 +5,9 @@ decoder) -> `effort` (bucket layout, reference, allocation, calibration, convers
 (the `Runtime` interface and its CPU/MLX implementations) -> `generate` / `session` / `worker`
 (token loop, loading, the engine thread) -> `api` (what front ends see), `cli` and `tools`.
 """
+
+import os as _os
+
+# numpy's OpenBLAS keeps a pool of threads that spin after every call: beside the CPU kernels' own threads
+# on a few cores they steal the cores the decode step needs. The engine's numpy work is small; one thread.
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -374,11 +374,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from engine.runtime import native
         from engine.tools.llamacpp import LlamaCpp
 
-        peer = LlamaCpp(loaded.files.path, native.threads(), runtime.context_limit)
+        context = max(len(ids) + args.tokens + 8, len(long_prompt or ()) + 8)
+        peer = LlamaCpp(loaded.files.path, native.threads(), context, None if args.llama_cpp is True else args.llama_cpp)
         peers[f"llama.cpp {peer.version}"] = peer
-    with locating(None if args.synthetic else loaded.files):
-        dense, results, peer_rows, prompt = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds,
-                                                      peers=peers, long_prompt=long_prompt)
+    try:
+        with locating(None if args.synthetic else loaded.files):
+            dense, results, peer_rows, prompt = bench.run(runtime, ids, efforts, args.tokens, inputs, note,
+                                                          rounds=args.rounds, peers=peers, long_prompt=long_prompt)
+    finally:
+        for peer in peers.values():
+            peer.close()
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
     shown = dataclasses.replace(info, name=printable(info.name), device=printable(info.device))
     print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True))
@@ -634,8 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--layers", type=positive_int, help="layers of the --synthetic model (default: all)")
     be.add_argument("--dtype", choices=("q8_0", "q4_0", "q4_1", "f16"), default="q8_0",
                     help="the precision the --synthetic model is stored at (default q8_0)")
-    be.add_argument("--llama-cpp", action="store_true", help="also time llama.cpp (llama-cpp-python) on the same "
-                    "file, in the same rounds, with the same threads")
+    be.add_argument("--llama-cpp", nargs="?", const=True, default=None, metavar="PYTHON",
+                    help="also time llama.cpp (llama-cpp-python) on the same file, in the same rounds, with the same "
+                    "threads, in a child process (of PYTHON, an interpreter that has llama-cpp-python; default this one)")
     be.add_argument("--prompt-tokens", type=positive_int, help="also time reading a prompt of this many tokens "
                     "(and llama.cpp's, with --llama-cpp)")
     be.add_argument("--json", action="store_true", help="end with one JSON line of results")

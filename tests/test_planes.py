@@ -116,10 +116,12 @@ def test_the_reference_product_is_the_weights_at_each_rows_level(kind):
                                                                       _quantize(w, "Q4_1" if kind == "q4" else "Q4_0"), 96)
     x = RNG.standard_normal(96).astype(np.float32)
     lv = RNG.integers(0, pm.n_planes + 1, 96)
-    xq, dx = layout.quantize_x(x)
-    xs = xq * np.repeat(dx, 32)
-    weights = np.stack([pm.dense(int(level))[:, i] for i, level in enumerate(lv)], axis=1)
-    assert np.allclose(layout.matvec(pm, x, lv), weights.astype(np.float64) @ xs, rtol=1e-6, atol=1e-6)
+    for precise in (True, False):  # x to ~16 bits, or its int8 level alone (what a matrix under effort gets)
+        xq, dx = layout.quantize_x(x, precise)
+        xs = xq * np.repeat(dx, 32)
+        weights = np.stack([pm.dense(int(level))[:, i] for i, level in enumerate(lv)], axis=1)
+        got = layout.matvec(pm, x, lv, precise)
+        assert np.allclose(got, weights.astype(np.float64) @ xs, rtol=1e-6, atol=1e-6)
     assert layout.rows_read(pm, lv) == int(lv.sum())
 
 

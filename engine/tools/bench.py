@@ -110,7 +110,7 @@ class PeerResult:
     decode_tps: float
     ms_per_token: float
     spread: float
-    vs_dense: float  # median over rounds of the engine's dense ms / the peer's ms: above 1, the peer is faster
+    engine_speedup: float  # median over rounds of the peer's ms / the engine's dense ms: the engine's speed in the peer's
 
 
 @dataclass
@@ -188,7 +188,7 @@ def run(
         per_round = np.array(times)
         step_s = float(np.median(per_round))
         peer_results.append(PeerResult(name, 1.0 / step_s, step_s * 1e3, float((per_round.max() - per_round.min()) / step_s),
-                                       float(np.median(np.array(steps[1.0]) / per_round))))
+                                       float(np.median(per_round / np.array(steps[1.0])))))
     prompt = None
     if long_prompt is not None:
         tps = {name: len(long_prompt) / float(np.median(s)) for name, s in prompt_s.items()}
@@ -201,7 +201,7 @@ def format_peers(dense: SpeedResult, peers: list[PeerResult], prompt: PromptResu
     lines = []
     for p in peers:
         lines.append(f"{p.name}: {p.decode_tps:.1f} tok/s ({p.ms_per_token:.2f} ms/tok, spread {100 * p.spread:.0f}%); "
-                     f"the engine's dense decode is {p.vs_dense:.2f}x its speed")
+                     f"the engine's dense decode runs at {p.engine_speedup:.2f}x its speed")
     if prompt is not None:
         peer = "; ".join(f"{name} {tps:.1f} tok/s ({prompt.engine_tps / tps:.2f}x)" for name, tps in prompt.peer_tps.items())
         lines.append(f"prompt of {prompt.tokens} tokens: the engine {prompt.engine_tps:.1f} tok/s" + (f"; {peer}" if peer else ""))

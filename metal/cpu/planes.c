@@ -77,24 +77,71 @@ static float h2f(uint16_t h) {
 }
 
 /* ------------------------------------------------------------------ activations */
+/* one block of 32: its scale, its two int8 levels; returns 1 for NaN or inf */
+static int quantize_block(const float *v, int8_t *xq, int8_t *xr, float *dx) {
+    float top = 0.0f;
+    int bad = 0;
+    for (int j = 0; j < EE_BLOCK; j++) {
+        float a = fabsf(v[j]);
+        bad |= !(a <= 3.0e38f); /* NaN or inf: integers cannot carry it, so say so */
+        top = a > top ? a : top;
+    }
+    float inv = top > 0.0f ? 127.0f / top : 0.0f;
+    *dx = top / 127.0f;
+    for (int j = 0; j < EE_BLOCK; j++) {
+        float s = v[j] * inv;
+        long q = lrintf(s), r = lrintf((s - (float)q) * (float)EE_RESIDUAL);
+        xq[j] = (int8_t)q;
+        xr[j] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+    }
+    return bad;
+}
+
+#if EE_X86
+/* the same, eight lanes at a time (vcvtps2dq rounds to nearest even, as lrintf does) */
+__attribute__((target("avx2,fma"))) static int quantize_block_avx2(const float *v, int8_t *xq, int8_t *xr, float *dx) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), huge = _mm256_set1_ps(3.0e38f);
+    __m256 a[4], top = _mm256_setzero_ps();
+    int ok = 0xff;
+    for (int k = 0; k < 4; k++) {
+        a[k] = _mm256_loadu_ps(v + 8 * k);
+        __m256 m = _mm256_andnot_ps(sign, a[k]);
+        ok &= _mm256_movemask_ps(_mm256_cmp_ps(m, huge, _CMP_LE_OQ));
+        top = _mm256_max_ps(top, m);
+    }
+    __m128 t4 = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+    t4 = _mm_max_ps(t4, _mm_movehl_ps(t4, t4));
+    t4 = _mm_max_ss(t4, _mm_movehdup_ps(t4));
+    float t = _mm_cvtss_f32(t4);
+    *dx = t / 127.0f;
+    const __m256 inv = _mm256_set1_ps(t > 0.0f ? 127.0f / t : 0.0f), scale = _mm256_set1_ps((float)EE_RESIDUAL);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    __m256i q[4], r[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 s = _mm256_mul_ps(a[k], inv);
+        q[k] = _mm256_cvtps_epi32(s);
+        __m256i rr = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(s, _mm256_cvtepi32_ps(q[k])), scale));
+        r[k] = _mm256_max_epi32(lo, _mm256_min_epi32(hi, rr));
+    }
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); /* undo the packs' lane interleave */
+    __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    __m256i r8 = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+    _mm256_storeu_si256((__m256i *)xq, _mm256_permutevar8x32_epi32(q8, order));
+    _mm256_storeu_si256((__m256i *)xr, _mm256_permutevar8x32_epi32(r8, order));
+    return ok != 0xff;
+}
+#endif
+
 int ee_quantize_x(const float *x, int in, int8_t *xq, float *dx) {
-    int8_t *xr = xq + in, bad = 0;
+    int bad = 0;
     for (int b = 0; b < in / EE_BLOCK; b++) {
-        const float *v = x + EE_BLOCK * b;
-        float top = 0.0f;
-        for (int j = 0; j < EE_BLOCK; j++) {
-            float a = fabsf(v[j]);
-            bad |= !(a <= 3.0e38f); /* NaN or inf: integers cannot carry it, so say so */
-            top = a > top ? a : top;
+#if EE_X86
+        if (isa() >= ISA_AVX2) {
+            bad |= quantize_block_avx2(x + EE_BLOCK * b, xq + EE_BLOCK * b, xq + in + EE_BLOCK * b, dx + b);
+            continue;
         }
-        float d = top / 127.0f, inv = top > 0.0f ? 127.0f / top : 0.0f;
-        dx[b] = d;
-        for (int j = 0; j < EE_BLOCK; j++) {
-            float s = v[j] * inv;
-            long q = lrintf(s), r = lrintf((s - (float)q) * (float)EE_RESIDUAL);
-            xq[EE_BLOCK * b + j] = (int8_t)q;
-            xr[EE_BLOCK * b + j] = (int8_t)(r > 127 ? 127 : r < -127 ? -127 : r);
-        }
+#endif
+        bad |= quantize_block(x + EE_BLOCK * b, xq + EE_BLOCK * b, xq + in + EE_BLOCK * b, dx + b);
     }
     return bad;
 }
@@ -153,10 +200,11 @@ static int put_quads(ee_quad *q, const uint16_t *rows, int n, const int8_t *xq, 
 static int fill_block(const ee_planes *P, ee_work *w, int b, int at, const uint16_t *l1, int n1, const uint16_t *l2,
                       int n2, const int8_t *xq, const float *dx) {
     const int8_t *xr = xq + P->in;
+    float r = w->residual ? 1.0f / EE_RESIDUAL : 0.0f;
     float s12 = 0.0f, s1; /* sums of the activations (in units of dx) of the rows at level >= 1, at level 1 */
-    for (int t = 0; t < n1; t++) s12 += (float)xq[l1[t]] + (float)xr[l1[t]] * (1.0f / EE_RESIDUAL);
+    for (int t = 0; t < n1; t++) s12 += (float)xq[l1[t]] + (float)xr[l1[t]] * r;
     s1 = s12;
-    for (int t = 0; t < n2; t++) s1 -= (float)xq[l2[t]] + (float)xr[l2[t]] * (1.0f / EE_RESIDUAL);
+    for (int t = 0; t < n2; t++) s1 -= (float)xq[l2[t]] + (float)xr[l2[t]] * r;
     w->start[b] = at;
     at += n1 ? put_quads(w->quads + at, l1, n1, xq, xr) : 0;
     w->split[b] = at;
@@ -178,9 +226,11 @@ static int fill_block(const ee_planes *P, ee_work *w, int b, int at, const uint1
 long ee_work_from_levels(const ee_planes *P, const int8_t *xq, const float *dx, const uint8_t *levels,
                          ee_work *w) {
     if (P->in > w->max_in) return -1;
-    int nb = P->in / EE_BLOCK, at = 0;
+    int nb = P->in / EE_BLOCK, at = 0, top = P->kind == EE_Q8 && P->plane[1] ? 2 : 1;
     long read = 0;
     uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
+    w->residual = 1;
+    for (int i = 0; i < P->in; i++) w->residual &= levels[i] >= top;
     for (int b = 0; b < nb; b++) {
         int n1 = 0, n2 = 0;
         for (int j = 0; j < EE_BLOCK; j++) {
@@ -197,27 +247,59 @@ long ee_work_from_levels(const ee_planes *P, const int8_t *xq, const float *dx, 
     return read;
 }
 
+/* bit j of the result: row j of a block has x_j^2 * g_j > tau (g NULL: 1) */
+static uint32_t row_mask(const float *x, const float *g, float tau) {
+    uint32_t m = 0;
+    for (int j = 0; j < EE_BLOCK; j++) m |= (uint32_t)(x[j] * x[j] * (g ? g[j] : 1.0f) > tau) << j;
+    return m;
+}
+
+#if EE_X86
+__attribute__((target("avx2,fma"))) static uint32_t row_mask_avx2(const float *x, const float *g, float tau) {
+    const __m256 t = _mm256_set1_ps(tau);
+    uint32_t m = 0;
+    for (int k = 0; k < 4; k++) {
+        __m256 v = _mm256_loadu_ps(x + 8 * k), s = _mm256_mul_ps(v, v);
+        if (g) s = _mm256_mul_ps(s, _mm256_loadu_ps(g + 8 * k));
+        m |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(s, t, _CMP_GT_OQ)) << (8 * k);
+    }
+    return m;
+}
+#endif
+
+static uint32_t mask_of(const float *x, const float *g, float tau) {
+#if EE_X86
+    if (isa() >= ISA_AVX2) return row_mask_avx2(x, g, tau);
+#endif
+    return row_mask(x, g, tau);
+}
+
+static int list_of(uint32_t m, int base, uint16_t *rows) {
+    int n = 0;
+    for (; m; m &= m - 1) rows[n++] = (uint16_t)(base + __builtin_ctz(m));
+    return n;
+}
+
 long ee_select(const ee_planes *P, const float *x, const int8_t *xq, const float *dx, float tau, int top, int whole,
                ee_work *w, uint8_t *levels) {
     if (P->in > w->max_in) return -1;
     int nb = P->in / EE_BLOCK, planes = P->kind == EE_Q8 && P->plane[1] && !top ? 2 : 1, at = 0;
     long read = 0;
     uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
+    w->residual = tau < 0.0f;
     for (int b = 0; b < nb; b++) {
-        int n1 = 0, n2 = 0;
-        for (int j = 0; j < EE_BLOCK; j++) {
-            int i = EE_BLOCK * b + j, lv;
-            float s = x[i] * x[i];
-            if (tau < 0.0f) lv = planes;
-            else if (whole) lv = s > tau ? planes : 0;
-            else {
-                lv = s * P->gain[0][i] > tau;
-                if (lv && planes == 2 && s * P->gain[1][i] > tau) lv = 2;
-            }
-            if (lv >= 1) l1[n1++] = (uint16_t)i;
-            if (lv >= 2) l2[n2++] = (uint16_t)i;
-            if (levels) levels[i] = (uint8_t)lv;
+        const float *xb = x + EE_BLOCK * b;
+        uint32_t m1, m2;
+        if (tau < 0.0f) m1 = m2 = 0xffffffffu; /* every row at its top level: no scores needed */
+        else if (whole) m1 = m2 = mask_of(xb, NULL, tau);
+        else {
+            m1 = mask_of(xb, P->gain[0] + EE_BLOCK * b, tau);
+            m2 = planes == 2 && m1 ? m1 & mask_of(xb, P->gain[1] + EE_BLOCK * b, tau) : 0;
         }
+        if (planes == 1) m2 = 0;
+        int n1 = list_of(m1, EE_BLOCK * b, l1), n2 = list_of(m2, EE_BLOCK * b, l2);
+        if (levels)
+            for (int j = 0; j < EE_BLOCK; j++) levels[EE_BLOCK * b + j] = (uint8_t)(((m1 >> j) & 1) + ((m2 >> j) & 1));
         at = fill_block(P, w, b, at, l1, n1, l2, n2, xq, dx);
         read += n1 + n2;
     }
@@ -312,7 +394,7 @@ static void chunk_scalar(const ee_planes *P, const ee_work *w, float *yc, int b,
         }
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         for (int o = 0; o < W; o++) {
-            float t = ((float)acc[o] + (float)accr[o] * (1.0f / EE_RESIDUAL)) * w->dx[b] + w->c0[b];
+            float t = ((float)acc[o] + (float)accr[o] * (w->residual ? 1.0f / EE_RESIDUAL : 0.0f)) * w->dx[b] + w->c0[b];
             float v = yc[o] + h2f(d[o]) * t;
             if (m) v += h2f(m[o]) * w->c1[b];
             yc[o] = v;
@@ -332,7 +414,7 @@ T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *yc, i
     size_t rb;
     const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
     {
-        int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
+        int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b], residual = w->residual;
         __m256i A[8], B[8];
         for (int a = 0; a < 8; a++) A[a] = B[a] = _mm256_setzero_si256();
         for (int q = q0; q < q1; q++) {
@@ -353,12 +435,14 @@ T_AVX2 static void piece_avx2(const ee_planes *P, const ee_work *w, float *yc, i
                 __m256i lo = _mm256_and_si256(Qk[k], m4), hi = _mm256_and_si256(_mm256_srli_epi16(Qk[k], 4), m4);
                 A[k] = _mm256_add_epi32(A[k], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, X), mul));
                 A[4 + k] = _mm256_add_epi32(A[4 + k], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, X), mul));
-                B[k] = _mm256_add_epi32(B[k], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, Xr), mul));
-                B[4 + k] = _mm256_add_epi32(B[4 + k], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, Xr), mul));
+                if (residual) {
+                    B[k] = _mm256_add_epi32(B[k], _mm256_madd_epi16(_mm256_maddubs_epi16(lo, Xr), mul));
+                    B[4 + k] = _mm256_add_epi32(B[4 + k], _mm256_madd_epi16(_mm256_maddubs_epi16(hi, Xr), mul));
+                }
             }
         }
         const __m256 dx = _mm256_set1_ps(w->dx[b]), c0 = _mm256_set1_ps(w->c0[b]), c1 = _mm256_set1_ps(w->c1[b]);
-        const __m256 res = _mm256_set1_ps(1.0f / EE_RESIDUAL);
+        const __m256 res = _mm256_set1_ps(residual ? 1.0f / EE_RESIDUAL : 0.0f);
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         for (int a = 0; a < 8; a++) {
             int o = (a < 4 ? S * a : S * (a - 4) + H) + eoff;
@@ -382,7 +466,8 @@ T_AVX2 static void chunk_avx2(const ee_planes *P, const ee_work *w, float *yc, i
 }
 
 /* AVX-512 VNNI, 128 outputs in eight zmm accumulators (accumulator a: outputs 16a .. 16a + 15). */
-T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float *yc, int b, int base) {
+T_AVX512 static inline __attribute__((always_inline)) void chunk128_body(const ee_planes *P, const ee_work *w, float *yc,
+                                                                         int b, int base, const int residual) {
     const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
     size_t rb;
     const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
@@ -402,7 +487,7 @@ T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float
             __m512i Q0 = _mm512_unpacklo_epi16(U01, U23), Q1 = _mm512_unpackhi_epi16(U01, U23);
             __m512i Q2 = _mm512_unpacklo_epi16(V01, V23), Q3 = _mm512_unpackhi_epi16(V01, V23);
             if (P->kind == EE_Q8 && p == 0) { /* the high plane enters as 16 u: nibbles moved to the top */
-#define EE_DOT(A, B, c) do { __m512i c_ = (c); A = _mm512_dpbusd_epi32(A, c_, X); B = _mm512_dpbusd_epi32(B, c_, Xr); } while (0)
+#define EE_DOT(A, B, c) do { __m512i c_ = (c); A = _mm512_dpbusd_epi32(A, c_, X); if (residual) B = _mm512_dpbusd_epi32(B, c_, Xr); } while (0)
                 EE_DOT(A0, B0, _mm512_and_si512(_mm512_slli_epi16(Q0, 4), mh));
                 EE_DOT(A1, B1, _mm512_and_si512(_mm512_slli_epi16(Q1, 4), mh));
                 EE_DOT(A2, B2, _mm512_and_si512(_mm512_slli_epi16(Q2, 4), mh));
@@ -424,7 +509,7 @@ T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float
             }
         }
         const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
-        const __m512 res = _mm512_set1_ps(1.0f / EE_RESIDUAL);
+        const __m512 res = _mm512_set1_ps(residual ? 1.0f / EE_RESIDUAL : 0.0f);
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         __m512i A[8] = {A0, A1, A2, A3, A4, A5, A6, A7}, B[8] = {B0, B1, B2, B3, B4, B5, B6, B7};
         for (int a = 0; a < 8; a++) {
@@ -436,6 +521,11 @@ T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float
             _mm512_storeu_ps(yc + 16 * a, v);
         }
     }
+}
+
+T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float *yc, int b, int base) {
+    if (w->residual) chunk128_body(P, w, yc, b, base, 1); /* two copies: the one under effort skips the residual */
+    else chunk128_body(P, w, yc, b, base, 0);
 }
 
 /* AVX-512 VNNI on ymm, the 64-output last chunk (accumulator a: outputs 8a .. 8a + 7). */
@@ -465,12 +555,14 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
                 __m256i hi = high ? _mm256_and_si256(Qk[k], mh) : _mm256_and_si256(_mm256_srli_epi16(Qk[k], 4), m4);
                 A[k] = _mm256_dpbusd_epi32(A[k], lo, X);
                 A[4 + k] = _mm256_dpbusd_epi32(A[4 + k], hi, X);
-                B[k] = _mm256_dpbusd_epi32(B[k], lo, Xr);
-                B[4 + k] = _mm256_dpbusd_epi32(B[4 + k], hi, Xr);
+                if (w->residual) {
+                    B[k] = _mm256_dpbusd_epi32(B[k], lo, Xr);
+                    B[4 + k] = _mm256_dpbusd_epi32(B[4 + k], hi, Xr);
+                }
             }
         }
         const __m256 dx = _mm256_set1_ps(w->dx[b]), c0 = _mm256_set1_ps(w->c0[b]), c1 = _mm256_set1_ps(w->c1[b]);
-        const __m256 res = _mm256_set1_ps(1.0f / EE_RESIDUAL);
+        const __m256 res = _mm256_set1_ps(w->residual ? 1.0f / EE_RESIDUAL : 0.0f);
         const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
         for (int a = 0; a < 8; a++) {
             __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(B[a]), res, _mm256_cvtepi32_ps(A[a]));

@@ -293,10 +293,12 @@ def from_weights(w: np.ndarray) -> PlaneMatrix:
 RESIDUAL = 256  # the second int8 level of x is its residual in 1/256 steps
 
 
-def quantize_x(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x [in] -> (x in units of its block's dx: xq + xr/256, exactly as ee_quantize_x computes it; dx
-    float32 [in/32]). Two int8 levels per input (xq, and the residual xr) carry about 16 bits: int8 alone
-    moves SmolLM2's logits by ~2%, and its greedy text off float references within a few tokens."""
+def quantize_x(x: np.ndarray, precise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """x [in] -> (x in units of its block's dx: xq + xr/256, or xq alone when not `precise`, exactly as
+    ee_quantize_x computes them; dx float32 [in/32]). Two int8 levels per input (xq, and the residual xr)
+    carry about 16 bits: int8 alone moves SmolLM2's logits by ~2%, and its greedy text off float
+    references within a few tokens. A matrix read under effort loses far more than that, so there the
+    kernels multiply xq alone (`precise` False)."""
     x = np.asarray(x, np.float32)
     blocks = x.reshape(-1, BLOCK)
     top = np.abs(blocks).max(axis=1)
@@ -305,7 +307,7 @@ def quantize_x(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s = (blocks * inv[:, None]).astype(np.float32)
     xq = np.rint(s)  # rint: ties to even, as lrintf
     xr = np.clip(np.rint(((s - xq).astype(np.float32) * np.float32(RESIDUAL)).astype(np.float32)), -127, 127)
-    return (xq + xr / RESIDUAL).reshape(-1), dx
+    return (xq + xr / RESIDUAL if precise else xq).reshape(-1), dx
 
 
 def levels(pm: PlaneMatrix, x: np.ndarray, tau: float, top: int | None = None) -> np.ndarray:
@@ -317,13 +319,16 @@ def levels(pm: PlaneMatrix, x: np.ndarray, tau: float, top: int | None = None) -
     return lv
 
 
-def matvec(pm: PlaneMatrix, x: np.ndarray, lv: np.ndarray | None = None) -> np.ndarray:
-    """y = the matrix at per-row levels `lv` (default: every row at its top level) times x, float64.
+def matvec(pm: PlaneMatrix, x: np.ndarray, lv: np.ndarray | None = None, precise: bool | None = None) -> np.ndarray:
+    """y = the matrix at per-row levels `lv` (default: every row at its top level) times x, float64, with
+    x's residual level when `precise` (default: when every row is read at its top level, as the kernels
+    decide).
 
     The integer sums per block are exact; the kernels differ from this only in the rounding of the fold
     (fp32)."""
     lv = np.full(pm.in_dim, pm.n_planes) if lv is None else np.asarray(lv)
-    xq, dx = quantize_x(x)  # exact multiples of 1/256: the integer sums stay exact in float64
+    precise = bool((lv >= pm.n_planes).all()) if precise is None else precise
+    xq, dx = quantize_x(x, precise)  # exact multiples of 1/256: the integer sums stay exact in float64
     nb = pm.in_dim // BLOCK
     d = pm.d.astype(np.float64)  # [nb, out]
     on1 = (lv >= 1).reshape(nb, BLOCK)
