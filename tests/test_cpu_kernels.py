@@ -239,3 +239,128 @@ def test_the_native_packer_lays_out_what_the_reference_does(kind, shape):
     assert np.array_equal(got.d, want.d) and (got.m is None) == (want.m is None)
     assert got.m is None or np.array_equal(got.m, want.m)
     assert np.allclose(got.gains, want.gains, rtol=1e-4, atol=1e-12)  # float32 vs double sums: same ranking
+
+
+# -- attention (decode.c): the KV cache layout, every kernel family, batch and thread independence ------
+
+
+def _cache(lib, k: np.ndarray, v: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's cache as decode.c lays it out, from keys and values [n_kv][positions][head_dim]."""
+    from engine.runtime.cpu_runtime import kv_cache
+
+    n_kv, n, hd = k.shape
+    kc, vc = (a[0] for a in kv_cache(lib, 1, n_kv, context, hd))
+    block = kc.shape[-1]
+    for p in range(n):
+        kc[:, p // block, :, p % block] = k[:, p]
+    vc[:, :n] = v
+    return kc, vc
+
+
+def _attention(lib, kc, vc, q: np.ndarray, pos: int, n_kv: int, window: int = 0) -> np.ndarray:
+    """ee_attention for q [ntok][n_heads][head_dim] at positions pos.. over one layer's cache"""
+    ntok, n_heads, hd = q.shape
+    dims = native.Dims(0, 0, 1, n_heads, n_kv, hd, 0, vc.shape[1], window, 0.0)
+    q = np.ascontiguousarray(q, np.float32)
+    out = np.full(q.shape, np.nan, np.float32)
+    assert lib.ee_attention(ctypes.byref(dims), kc.ctypes.data, vc.ctypes.data, q.ctypes.data, pos, ntok, out.ctypes.data) == 0
+    return out
+
+
+def _attention_reference(q, k, v, pos, window=0):
+    """softmax(q K^T / sqrt(head_dim)) V in float64, each token over the positions up to its own (the
+    last `window` of them if set), q head h reading kv head h // (n_heads / n_kv)"""
+    ntok, n_heads, hd = q.shape
+    group = n_heads // k.shape[0]
+    out = np.zeros(q.shape)
+    for j in range(ntok):
+        at = pos + j
+        first = max(0, at + 1 - window) if window else 0
+        for h in range(n_heads):
+            s = k[h // group, first : at + 1].astype(np.float64) @ q[j, h] / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            out[j, h] = p @ v[h // group, first : at + 1] / p.sum()
+    return out
+
+
+def _qkv(n_heads, n_kv, hd, n, seed):
+    rng = np.random.default_rng(seed)
+    k = rng.standard_normal((n_kv, n, hd)).astype(np.float32)
+    v = rng.standard_normal((n_kv, n, hd)).astype(np.float32)
+    q = (3 * rng.standard_normal((n, n_heads, hd))).astype(np.float32)  # peaked: some weights near 1, most near 0
+    return q, k, v
+
+
+HEADS = [(4, 4, 64), (9, 3, 64), (8, 2, 128), (6, 2, 80), (4, 1, 40)]  # (q heads, kv heads, head_dim): groups 1, 3, 4
+
+
+@pytest.mark.parametrize("heads", HEADS)
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 300])
+def test_attention_equals_the_reference(lib, heads, length):
+    """One token attending `length` positions, and a batch of tokens ending there."""
+    n_heads, n_kv, hd = heads
+    q, k, v = _qkv(n_heads, n_kv, hd, length, length)
+    kc, vc = _cache(lib, k, v, 320)
+    got = _attention(lib, kc, vc, q[-1:], length - 1, n_kv)
+    want = _attention_reference(q[-1:], k, v, length - 1)
+    assert np.abs(got - want).max() < 2e-5 * np.abs(want).max()
+    ntok = min(length, 37)
+    got = _attention(lib, kc, vc, q[-ntok:], length - ntok, n_kv)
+    want = _attention_reference(q[-ntok:], k, v, length - ntok)
+    assert np.abs(got - want).max() < 2e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("window", [1, 16, 100])
+def test_attention_keeps_to_the_window(lib, window):
+    q, k, v = _qkv(9, 3, 64, 300, window)
+    kc, vc = _cache(lib, k, v, 300)
+    for pos, ntok in ((299, 1), (250, 50), (0, 300)):
+        got = _attention(lib, kc, vc, q[pos : pos + ntok], pos, 3, window)
+        want = _attention_reference(q[pos : pos + ntok], k, v, pos, window)
+        assert np.abs(got - want).max() < 2e-5 * np.abs(want).max(), (pos, ntok)
+
+
+def test_attention_reads_only_the_tokens_own_positions(lib):
+    """A stale cache past the tokens and before their window, NaN here, changes nothing (its blocks hold
+    positions the tokens do read)."""
+    q, k, v = _qkv(9, 3, 64, 200, 5)
+    calls = ((140, 1, 100), (138, 3, 98), (130, 11, 90))  # (pos, ntok, window): positions 41..140 at most
+    kc, vc = _cache(lib, k, v, 256)
+    clean = [_attention(lib, kc, vc, q[pos : pos + ntok], pos, 3, window) for pos, ntok, window in calls]
+    k[:, :41], v[:, :41], k[:, 141:], v[:, 141:] = np.nan, np.nan, np.nan, np.nan
+    kc, vc = _cache(lib, k, v, 256)
+    kc[:, 200 // 16 :], vc[:, 200:] = np.nan, np.nan
+    for (pos, ntok, window), want in zip(calls, clean):
+        assert np.array_equal(_attention(lib, kc, vc, q[pos : pos + ntok], pos, 3, window), want), pos
+
+
+@pytest.mark.parametrize("heads", [(9, 3, 64), (8, 2, 128), (4, 4, 64)])
+def test_a_token_gets_the_same_attention_bits_alone_in_a_batch_and_on_any_thread_count(lib, heads):
+    """The chunks' partials are folded in position order whatever the batch, the split over the threads
+    or the thread count: a prompt chunk or drafted tokens get the decode step's bits."""
+    n_heads, n_kv, hd = heads
+    q, k, v = _qkv(n_heads, n_kv, hd, 700, 7)
+    kc, vc = _cache(lib, k, v, 704)
+    for window in (0, 200):
+        alone = np.stack([_attention(lib, kc, vc, q[p : p + 1], p, n_kv, window)[0] for p in range(0, 700, 7)])
+        for threads in (1, 2):
+            lib.ecpu_init(threads)
+            for pos, ntok in ((0, 700), (7, 3), (140, 4), (301, 5), (350, 17), (385, 300)):
+                got = _attention(lib, kc, vc, q[pos : pos + ntok], pos, n_kv, window)
+                for p in range(pos + (-pos) % 7, pos + ntok, 7):
+                    assert np.array_equal(got[p - pos], alone[p // 7]), (window, threads, pos, ntok, p)
+        lib.ecpu_init(native.threads())
+
+
+def test_simd_attention_is_close_to_the_plain_c_one():
+    """The plain-C kernel is the reference of the SIMD ones (a different order of the same sums)."""
+    built = native.library()
+    q, k, v = _qkv(9, 3, 64, 500, 9)
+    kc, vc = _cache(built, k, v, 512)
+    results = {}
+    for family in FAMILIES:
+        assert built.ee_use_isa(family.encode()) == 0
+        results[family] = _attention(built, kc, vc, q[400:], 400, 3)
+    built.ee_use_isa(_widest().encode())
+    for family, got in results.items():
+        assert np.abs(got - results["scalar"]).max() < 1e-5 * np.abs(results["scalar"]).max(), family

@@ -45,6 +45,15 @@ def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(buf, np.float32, count=size // 4).reshape(shape)
 
 
+def kv_cache(lib: ctypes.CDLL, layers: int, n_kv: int, context: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The KV cache in decode.c's layout, lazily resident: per layer and kv head, K transposed in blocks of
+    `ee_kv_block()` positions ([blocks][head_dim][block]: K[l, h, p // block, :, p % block] is position p's
+    key) and V by position ([context][head_dim])."""
+    block = lib.ee_kv_block()
+    k = lazy_zeros((layers, n_kv, -(-context // block), head_dim, block))
+    return k, lazy_zeros((layers, n_kv, context, head_dim))
+
+
 def planes_struct(pm: PlaneMatrix) -> native.Planes:
     """The C view of one matrix (pointers into its arrays, which must outlive the struct)."""
     s = native.Planes()
@@ -85,8 +94,7 @@ class CPURuntime:
         self.selection = "static"  # "static": calibrated thresholds; "budget": each matrix's share read exactly per token
         self.allocation: Allocation | None = None
         self.names = matrix_names(c)
-        shape = (c.num_layers, c.num_kv_heads, context_limit, c.head_dim)
-        self.kcache, self.vcache = lazy_zeros(shape), lazy_zeros(shape)
+        self.kcache, self.vcache = kv_cache(self.lib, c.num_layers, c.num_kv_heads, context_limit, c.head_dim)
         self._structs = {name: planes_struct(planes.matrices[name]) for name in self.names}
         layers = (native.Layer * c.num_layers)()
         for i in range(c.num_layers):
@@ -288,7 +296,8 @@ class CPURuntime:
         return self.planes.nbytes()
 
     def peak_memory(self) -> int:
-        return self.planes.nbytes() + 2 * self.kcache[:, :, : self.length].nbytes
+        blocks = -(-self.length // self.kcache.shape[-1])
+        return self.planes.nbytes() + self.kcache[:, :, :blocks].nbytes + self.vcache[:, :, : self.length].nbytes
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)

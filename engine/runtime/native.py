@@ -105,6 +105,8 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_step": (c_int, [c_ptr, c_ptr, c_int, c_ptr, c_ptr]),
         "ee_forward": (c_int, [c_ptr, c_ptr, c_int, c_int, c_ptr, c_ptr, c_int]),
         "ee_project": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_float, c_int]),
+        "ee_kv_block": (c_int, []),
+        "ee_attention": (c_int, [c_ptr, c_ptr, c_ptr, c_ptr, c_int, c_int, c_ptr]),
         "ee_bytes_read": (c_double, [c_ptr]),
         "ee_bytes_total": (c_double, [c_ptr]),
         "ee_work_new": (c_ptr, [c_int]),

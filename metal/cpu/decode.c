@@ -67,12 +67,15 @@ typedef struct {
     ee_layer *layers;
     ee_planes head;
     const float *final_norm, *rope_inv_freq;
-    float *kcache, *vcache; /* [layers][n_kv][max_ctx][head_dim] */
+    float *kcache, *vcache; /* per layer and kv head: K [max_ctx / 16][head_dim][16], V [max_ctx][head_dim] (see attention) */
+    float *part;            /* a split attention's partials (attend) */
+    float *attn_scratch;    /* attention's scratch for attn_threads threads */
+    int attn_threads;
     int widest_in;          /* the most inputs of any matrix: the work lists' size */
     float *scratch;         /* 2 * widest_in: the per-token budget's order statistic */
     /* per token of a batch, grown on demand: activations, quantized inputs, work lists */
     int cap;
-    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *scores;
+    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
     int8_t *xq;
     float *dx;
     ee_work **work; /* [MAX_GROUP][cap] */
@@ -87,11 +90,11 @@ static float *alloc_f(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float
 
 static void free_tokens(ee_model *m) {
     free(m->x); free(m->xn); free(m->q); free(m->k); free(m->v); free(m->att); free(m->proj);
-    free(m->gate); free(m->up); free(m->scores); free(m->xq); free(m->dx);
+    free(m->gate); free(m->up); free(m->xq); free(m->dx);
     if (m->work)
         for (int i = 0; i < MAX_GROUP * m->cap; i++) ee_work_free(m->work[i]);
     free(m->work);
-    m->x = m->xn = m->q = m->k = m->v = m->att = m->proj = m->gate = m->up = m->scores = m->dx = NULL;
+    m->x = m->xn = m->q = m->k = m->v = m->att = m->proj = m->gate = m->up = m->dx = NULL;
     m->xq = NULL;
     m->work = NULL;
     m->cap = 0;
@@ -113,11 +116,10 @@ static int grow(ee_model *m, int ntok) {
     m->proj = alloc_f(n * widest);
     m->gate = alloc_f(n * d->ffn);
     m->up = alloc_f(n * d->ffn);
-    m->scores = alloc_f((size_t)ecpu_threads() * d->max_ctx);
     m->xq = (int8_t *)calloc(2 * n * m->widest_in, 1);
     m->dx = alloc_f(n * m->widest_in / EE_BLOCK);
     m->work = (ee_work **)calloc((size_t)MAX_GROUP * n, sizeof(ee_work *));
-    int ok = m->x && m->xn && m->q && m->k && m->v && m->att && m->proj && m->gate && m->up && m->scores && m->xq &&
+    int ok = m->x && m->xn && m->q && m->k && m->v && m->att && m->proj && m->gate && m->up && m->xq &&
              m->dx && m->work;
     m->cap = ntok;
     for (size_t i = 0; ok && i < MAX_GROUP * n; i++) ok = (m->work[i] = ee_work_new(m->widest_in)) != NULL;
@@ -130,6 +132,8 @@ void ee_model_free(ee_model *m) {
     free_tokens(m);
     free(m->layers);
     free(m->scratch);
+    free(m->part);
+    free(m->attn_scratch);
     free(m);
 }
 
@@ -266,112 +270,493 @@ static void project(ee_model *m, const ee_planes *const *ps, float *const *ys, c
     ee_matmul_multi(count, ntok, mv, same);
 }
 
-/* ------------------------------------------------------------------ attention */
-static float exp_shifted(float *scores, int n, float top) {
-    double total = 0.0;
-    for (int t = 0; t < n; t++) {
-        scores[t] = expf(scores[t] - top);
-        total += scores[t];
-    }
-    return (float)(1.0 / total);
+/* ------------------------------------------------------------------ attention
+ * The cache, per layer and kv head: K transposed in blocks of EE_KV_BLOCK positions ([block][head_dim][16],
+ * so a block's 16 scores are head_dim broadcast FMAs with no horizontal sum) and V by position
+ * ([max_ctx][head_dim], so P V is broadcast FMAs over its rows). The q heads of a kv group (and, in a
+ * batch, several tokens) are computed from one read of each K and V block.
+ *
+ * Positions are cut into chunks of EE_KV_CHUNK at fixed absolute positions. Per token and q head, a chunk
+ * gives a partial softmax (its max, its sum of exponentials, its exp-weighted sum of V) and the partials are
+ * folded in chunk order. Every sum's order is then a function of the token's position alone, never of
+ * the batch, of the work split or of the thread count: a decode step spreads one token's chunks over the
+ * threads and folds them afterwards, a batch gives each unit a tile of tokens that walks the chunks itself
+ * (each K/V chunk read once for the tile), and both give the same bits. */
+#define EE_KV_BLOCK 16
+#define EE_KV_CHUNK 128
+#define SPLIT_TOKENS 4 /* a call of at most this many tokens splits their chunks over the threads */
+#define TILE_TOKENS 16 /* the most tokens one unit of a batch walks the chunks for */
+enum { ATT_SCALAR, ATT_AVX2, ATT_AVX512 };
+
+int ee_kv_block(void) { return EE_KV_BLOCK; }
+
+static int kv_blocks(int max_ctx) { return (max_ctx + EE_KV_BLOCK - 1) / EE_KV_BLOCK; }
+static int kv_chunks(int max_ctx) { return (max_ctx + EE_KV_CHUNK - 1) / EE_KV_CHUNK; }
+/* floats of one layer's K and V */
+static size_t k_layer(const ee_dims *d) { return (size_t)d->n_kv * kv_blocks(d->max_ctx) * EE_KV_BLOCK * d->head_dim; }
+static size_t v_layer(const ee_dims *d) { return (size_t)d->n_kv * d->max_ctx * d->head_dim; }
+
+/* exp(x) for x <= 0: exp(r) * 2^n with x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor series to r^6
+ * (error ~1e-7 relative). Below -87 (2^n no longer a normal float) it is 0; NaN stays NaN. */
+#define EXP_LOW (-87.0f)
+#define LOG2E 1.44269504f
+#define LN2_HI 0.693145752f  /* ln 2 in two parts: n * LN2_HI is exact for |n| < 2^8 */
+#define LN2_LO 1.42860677e-6f
+#define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+static float exp_neg(float x) {
+    if (!(x >= EXP_LOW)) return x < EXP_LOW ? 0.0f : x;
+    float n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC, r = x - n * LN2_HI - n * LN2_LO;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
 }
 
-/* out[hd] = softmax(scale * K q) V over n cached positions (rows of hd floats), max subtracted first */
-static void attend_scalar(const float *q, const float *K, const float *V, int n, int hd, float scale, float *scores,
-                          float *out) {
-    float top = -INFINITY;
-    for (int t = 0; t < n; t++) {
-        const float *k = K + (size_t)t * hd;
-        float s = 0.0f;
-        for (int j = 0; j < hd; j++) s += q[j] * k[j];
-        scores[t] = s * scale;
-        if (scores[t] > top) top = scores[t];
-    }
-    float inv = exp_shifted(scores, n, top);
-    for (int j = 0; j < hd; j++) out[j] = 0.0f;
-    for (int t = 0; t < n; t++) {
-        const float *v = V + (size_t)t * hd;
-        float p = scores[t] * inv;
-        for (int j = 0; j < hd; j++) out[j] += p * v[j];
+/* One chunk of one token for the q heads of one kv head (rows, head_dim hd apart in q): scores over the
+ * nb K blocks from K into S ([rows][EE_KV_CHUNK]), of which n from `off` are the token's positions; those
+ * become exp(score - max) and the rest is ignored; then part[r] = (max, sum of exp, sum over the n
+ * positions of exp * V[t]) ([rows][hd + 2]). */
+typedef void chunk_fn(const float *q, int rows, int hd, const float *K, int nb, int off, int n, const float *V,
+                      float scale, float *S, float *part);
+
+static void chunk_scalar(const float *q, int rows, int hd, const float *K, int nb, int off, int n, const float *V,
+                         float scale, float *S, float *part) {
+    for (int r = 0; r < rows; r++) {
+        const float *qr = q + (size_t)r * hd;
+        float *s = S + (size_t)r * EE_KV_CHUNK, *pr = part + (size_t)r * (hd + 2);
+        for (int b = 0; b < nb; b++) {
+            const float *kb = K + (size_t)b * EE_KV_BLOCK * hd;
+            float acc[EE_KV_BLOCK] = {0};
+            for (int i = 0; i < hd; i++)
+                for (int l = 0; l < EE_KV_BLOCK; l++) acc[l] += qr[i] * kb[i * EE_KV_BLOCK + l];
+            for (int l = 0; l < EE_KV_BLOCK; l++) s[b * EE_KV_BLOCK + l] = acc[l] * scale;
+        }
+        s += off;
+        float top = -INFINITY, total = 0.0f;
+        for (int t = 0; t < n; t++) top = s[t] > top ? s[t] : top;
+        for (int t = 0; t < n; t++) {
+            s[t] = exp_neg(s[t] - top);
+            total += s[t];
+        }
+        float *acc = pr + 2;
+        for (int j = 0; j < hd; j++) acc[j] = 0.0f;
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < hd; j++) acc[j] += s[t] * V[(size_t)t * hd + j];
+        pr[0] = top;
+        pr[1] = total;
     }
 }
 
+/* In the SIMD kernels a score tile is R rows x BT blocks and a P V tile R rows x W vectors, every one of
+ * them a register; R, BT and W are constants where the always-inline tiles are called, so the loops
+ * over them unroll. Each score and each output is one chain of FMAs in position order whatever the tile. */
 #if EE_X86
-__attribute__((target("avx2,fma"))) static void attend_avx2(const float *q, const float *K, const float *V, int n,
-                                                            int hd, float scale, float *scores, float *out) {
-    float top = -INFINITY;
-    for (int t = 0; t < n; t++) {
-        const float *k = K + (size_t)t * hd;
-        __m256 a = _mm256_setzero_ps();
-        for (int j = 0; j < hd; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), _mm256_loadu_ps(k + j), a);
-        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-        float s = _mm_cvtss_f32(s4) * scale;
-        scores[t] = s;
-        if (s > top) top = s;
+#define T_AVX2 __attribute__((target("avx2,fma")))
+#define T_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+T_AVX2 INLINE __m256 exp8(__m256 x) {
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_blendv_ps(p, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LOW), _CMP_LT_OQ));
+}
+
+T_AVX2 INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+T_AVX2 INLINE float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* a score tile: a block is two vectors */
+T_AVX2 INLINE void scores8(const float *q, int hd, const float *K, int R, int BT, float scale, float *S) {
+    __m256 acc[2][2][2];
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < BT; b++) acc[r][b][0] = acc[r][b][1] = _mm256_setzero_ps();
+    for (int i = 0; i < hd; i++) {
+        __m256 k[2][2];
+        for (int b = 0; b < BT; b++) {
+            const float *kb = K + ((size_t)b * hd + i) * EE_KV_BLOCK;
+            k[b][0] = _mm256_loadu_ps(kb);
+            k[b][1] = _mm256_loadu_ps(kb + 8);
+        }
+        for (int r = 0; r < R; r++) {
+            __m256 qv = _mm256_broadcast_ss(q + (size_t)r * hd + i);
+            for (int b = 0; b < BT; b++) {
+                acc[r][b][0] = _mm256_fmadd_ps(qv, k[b][0], acc[r][b][0]);
+                acc[r][b][1] = _mm256_fmadd_ps(qv, k[b][1], acc[r][b][1]);
+            }
+        }
     }
-    float inv = exp_shifted(scores, n, top);
-    __m256 acc[32]; /* hd <= 256 */
-    int nv = hd / 8;
-    for (int r = 0; r < nv; r++) acc[r] = _mm256_setzero_ps();
+    __m256 sc = _mm256_set1_ps(scale);
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < BT; b++) {
+            _mm256_storeu_ps(S + r * EE_KV_CHUNK + b * EE_KV_BLOCK, _mm256_mul_ps(acc[r][b][0], sc));
+            _mm256_storeu_ps(S + r * EE_KV_CHUNK + b * EE_KV_BLOCK + 8, _mm256_mul_ps(acc[r][b][1], sc));
+        }
+}
+
+T_AVX2 INLINE void pv8(const float *P, const float *V, int n, int hd, int R, int W, float *out) {
+    __m256 acc[2][4];
+    for (int r = 0; r < R; r++)
+        for (int w = 0; w < W; w++) acc[r][w] = _mm256_setzero_ps();
     for (int t = 0; t < n; t++) {
-        const float *v = V + (size_t)t * hd;
-        __m256 p = _mm256_set1_ps(scores[t] * inv);
-        for (int r = 0; r < nv; r++) acc[r] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * r), acc[r]);
+        __m256 v[4];
+        for (int w = 0; w < W; w++) v[w] = _mm256_loadu_ps(V + (size_t)t * hd + 8 * w);
+        for (int r = 0; r < R; r++) {
+            __m256 p = _mm256_broadcast_ss(P + r * EE_KV_CHUNK + t);
+            for (int w = 0; w < W; w++) acc[r][w] = _mm256_fmadd_ps(p, v[w], acc[r][w]);
+        }
     }
-    for (int r = 0; r < nv; r++) _mm256_storeu_ps(out + 8 * r, acc[r]);
+    for (int r = 0; r < R; r++)
+        for (int w = 0; w < W; w++) _mm256_storeu_ps(out + (size_t)r * (hd + 2) + 8 * w, acc[r][w]);
+}
+
+/* hd % 8 == 0 */
+T_AVX2 static void chunk_avx2(const float *q, int rows, int hd, const float *K, int nb, int off, int n, const float *V,
+                              float scale, float *S, float *part) {
+    for (int r = 0; r < rows; r += 2) {
+        const float *qr = q + (size_t)r * hd, *kb = K;
+        float *s = S + r * EE_KV_CHUNK;
+        int b = 0, step = EE_KV_BLOCK * hd;
+        if (rows - r >= 2) {
+            for (; b + 2 <= nb; b += 2) scores8(qr, hd, kb + (size_t)b * step, 2, 2, scale, s + b * EE_KV_BLOCK);
+            for (; b < nb; b++) scores8(qr, hd, kb + (size_t)b * step, 2, 1, scale, s + b * EE_KV_BLOCK);
+        } else {
+            for (; b + 2 <= nb; b += 2) scores8(qr, hd, kb + (size_t)b * step, 1, 2, scale, s + b * EE_KV_BLOCK);
+            for (; b < nb; b++) scores8(qr, hd, kb + (size_t)b * step, 1, 1, scale, s + b * EE_KV_BLOCK);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *s = S + r * EE_KV_CHUNK, *pr = part + (size_t)r * (hd + 2);
+        /* outside the token's positions: -inf, which exp takes to 0 */
+        for (int t = 0; t < off; t++) s[t] = -INFINITY;
+        for (int t = off + n; t < nb * EE_KV_BLOCK; t++) s[t] = -INFINITY;
+        __m256 top = _mm256_set1_ps(-INFINITY), total = _mm256_setzero_ps();
+        for (int t = 0; t < nb * EE_KV_BLOCK; t += 8) top = _mm256_max_ps(top, _mm256_loadu_ps(s + t));
+        pr[0] = hmax8(top);
+        top = _mm256_set1_ps(pr[0]);
+        for (int t = 0; t < nb * EE_KV_BLOCK; t += 8) {
+            __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), top));
+            _mm256_storeu_ps(s + t, p);
+            total = _mm256_add_ps(total, p);
+        }
+        pr[1] = hsum8(total);
+    }
+    for (int r = 0; r < rows; r += 2) {
+        const float *p = S + r * EE_KV_CHUNK + off;
+        float *acc = part + (size_t)r * (hd + 2) + 2;
+        int c = 0;
+        if (rows - r >= 2) {
+            for (; c + 32 <= hd; c += 32) pv8(p, V + c, n, hd, 2, 4, acc + c);
+            for (; c < hd; c += 8) pv8(p, V + c, n, hd, 2, 1, acc + c);
+        } else {
+            for (; c + 32 <= hd; c += 32) pv8(p, V + c, n, hd, 1, 4, acc + c);
+            for (; c < hd; c += 8) pv8(p, V + c, n, hd, 1, 1, acc + c);
+        }
+    }
+}
+
+T_AVX512 INLINE __m512 exp16(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    p = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    return _mm512_mask_mov_ps(p, _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LOW), _CMP_LT_OQ), _mm512_setzero_ps());
+}
+
+T_AVX512 INLINE __m256 high8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
+/* a score tile: a block is one vector */
+T_AVX512 INLINE void scores16(const float *q, int hd, const float *K, int R, int BT, float scale, float *S) {
+    __m512 acc[2][4];
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < BT; b++) acc[r][b] = _mm512_setzero_ps();
+    for (int i = 0; i < hd; i++) {
+        __m512 k[4];
+        for (int b = 0; b < BT; b++) k[b] = _mm512_loadu_ps(K + ((size_t)b * hd + i) * EE_KV_BLOCK);
+        for (int r = 0; r < R; r++) {
+            __m512 qv = _mm512_set1_ps(q[(size_t)r * hd + i]);
+            for (int b = 0; b < BT; b++) acc[r][b] = _mm512_fmadd_ps(qv, k[b], acc[r][b]);
+        }
+    }
+    __m512 sc = _mm512_set1_ps(scale);
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < BT; b++) _mm512_storeu_ps(S + r * EE_KV_CHUNK + b * EE_KV_BLOCK, _mm512_mul_ps(acc[r][b], sc));
+}
+
+T_AVX512 INLINE void pv16(const float *P, const float *V, int n, int hd, int R, int W, float *out) {
+    __m512 acc[2][4];
+    for (int r = 0; r < R; r++)
+        for (int w = 0; w < W; w++) acc[r][w] = _mm512_setzero_ps();
+    for (int t = 0; t < n; t++) {
+        __m512 v[4];
+        for (int w = 0; w < W; w++) v[w] = _mm512_loadu_ps(V + (size_t)t * hd + 16 * w);
+        for (int r = 0; r < R; r++) {
+            __m512 p = _mm512_set1_ps(P[r * EE_KV_CHUNK + t]);
+            for (int w = 0; w < W; w++) acc[r][w] = _mm512_fmadd_ps(p, v[w], acc[r][w]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int w = 0; w < W; w++) _mm512_storeu_ps(out + (size_t)r * (hd + 2) + 16 * w, acc[r][w]);
+}
+
+/* hd % 16 == 0 */
+T_AVX512 static void chunk_avx512(const float *q, int rows, int hd, const float *K, int nb, int off, int n,
+                                  const float *V, float scale, float *S, float *part) {
+    for (int r = 0; r < rows; r += 2) {
+        const float *qr = q + (size_t)r * hd, *kb = K;
+        float *s = S + r * EE_KV_CHUNK;
+        int b = 0, step = EE_KV_BLOCK * hd;
+        if (rows - r >= 2) {
+            for (; b + 4 <= nb; b += 4) scores16(qr, hd, kb + (size_t)b * step, 2, 4, scale, s + b * EE_KV_BLOCK);
+            for (; b < nb; b++) scores16(qr, hd, kb + (size_t)b * step, 2, 1, scale, s + b * EE_KV_BLOCK);
+        } else {
+            for (; b + 4 <= nb; b += 4) scores16(qr, hd, kb + (size_t)b * step, 1, 4, scale, s + b * EE_KV_BLOCK);
+            for (; b < nb; b++) scores16(qr, hd, kb + (size_t)b * step, 1, 1, scale, s + b * EE_KV_BLOCK);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *s = S + r * EE_KV_CHUNK, *pr = part + (size_t)r * (hd + 2);
+        for (int t = 0; t < off; t++) s[t] = -INFINITY;
+        for (int t = off + n; t < nb * EE_KV_BLOCK; t++) s[t] = -INFINITY;
+        __m512 top = _mm512_set1_ps(-INFINITY), total = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b++) top = _mm512_max_ps(top, _mm512_loadu_ps(s + b * EE_KV_BLOCK));
+        pr[0] = hmax8(_mm256_max_ps(_mm512_castps512_ps256(top), high8(top)));
+        top = _mm512_set1_ps(pr[0]);
+        for (int b = 0; b < nb; b++) {
+            __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + b * EE_KV_BLOCK), top));
+            _mm512_storeu_ps(s + b * EE_KV_BLOCK, p);
+            total = _mm512_add_ps(total, p);
+        }
+        pr[1] = hsum8(_mm256_add_ps(_mm512_castps512_ps256(total), high8(total)));
+    }
+    for (int r = 0; r < rows; r += 2) {
+        const float *p = S + r * EE_KV_CHUNK + off;
+        float *acc = part + (size_t)r * (hd + 2) + 2;
+        int c = 0;
+        if (rows - r >= 2) {
+            for (; c + 64 <= hd; c += 64) pv16(p, V + c, n, hd, 2, 4, acc + c);
+            for (; c < hd; c += 16) pv16(p, V + c, n, hd, 2, 1, acc + c);
+        } else {
+            for (; c + 64 <= hd; c += 64) pv16(p, V + c, n, hd, 1, 4, acc + c);
+            for (; c < hd; c += 16) pv16(p, V + c, n, hd, 1, 1, acc + c);
+        }
+    }
 }
 #endif
 
-static void attend(const float *q, const float *K, const float *V, int n, int hd, float scale, float *scores,
-                   float *out) {
+static chunk_fn *const CHUNK[] = {
+    chunk_scalar,
 #if EE_X86
-    static int avx2 = -1;
-    if (avx2 < 0) {
-        __builtin_cpu_init();
-        avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && strcmp(ee_isa(), "scalar") != 0;
-    }
-    if (avx2 && hd % 8 == 0 && hd <= 256) {
-        attend_avx2(q, K, V, n, hd, scale, scores, out);
-        return;
-    }
+    chunk_avx2, chunk_avx512,
 #endif
-    attend_scalar(q, K, V, n, hd, scale, scores, out);
-}
+};
 
+/* One layer's attention for ntok tokens at positions pos.. (their keys and values in the cache already):
+ * units are claimed in turn from `next`, then, for a split call, the folds from `folded`. */
 typedef struct {
-    ee_model *m;
-    int layer, pos, ntok;
-    atomic_int next;
-} attention_job;
+    int isa, n_heads, n_kv, hd, max_ctx, window, pos, ntok;
+    const float *k, *v, *q; /* the layer's cache; queries [ntok][n_heads][hd] */
+    float *out;             /* [ntok][n_heads][hd] */
+    int tile;               /* tokens per unit; 0: split (a unit is a chunk of every token) */
+    float *part;            /* split: [chunk][ntok][n_heads][hd + 2] */
+    float *scratch;         /* per thread: attn_scratch floats */
+    atomic_int next, folded;
+} attn_job;
 
-/* (token, head) pairs, claimed in turn: token j at position pos + j attends to every cached position up
- * to its own (the batch's keys and values are in the cache already) */
-static void attention_worker(void *arg, int tid) {
-    attention_job *J = (attention_job *)arg;
-    ee_model *m = J->m;
-    const ee_dims *d = &m->d;
-    int hd = d->head_dim, group = d->n_heads / d->n_kv, qdim = d->n_heads * hd;
-    size_t layer_off = (size_t)J->layer * d->n_kv * d->max_ctx * hd;
-    float *scores = m->scores + (size_t)tid * d->max_ctx;
+/* per thread: scores [group][chunk], a chunk's partials [group][hd + 2], a tile's running (max, sum) */
+static size_t attn_scratch(int group, int hd) { return (size_t)group * (EE_KV_CHUNK + hd + 2 + 2 * TILE_TOKENS); }
+
+static int first_position(const attn_job *J, int at) { return J->window > 0 && at + 1 > J->window ? at + 1 - J->window : 0; }
+
+/* token j's partials over chunk c for the q heads of kv head h (see chunk_fn); 0 when the chunk holds none
+ * of its positions */
+static int chunk(const attn_job *J, int h, int c, int j, float *S, float *part) {
+    int at = J->pos + j, first = first_position(J, at);
+    int lo = c * EE_KV_CHUNK > first ? c * EE_KV_CHUNK : first;
+    int hi = c * EE_KV_CHUNK + EE_KV_CHUNK - 1 < at ? c * EE_KV_CHUNK + EE_KV_CHUNK - 1 : at;
+    if (lo > hi) return 0;
+    int group = J->n_heads / J->n_kv, hd = J->hd, b0 = lo / EE_KV_BLOCK;
+    const float *K = J->k + ((size_t)h * kv_blocks(J->max_ctx) + b0) * EE_KV_BLOCK * hd;
+    const float *V = J->v + ((size_t)h * J->max_ctx + lo) * hd;
+    CHUNK[J->isa](J->q + ((size_t)j * J->n_heads + h * group) * hd, group, hd, K, hi / EE_KV_BLOCK - b0 + 1,
+                  lo - b0 * EE_KV_BLOCK, hi - lo + 1, V, 1.0f / sqrtf((float)hd), S, part);
+    return 1;
+}
+
+/* a chunk's partial (m, l, acc) into a row's running max, sum and acc (a function shared by every path:
+ * the same bits whoever folds) */
+static void fold(float *state, float *acc, const float *part, int hd) {
+    float top = part[0] > state[0] ? part[0] : state[0];
+    float a = exp_neg(state[0] - top), b = exp_neg(part[0] - top);
+    state[0] = top;
+    state[1] = state[1] * a + part[1] * b;
+    for (int j = 0; j < hd; j++) acc[j] = acc[j] * a + part[2 + j] * b;
+}
+
+static void finish(const float *state, float *acc, int hd) {
+    float inv = 1.0f / state[1];
+    for (int j = 0; j < hd; j++) acc[j] *= inv;
+}
+
+/* a batch: unit u is a tile of tokens (the last first: they attend the furthest) and a kv head; the
+ * tile walks the chunks, each chunk read once for all its tokens, and each token folds its own in order */
+static void attention_tiles(void *arg, int tid) {
+    attn_job *J = (attn_job *)arg;
+    int group = J->n_heads / J->n_kv, hd = J->hd, tiles = (J->ntok + J->tile - 1) / J->tile;
+    float *S = J->scratch + tid * attn_scratch(group, hd);
+    float *part = S + (size_t)group * EE_KV_CHUNK, *state = part + (size_t)group * (hd + 2);
     for (;;) {
         int u = atomic_fetch_add(&J->next, 1);
-        if (u >= J->ntok * d->n_heads) break;
-        int j = u / d->n_heads, h = u % d->n_heads, at = J->pos + j;
-        int first = d->window > 0 && at + 1 > d->window ? at + 1 - d->window : 0;
-        size_t kv = layer_off + ((size_t)(h / group) * d->max_ctx + first) * hd;
-        attend(m->q + (size_t)j * qdim + h * hd, m->kcache + kv, m->vcache + kv, at + 1 - first, hd,
-               1.0f / sqrtf((float)hd), scores, m->att + (size_t)j * qdim + h * hd);
+        if (u >= tiles * J->n_kv) break;
+        int h = u % J->n_kv, j0 = (tiles - 1 - u / J->n_kv) * J->tile;
+        int j1 = j0 + J->tile < J->ntok ? j0 + J->tile : J->ntok;
+        for (int j = j0; j < j1; j++)
+            for (int g = 0; g < group; g++) {
+                float *st = state + ((size_t)(j - j0) * group + g) * 2;
+                st[0] = -INFINITY;
+                st[1] = 0.0f;
+                memset(J->out + ((size_t)j * J->n_heads + h * group + g) * hd, 0, sizeof(float) * hd);
+            }
+        int c0 = first_position(J, J->pos + j0) / EE_KV_CHUNK, c1 = (J->pos + j1 - 1) / EE_KV_CHUNK;
+        for (int c = c0; c <= c1; c++)
+            for (int j = j0; j < j1; j++)
+                if (chunk(J, h, c, j, S, part))
+                    for (int g = 0; g < group; g++)
+                        fold(state + ((size_t)(j - j0) * group + g) * 2,
+                             J->out + ((size_t)j * J->n_heads + h * group + g) * hd, part + (size_t)g * (hd + 2), hd);
+        for (int j = j0; j < j1; j++)
+            for (int g = 0; g < group; g++)
+                finish(state + ((size_t)(j - j0) * group + g) * 2, J->out + ((size_t)j * J->n_heads + h * group + g) * hd, hd);
     }
 }
 
-/* in parallel once there is enough to pay for the hand-off */
+/* a few tokens: unit u is a chunk and a kv head, its partials kept for attention_folds */
+static void attention_chunks(void *arg, int tid) {
+    attn_job *J = (attn_job *)arg;
+    int group = J->n_heads / J->n_kv, hd = J->hd;
+    int c0 = first_position(J, J->pos) / EE_KV_CHUNK, c1 = (J->pos + J->ntok - 1) / EE_KV_CHUNK;
+    float *S = J->scratch + tid * attn_scratch(group, hd);
+    for (;;) {
+        int u = atomic_fetch_add(&J->next, 1);
+        if (u >= (c1 - c0 + 1) * J->n_kv) break;
+        int c = c0 + u / J->n_kv, h = u % J->n_kv;
+        for (int j = 0; j < J->ntok; j++)
+            chunk(J, h, c, j, S, J->part + (((size_t)c * J->ntok + j) * J->n_heads + h * group) * (hd + 2));
+    }
+}
+
+/* (token, q head) pairs of a split call: its chunks' partials folded in order */
+static void attention_folds(void *arg, int tid) {
+    (void)tid;
+    attn_job *J = (attn_job *)arg;
+    int hd = J->hd;
+    for (;;) {
+        int u = atomic_fetch_add(&J->folded, 1);
+        if (u >= J->ntok * J->n_heads) break;
+        int j = u / J->n_heads, head = u % J->n_heads, at = J->pos + j;
+        float state[2] = {-INFINITY, 0.0f}, *out = J->out + (size_t)u * hd;
+        memset(out, 0, sizeof(float) * hd);
+        for (int c = first_position(J, at) / EE_KV_CHUNK; c <= at / EE_KV_CHUNK; c++)
+            fold(state, out, J->part + (((size_t)c * J->ntok + j) * J->n_heads + head) * (hd + 2), hd);
+        finish(state, out, hd);
+    }
+}
+
+/* the kernel family: the planes' (ee_isa), as far as head_dim allows */
+static int attn_isa(int hd) {
+    const char *name = ee_isa();
+    int isa = strcmp(name, "avx512vnni") == 0 ? ATT_AVX512 : strcmp(name, "avx2") == 0 ? ATT_AVX2 : ATT_SCALAR;
+    if (isa == ATT_AVX512 && hd % 16) isa = ATT_AVX2;
+    if (isa == ATT_AVX2 && hd % 8) isa = ATT_SCALAR;
+    return isa;
+}
+
+/* J's geometry, pointers and scratch set (part: room for SPLIT_TOKENS tokens over every chunk); in
+ * parallel once there is enough to pay for the hand-off */
+static void attend(attn_job *J) {
+    int parallel = (long)J->ntok * (J->pos + J->ntok) * J->n_heads >= 256;
+    J->isa = attn_isa(J->hd);
+    atomic_init(&J->next, 0);
+    atomic_init(&J->folded, 0);
+    if (J->ntok <= SPLIT_TOKENS) {
+        J->tile = 0;
+        if (parallel) ecpu_parallel(attention_chunks, J), ecpu_parallel(attention_folds, J);
+        else attention_chunks(J, 0), attention_folds(J, 0);
+        return;
+    }
+    /* tiles as large as leave every thread a few units */
+    int tile = J->ntok * J->n_kv / (4 * ecpu_threads());
+    J->tile = tile < 1 ? 1 : tile > TILE_TOKENS ? TILE_TOKENS : tile;
+    if (parallel) ecpu_parallel(attention_tiles, J);
+    else attention_tiles(J, 0);
+}
+
+/* a split call's partials: SPLIT_TOKENS tokens over every chunk */
+static size_t attn_part(const ee_dims *d) {
+    return (size_t)SPLIT_TOKENS * d->n_heads * kv_chunks(d->max_ctx) * (d->head_dim + 2);
+}
+
+/* the partials, and scratch for every pool thread (the pool can grow after the model was made) */
+static int attn_room(ee_model *m) {
+    if (!m->part) m->part = alloc_f(attn_part(&m->d));
+    if (m->attn_threads < ecpu_threads()) {
+        free(m->attn_scratch);
+        m->attn_scratch = alloc_f(ecpu_threads() * attn_scratch(m->d.n_heads / m->d.n_kv, m->d.head_dim));
+        m->attn_threads = m->attn_scratch ? ecpu_threads() : 0;
+    }
+    return m->part && m->attn_scratch;
+}
+
 static void attention(ee_model *m, int layer, int pos, int ntok) {
-    attention_job J = {m, layer, pos, ntok, 0};
-    atomic_init(&J.next, 0);
-    if ((long)ntok * (pos + ntok) >= 32) ecpu_parallel(attention_worker, &J);
-    else attention_worker(&J, 0);
+    const ee_dims *d = &m->d;
+    attn_job J = {.n_heads = d->n_heads, .n_kv = d->n_kv, .hd = d->head_dim, .max_ctx = d->max_ctx,
+                  .window = d->window, .pos = pos, .ntok = ntok, .k = m->kcache + layer * k_layer(d),
+                  .v = m->vcache + layer * v_layer(d), .q = m->q, .out = m->att, .part = m->part,
+                  .scratch = m->attn_scratch};
+    attend(&J);
+}
+
+/* One layer's attention outside a decode step (tests): k and v that layer's cache (see above), q and out
+ * [ntok][n_heads][head_dim], for tokens at positions pos.. (only d's head counts, head_dim, max_ctx and
+ * window are read). Returns 0, or -1 for a shape the kernels do not take or no memory. */
+int ee_attention(const ee_dims *d, const float *k, const float *v, const float *q, int pos, int ntok, float *out) {
+    if (!d || !k || !v || !q || !out || d->n_heads <= 0 || d->n_kv <= 0 || d->n_heads % d->n_kv || d->head_dim <= 0 ||
+        ntok < 1 || pos < 0 || pos > d->max_ctx - ntok)
+        return -1;
+    attn_job J = {.n_heads = d->n_heads, .n_kv = d->n_kv, .hd = d->head_dim, .max_ctx = d->max_ctx,
+                  .window = d->window, .pos = pos, .ntok = ntok, .k = k, .v = v, .q = q, .out = out,
+                  .part = alloc_f(attn_part(d)), .scratch = alloc_f(ecpu_threads() * attn_scratch(d->n_heads / d->n_kv, d->head_dim))};
+    int ok = J.part && J.scratch;
+    if (ok) attend(&J);
+    free(J.part);
+    free(J.scratch);
+    return ok ? 0 : -1;
 }
 
 /* ntok tokens at positions pos .. pos + ntok - 1, from their embeddings x0 [ntok][dim], at an effort (NULL:
@@ -383,7 +768,7 @@ int ee_forward(ee_model *m, const float *x0, int pos, int ntok, const ee_effort 
     if (!m || !x0 || !logits || ntok < 1 || ntok > EE_MAX_BATCH) return -1;
     const ee_dims *d = &m->d;
     if (pos < 0 || pos > d->max_ctx - ntok) return -1;
-    if (!grow(m, ntok)) return -1;
+    if (!grow(m, ntok) || !attn_room(m)) return -1;
     const ee_effort *e = effort && (effort->tau || effort->share) ? effort : NULL;
     int dim = d->dim, hd = d->head_dim, qdim = d->n_heads * hd, kvdim = d->n_kv * hd, ffn = d->ffn;
     int widest = dim > qdim ? dim : qdim;
@@ -398,7 +783,7 @@ int ee_forward(ee_model *m, const float *x0, int pos, int ntok, const ee_effort 
         float *qkv_out[3] = {m->q, m->k, m->v};
         int qkv_stride[3] = {qdim, kvdim, kvdim}, qkv_index[3] = {at + P_Q, at + P_K, at + P_V};
         project(m, qkv, qkv_out, qkv_stride, qkv_index, 3, m->xn, widest, ntok, e);
-        size_t layer_off = (size_t)li * d->n_kv * d->max_ctx * hd;
+        float *kl = m->kcache + li * k_layer(d), *vl = m->vcache + li * v_layer(d);
         for (int j = 0; j < ntok; j++) {
             float *q = m->q + (size_t)j * qdim, *k = m->k + (size_t)j * kvdim, *v = m->v + (size_t)j * kvdim;
             add_bias(q, l->bias[0], qdim);
@@ -406,10 +791,11 @@ int ee_forward(ee_model *m, const float *x0, int pos, int ntok, const ee_effort 
             add_bias(v, l->bias[2], kvdim);
             rope(q, d->n_heads, hd, pos + j, m->rope_inv_freq);
             rope(k, d->n_kv, hd, pos + j, m->rope_inv_freq);
+            int at = pos + j;
             for (int h = 0; h < d->n_kv; h++) {
-                size_t to = layer_off + ((size_t)h * d->max_ctx + pos + j) * hd;
-                memcpy(m->kcache + to, k + h * hd, sizeof(float) * hd);
-                memcpy(m->vcache + to, v + h * hd, sizeof(float) * hd);
+                float *kb = kl + (((size_t)h * kv_blocks(d->max_ctx) + at / EE_KV_BLOCK) * hd * EE_KV_BLOCK + at % EE_KV_BLOCK);
+                for (int i = 0; i < hd; i++) kb[i * EE_KV_BLOCK] = k[h * hd + i];
+                memcpy(vl + ((size_t)h * d->max_ctx + at) * hd, v + h * hd, sizeof(float) * hd);
             }
         }
         attention(m, li, pos, ntok);
