@@ -283,7 +283,7 @@ static void project(ee_model *m, const ee_planes *const *ps, float *const *ys, c
  * threads and folds them afterwards, a batch gives each unit a tile of tokens that walks the chunks itself
  * (each K/V chunk read once for the tile), and both give the same bits. */
 #define EE_KV_BLOCK 16
-#define EE_KV_CHUNK 128
+#define EE_KV_CHUNK 64
 #define SPLIT_TOKENS 4 /* a call of at most this many tokens splits their chunks over the threads */
 #define TILE_TOKENS 16 /* the most tokens one unit of a batch walks the chunks for */
 enum { ATT_SCALAR, ATT_AVX2, ATT_AVX512 };
@@ -348,6 +348,21 @@ static void chunk_scalar(const float *q, int rows, int hd, const float *K, int n
     }
 }
 
+/* A chunk's partial (m, l, acc) into a row's running max, sum and acc (state: max, sum). Each family
+ * has its copy, vectorized at its width; a call folds with its family's alone, so its tiles and its split
+ * fold alike. */
+typedef void fold_fn(float *state, float *acc, const float *part, int hd);
+
+static inline __attribute__((always_inline)) void fold_body(float *state, float *acc, const float *part, int hd) {
+    float top = part[0] > state[0] ? part[0] : state[0];
+    float a = exp_neg(state[0] - top), b = exp_neg(part[0] - top);
+    state[0] = top;
+    state[1] = state[1] * a + part[1] * b;
+    for (int j = 0; j < hd; j++) acc[j] = acc[j] * a + part[2 + j] * b;
+}
+
+static void fold_scalar(float *state, float *acc, const float *part, int hd) { fold_body(state, acc, part, hd); }
+
 /* In the SIMD kernels a score tile is R rows x BT blocks and a P V tile R rows x W vectors, every one of
  * them a register; R, BT and W are constants where the always-inline tiles are called, so the loops
  * over them unroll. Each score and each output is one chain of FMAs in position order whatever the tile. */
@@ -355,6 +370,9 @@ static void chunk_scalar(const float *q, int rows, int hd, const float *K, int n
 #define T_AVX2 __attribute__((target("avx2,fma")))
 #define T_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
+
+T_AVX2 static void fold_avx2(float *state, float *acc, const float *part, int hd) { fold_body(state, acc, part, hd); }
+T_AVX512 static void fold_avx512(float *state, float *acc, const float *part, int hd) { fold_body(state, acc, part, hd); }
 
 T_AVX2 INLINE __m256 exp8(__m256 x) {
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -386,7 +404,7 @@ T_AVX2 INLINE float hmax8(__m256 v) {
 
 /* a score tile: a block is two vectors */
 T_AVX2 INLINE void scores8(const float *q, int hd, const float *K, int R, int BT, float scale, float *S) {
-    __m256 acc[2][2][2];
+    __m256 acc[4][2][2];
     for (int r = 0; r < R; r++)
         for (int b = 0; b < BT; b++) acc[r][b][0] = acc[r][b][1] = _mm256_setzero_ps();
     for (int i = 0; i < hd; i++) {
@@ -413,7 +431,7 @@ T_AVX2 INLINE void scores8(const float *q, int hd, const float *K, int R, int BT
 }
 
 T_AVX2 INLINE void pv8(const float *P, const float *V, int n, int hd, int R, int W, float *out) {
-    __m256 acc[2][4];
+    __m256 acc[4][4];
     for (int r = 0; r < R; r++)
         for (int w = 0; w < W; w++) acc[r][w] = _mm256_setzero_ps();
     for (int t = 0; t < n; t++) {
@@ -428,19 +446,33 @@ T_AVX2 INLINE void pv8(const float *P, const float *V, int n, int hd, int R, int
         for (int w = 0; w < W; w++) _mm256_storeu_ps(out + (size_t)r * (hd + 2) + 8 * w, acc[r][w]);
 }
 
+/* R rows' scores over nb blocks and their P V (four rows hold 8 score or 8 output registers) */
+T_AVX2 INLINE void scores_rows8(const float *q, int hd, const float *K, int nb, int R, float scale, float *S) {
+    int b = 0, step = EE_KV_BLOCK * hd;
+    if (R <= 2)
+        for (; b + 2 <= nb; b += 2) scores8(q, hd, K + (size_t)b * step, R, 2, scale, S + b * EE_KV_BLOCK);
+    for (; b < nb; b++) scores8(q, hd, K + (size_t)b * step, R, 1, scale, S + b * EE_KV_BLOCK);
+}
+
+T_AVX2 INLINE void pv_rows8(const float *P, const float *V, int n, int hd, int R, float *out) {
+    int c = 0, wide = R <= 2 ? 4 : 2;
+    for (; c + 8 * wide <= hd; c += 8 * wide)
+        if (wide == 4) pv8(P, V + c, n, hd, R, 4, out + c);
+        else pv8(P, V + c, n, hd, R, 2, out + c);
+    for (; c < hd; c += 8) pv8(P, V + c, n, hd, R, 1, out + c);
+}
+
 /* hd % 8 == 0 */
 T_AVX2 static void chunk_avx2(const float *q, int rows, int hd, const float *K, int nb, int off, int n, const float *V,
                               float scale, float *S, float *part) {
-    for (int r = 0; r < rows; r += 2) {
-        const float *qr = q + (size_t)r * hd, *kb = K;
+    for (int r = 0; r < rows; r += 4) {
+        const float *qr = q + (size_t)r * hd;
         float *s = S + r * EE_KV_CHUNK;
-        int b = 0, step = EE_KV_BLOCK * hd;
-        if (rows - r >= 2) {
-            for (; b + 2 <= nb; b += 2) scores8(qr, hd, kb + (size_t)b * step, 2, 2, scale, s + b * EE_KV_BLOCK);
-            for (; b < nb; b++) scores8(qr, hd, kb + (size_t)b * step, 2, 1, scale, s + b * EE_KV_BLOCK);
-        } else {
-            for (; b + 2 <= nb; b += 2) scores8(qr, hd, kb + (size_t)b * step, 1, 2, scale, s + b * EE_KV_BLOCK);
-            for (; b < nb; b++) scores8(qr, hd, kb + (size_t)b * step, 1, 1, scale, s + b * EE_KV_BLOCK);
+        switch (rows - r) {
+        case 1: scores_rows8(qr, hd, K, nb, 1, scale, s); break;
+        case 2: scores_rows8(qr, hd, K, nb, 2, scale, s); break;
+        case 3: scores_rows8(qr, hd, K, nb, 3, scale, s); break;
+        default: scores_rows8(qr, hd, K, nb, 4, scale, s);
         }
     }
     for (int r = 0; r < rows; r++) {
@@ -459,16 +491,14 @@ T_AVX2 static void chunk_avx2(const float *q, int rows, int hd, const float *K, 
         }
         pr[1] = hsum8(total);
     }
-    for (int r = 0; r < rows; r += 2) {
+    for (int r = 0; r < rows; r += 4) {
         const float *p = S + r * EE_KV_CHUNK + off;
         float *acc = part + (size_t)r * (hd + 2) + 2;
-        int c = 0;
-        if (rows - r >= 2) {
-            for (; c + 32 <= hd; c += 32) pv8(p, V + c, n, hd, 2, 4, acc + c);
-            for (; c < hd; c += 8) pv8(p, V + c, n, hd, 2, 1, acc + c);
-        } else {
-            for (; c + 32 <= hd; c += 32) pv8(p, V + c, n, hd, 1, 4, acc + c);
-            for (; c < hd; c += 8) pv8(p, V + c, n, hd, 1, 1, acc + c);
+        switch (rows - r) {
+        case 1: pv_rows8(p, V, n, hd, 1, acc); break;
+        case 2: pv_rows8(p, V, n, hd, 2, acc); break;
+        case 3: pv_rows8(p, V, n, hd, 3, acc); break;
+        default: pv_rows8(p, V, n, hd, 4, acc);
         }
     }
 }
@@ -493,7 +523,7 @@ T_AVX512 INLINE __m256 high8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf
 
 /* a score tile: a block is one vector */
 T_AVX512 INLINE void scores16(const float *q, int hd, const float *K, int R, int BT, float scale, float *S) {
-    __m512 acc[2][4];
+    __m512 acc[4][4];
     for (int r = 0; r < R; r++)
         for (int b = 0; b < BT; b++) acc[r][b] = _mm512_setzero_ps();
     for (int i = 0; i < hd; i++) {
@@ -510,7 +540,7 @@ T_AVX512 INLINE void scores16(const float *q, int hd, const float *K, int R, int
 }
 
 T_AVX512 INLINE void pv16(const float *P, const float *V, int n, int hd, int R, int W, float *out) {
-    __m512 acc[2][4];
+    __m512 acc[4][4];
     for (int r = 0; r < R; r++)
         for (int w = 0; w < W; w++) acc[r][w] = _mm512_setzero_ps();
     for (int t = 0; t < n; t++) {
@@ -525,19 +555,30 @@ T_AVX512 INLINE void pv16(const float *P, const float *V, int n, int hd, int R, 
         for (int w = 0; w < W; w++) _mm512_storeu_ps(out + (size_t)r * (hd + 2) + 16 * w, acc[r][w]);
 }
 
+/* R rows' scores over nb blocks and their P V (four rows hold 16 score or 16 output registers) */
+T_AVX512 INLINE void scores_rows16(const float *q, int hd, const float *K, int nb, int R, float scale, float *S) {
+    int b = 0, step = EE_KV_BLOCK * hd;
+    for (; b + 4 <= nb; b += 4) scores16(q, hd, K + (size_t)b * step, R, 4, scale, S + b * EE_KV_BLOCK);
+    for (; b < nb; b++) scores16(q, hd, K + (size_t)b * step, R, 1, scale, S + b * EE_KV_BLOCK);
+}
+
+T_AVX512 INLINE void pv_rows16(const float *P, const float *V, int n, int hd, int R, float *out) {
+    int c = 0;
+    for (; c + 64 <= hd; c += 64) pv16(P, V + c, n, hd, R, 4, out + c);
+    for (; c < hd; c += 16) pv16(P, V + c, n, hd, R, 1, out + c);
+}
+
 /* hd % 16 == 0 */
 T_AVX512 static void chunk_avx512(const float *q, int rows, int hd, const float *K, int nb, int off, int n,
                                   const float *V, float scale, float *S, float *part) {
-    for (int r = 0; r < rows; r += 2) {
-        const float *qr = q + (size_t)r * hd, *kb = K;
+    for (int r = 0; r < rows; r += 4) {
+        const float *qr = q + (size_t)r * hd;
         float *s = S + r * EE_KV_CHUNK;
-        int b = 0, step = EE_KV_BLOCK * hd;
-        if (rows - r >= 2) {
-            for (; b + 4 <= nb; b += 4) scores16(qr, hd, kb + (size_t)b * step, 2, 4, scale, s + b * EE_KV_BLOCK);
-            for (; b < nb; b++) scores16(qr, hd, kb + (size_t)b * step, 2, 1, scale, s + b * EE_KV_BLOCK);
-        } else {
-            for (; b + 4 <= nb; b += 4) scores16(qr, hd, kb + (size_t)b * step, 1, 4, scale, s + b * EE_KV_BLOCK);
-            for (; b < nb; b++) scores16(qr, hd, kb + (size_t)b * step, 1, 1, scale, s + b * EE_KV_BLOCK);
+        switch (rows - r) {
+        case 1: scores_rows16(qr, hd, K, nb, 1, scale, s); break;
+        case 2: scores_rows16(qr, hd, K, nb, 2, scale, s); break;
+        case 3: scores_rows16(qr, hd, K, nb, 3, scale, s); break;
+        default: scores_rows16(qr, hd, K, nb, 4, scale, s);
         }
     }
     for (int r = 0; r < rows; r++) {
@@ -555,25 +596,27 @@ T_AVX512 static void chunk_avx512(const float *q, int rows, int hd, const float 
         }
         pr[1] = hsum8(_mm256_add_ps(_mm512_castps512_ps256(total), high8(total)));
     }
-    for (int r = 0; r < rows; r += 2) {
+    for (int r = 0; r < rows; r += 4) {
         const float *p = S + r * EE_KV_CHUNK + off;
         float *acc = part + (size_t)r * (hd + 2) + 2;
-        int c = 0;
-        if (rows - r >= 2) {
-            for (; c + 64 <= hd; c += 64) pv16(p, V + c, n, hd, 2, 4, acc + c);
-            for (; c < hd; c += 16) pv16(p, V + c, n, hd, 2, 1, acc + c);
-        } else {
-            for (; c + 64 <= hd; c += 64) pv16(p, V + c, n, hd, 1, 4, acc + c);
-            for (; c < hd; c += 16) pv16(p, V + c, n, hd, 1, 1, acc + c);
+        switch (rows - r) {
+        case 1: pv_rows16(p, V, n, hd, 1, acc); break;
+        case 2: pv_rows16(p, V, n, hd, 2, acc); break;
+        case 3: pv_rows16(p, V, n, hd, 3, acc); break;
+        default: pv_rows16(p, V, n, hd, 4, acc);
         }
     }
 }
 #endif
 
-static chunk_fn *const CHUNK[] = {
-    chunk_scalar,
+static const struct {
+    chunk_fn *chunk;
+    fold_fn *fold;
+} KERNELS[] = {
+    {chunk_scalar, fold_scalar},
 #if EE_X86
-    chunk_avx2, chunk_avx512,
+    {chunk_avx2, fold_avx2},
+    {chunk_avx512, fold_avx512},
 #endif
 };
 
@@ -604,19 +647,9 @@ static int chunk(const attn_job *J, int h, int c, int j, float *S, float *part) 
     int group = J->n_heads / J->n_kv, hd = J->hd, b0 = lo / EE_KV_BLOCK;
     const float *K = J->k + ((size_t)h * kv_blocks(J->max_ctx) + b0) * EE_KV_BLOCK * hd;
     const float *V = J->v + ((size_t)h * J->max_ctx + lo) * hd;
-    CHUNK[J->isa](J->q + ((size_t)j * J->n_heads + h * group) * hd, group, hd, K, hi / EE_KV_BLOCK - b0 + 1,
+    KERNELS[J->isa].chunk(J->q + ((size_t)j * J->n_heads + h * group) * hd, group, hd, K, hi / EE_KV_BLOCK - b0 + 1,
                   lo - b0 * EE_KV_BLOCK, hi - lo + 1, V, 1.0f / sqrtf((float)hd), S, part);
     return 1;
-}
-
-/* a chunk's partial (m, l, acc) into a row's running max, sum and acc (a function shared by every path:
- * the same bits whoever folds) */
-static void fold(float *state, float *acc, const float *part, int hd) {
-    float top = part[0] > state[0] ? part[0] : state[0];
-    float a = exp_neg(state[0] - top), b = exp_neg(part[0] - top);
-    state[0] = top;
-    state[1] = state[1] * a + part[1] * b;
-    for (int j = 0; j < hd; j++) acc[j] = acc[j] * a + part[2 + j] * b;
 }
 
 static void finish(const float *state, float *acc, int hd) {
@@ -648,7 +681,7 @@ static void attention_tiles(void *arg, int tid) {
             for (int j = j0; j < j1; j++)
                 if (chunk(J, h, c, j, S, part))
                     for (int g = 0; g < group; g++)
-                        fold(state + ((size_t)(j - j0) * group + g) * 2,
+                        KERNELS[J->isa].fold(state + ((size_t)(j - j0) * group + g) * 2,
                              J->out + ((size_t)j * J->n_heads + h * group + g) * hd, part + (size_t)g * (hd + 2), hd);
         for (int j = j0; j < j1; j++)
             for (int g = 0; g < group; g++)
@@ -683,7 +716,7 @@ static void attention_folds(void *arg, int tid) {
         float state[2] = {-INFINITY, 0.0f}, *out = J->out + (size_t)u * hd;
         memset(out, 0, sizeof(float) * hd);
         for (int c = first_position(J, at) / EE_KV_CHUNK; c <= at / EE_KV_CHUNK; c++)
-            fold(state, out, J->part + (((size_t)c * J->ntok + j) * J->n_heads + head) * (hd + 2), hd);
+            KERNELS[J->isa].fold(state, out, J->part + (((size_t)c * J->ntok + j) * J->n_heads + head) * (hd + 2), hd);
         finish(state, out, hd);
     }
 }
@@ -717,14 +750,14 @@ static void attend(attn_job *J) {
     else attention_tiles(J, 0);
 }
 
-/* a split call's partials: SPLIT_TOKENS tokens over every chunk */
-static size_t attn_part(const ee_dims *d) {
-    return (size_t)SPLIT_TOKENS * d->n_heads * kv_chunks(d->max_ctx) * (d->head_dim + 2);
+/* a split call's partials: SPLIT_TOKENS tokens over `chunks` chunks */
+static size_t attn_part(const ee_dims *d, int chunks) {
+    return (size_t)SPLIT_TOKENS * d->n_heads * chunks * (d->head_dim + 2);
 }
 
 /* the partials, and scratch for every pool thread (the pool can grow after the model was made) */
 static int attn_room(ee_model *m) {
-    if (!m->part) m->part = alloc_f(attn_part(&m->d));
+    if (!m->part) m->part = alloc_f(attn_part(&m->d, kv_chunks(m->d.max_ctx)));
     if (m->attn_threads < ecpu_threads()) {
         free(m->attn_scratch);
         m->attn_scratch = alloc_f(ecpu_threads() * attn_scratch(m->d.n_heads / m->d.n_kv, m->d.head_dim));
@@ -751,7 +784,7 @@ int ee_attention(const ee_dims *d, const float *k, const float *v, const float *
         return -1;
     attn_job J = {.n_heads = d->n_heads, .n_kv = d->n_kv, .hd = d->head_dim, .max_ctx = d->max_ctx,
                   .window = d->window, .pos = pos, .ntok = ntok, .k = k, .v = v, .q = q, .out = out,
-                  .part = alloc_f(attn_part(d)), .scratch = alloc_f(ecpu_threads() * attn_scratch(d->n_heads / d->n_kv, d->head_dim))};
+                  .part = malloc(sizeof(float) * attn_part(d, (pos + ntok - 1) / EE_KV_CHUNK + 1)), .scratch = alloc_f(ecpu_threads() * attn_scratch(d->n_heads / d->n_kv, d->head_dim))};
     int ok = J.part && J.scratch;
     if (ok) attend(&J);
     free(J.part);
