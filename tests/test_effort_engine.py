@@ -350,3 +350,28 @@ def test_the_batched_prompt_and_verify_give_the_decode_steps_bits(tiny_gguf, cac
         together, read = rt.forward(ids[10:30], effort)
         assert np.array_equal(together, np.stack([lg for lg, _ in one_by_one]))
         assert read == pytest.approx(np.mean([r for _, r in one_by_one]))
+
+
+@pytest.mark.parametrize("which", ["gguf", "mistral"])
+def test_the_cpu_runtime_gives_the_same_bits_batched_or_stepped_on_one_thread_or_two(which, tiny_gguf, tiny_hf, cache):
+    """Attention folds its chunks in position order whoever computes them: a prompt read in batches and
+    the same tokens decoded one by one, on one thread or two, give the same logits (mistral: through its
+    sliding window of 64)."""
+    from engine.runtime import native
+
+    path = tiny_gguf("Q8_0") if which == "gguf" else tiny_hf("mistral")
+    rt = session.load(str(path), runtime="cpu", effort=False).runtime
+    ids = [int(t) for t in np.random.default_rng(3).integers(5, 300, 200)]
+    runs = []
+    try:
+        for threads in (1, 2):
+            rt.lib.ecpu_init(threads)
+            rt.reset(0)
+            batched = rt.verify(ids)
+            rt.reset(0)
+            stepped = np.stack([rt.step(t, 1.0)[0] for t in ids])
+            assert np.array_equal(batched, stepped), threads
+            runs.append(batched)
+    finally:
+        rt.lib.ecpu_init(native.threads())
+    assert np.array_equal(runs[0], runs[1])

@@ -67,7 +67,7 @@ typedef struct {
     ee_layer *layers;
     ee_planes head;
     const float *final_norm, *rope_inv_freq;
-    float *kcache, *vcache; /* per layer and kv head: K [max_ctx / 16][head_dim][16], V [max_ctx][head_dim] (see attention) */
+    float *kcache, *vcache; /* per layer and kv head: K [blocks][head_dim][16], V [max_ctx][head_dim] (attention) */
     float *part;            /* a split attention's partials (attend) */
     float *attn_scratch;    /* attention's scratch for attn_threads threads */
     int attn_threads;
@@ -327,10 +327,10 @@ static void chunk_scalar(const float *q, int rows, int hd, const float *K, int n
         float *s = S + (size_t)r * EE_KV_CHUNK, *pr = part + (size_t)r * (hd + 2);
         for (int b = 0; b < nb; b++) {
             const float *kb = K + (size_t)b * EE_KV_BLOCK * hd;
-            float acc[EE_KV_BLOCK] = {0};
+            float dot[EE_KV_BLOCK] = {0};
             for (int i = 0; i < hd; i++)
-                for (int l = 0; l < EE_KV_BLOCK; l++) acc[l] += qr[i] * kb[i * EE_KV_BLOCK + l];
-            for (int l = 0; l < EE_KV_BLOCK; l++) s[b * EE_KV_BLOCK + l] = acc[l] * scale;
+                for (int l = 0; l < EE_KV_BLOCK; l++) dot[l] += qr[i] * kb[i * EE_KV_BLOCK + l];
+            for (int l = 0; l < EE_KV_BLOCK; l++) s[b * EE_KV_BLOCK + l] = dot[l] * scale;
         }
         s += off;
         float top = -INFINITY, total = 0.0f;
@@ -372,7 +372,9 @@ static void fold_scalar(float *state, float *acc, const float *part, int hd) { f
 #define INLINE static inline __attribute__((always_inline))
 
 T_AVX2 static void fold_avx2(float *state, float *acc, const float *part, int hd) { fold_body(state, acc, part, hd); }
-T_AVX512 static void fold_avx512(float *state, float *acc, const float *part, int hd) { fold_body(state, acc, part, hd); }
+T_AVX512 static void fold_avx512(float *state, float *acc, const float *part, int hd) {
+    fold_body(state, acc, part, hd);
+}
 
 T_AVX2 INLINE __m256 exp8(__m256 x) {
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -504,7 +506,8 @@ T_AVX2 static void chunk_avx2(const float *q, int rows, int hd, const float *K, 
 }
 
 T_AVX512 INLINE __m512 exp16(__m512 x) {
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
     __m512 p = _mm512_set1_ps(1.0f / 720);
@@ -536,7 +539,8 @@ T_AVX512 INLINE void scores16(const float *q, int hd, const float *K, int R, int
     }
     __m512 sc = _mm512_set1_ps(scale);
     for (int r = 0; r < R; r++)
-        for (int b = 0; b < BT; b++) _mm512_storeu_ps(S + r * EE_KV_CHUNK + b * EE_KV_BLOCK, _mm512_mul_ps(acc[r][b], sc));
+        for (int b = 0; b < BT; b++)
+            _mm512_storeu_ps(S + r * EE_KV_CHUNK + b * EE_KV_BLOCK, _mm512_mul_ps(acc[r][b], sc));
 }
 
 T_AVX512 INLINE void pv16(const float *P, const float *V, int n, int hd, int R, int W, float *out) {
@@ -635,7 +639,10 @@ typedef struct {
 /* per thread: scores [group][chunk], a chunk's partials [group][hd + 2], a tile's running (max, sum) */
 static size_t attn_scratch(int group, int hd) { return (size_t)group * (EE_KV_CHUNK + hd + 2 + 2 * TILE_TOKENS); }
 
-static int first_position(const attn_job *J, int at) { return J->window > 0 && at + 1 > J->window ? at + 1 - J->window : 0; }
+/* the first position a token at `at` attends */
+static int first_position(const attn_job *J, int at) {
+    return J->window > 0 && at + 1 > J->window ? at + 1 - J->window : 0;
+}
 
 /* token j's partials over chunk c for the q heads of kv head h (see chunk_fn); 0 when the chunk holds none
  * of its positions */
@@ -648,13 +655,19 @@ static int chunk(const attn_job *J, int h, int c, int j, float *S, float *part) 
     const float *K = J->k + ((size_t)h * kv_blocks(J->max_ctx) + b0) * EE_KV_BLOCK * hd;
     const float *V = J->v + ((size_t)h * J->max_ctx + lo) * hd;
     KERNELS[J->isa].chunk(J->q + ((size_t)j * J->n_heads + h * group) * hd, group, hd, K, hi / EE_KV_BLOCK - b0 + 1,
-                  lo - b0 * EE_KV_BLOCK, hi - lo + 1, V, 1.0f / sqrtf((float)hd), S, part);
+                          lo - b0 * EE_KV_BLOCK, hi - lo + 1, V, 1.0f / sqrtf((float)hd), S, part);
     return 1;
 }
 
 static void finish(const float *state, float *acc, int hd) {
     float inv = 1.0f / state[1];
     for (int j = 0; j < hd; j++) acc[j] *= inv;
+}
+
+/* row r of a tile from token j0 for kv head h: the output of token j0 + r / group, q head h * group + r % group */
+static float *row_out(const attn_job *J, int h, int j0, int r) {
+    int group = J->n_heads / J->n_kv;
+    return J->out + ((size_t)(j0 + r / group) * J->n_heads + h * group + r % group) * J->hd;
 }
 
 /* a batch: unit u is a tile of tokens (the last first: they attend the furthest) and a kv head; the
@@ -669,23 +682,18 @@ static void attention_tiles(void *arg, int tid) {
         if (u >= tiles * J->n_kv) break;
         int h = u % J->n_kv, j0 = (tiles - 1 - u / J->n_kv) * J->tile;
         int j1 = j0 + J->tile < J->ntok ? j0 + J->tile : J->ntok;
-        for (int j = j0; j < j1; j++)
-            for (int g = 0; g < group; g++) {
-                float *st = state + ((size_t)(j - j0) * group + g) * 2;
-                st[0] = -INFINITY;
-                st[1] = 0.0f;
-                memset(J->out + ((size_t)j * J->n_heads + h * group + g) * hd, 0, sizeof(float) * hd);
-            }
+        for (int r = 0; r < (j1 - j0) * group; r++) {
+            state[2 * r] = -INFINITY;
+            state[2 * r + 1] = 0.0f;
+            memset(row_out(J, h, j0, r), 0, sizeof(float) * hd);
+        }
         int c0 = first_position(J, J->pos + j0) / EE_KV_CHUNK, c1 = (J->pos + j1 - 1) / EE_KV_CHUNK;
         for (int c = c0; c <= c1; c++)
             for (int j = j0; j < j1; j++)
                 if (chunk(J, h, c, j, S, part))
-                    for (int g = 0; g < group; g++)
-                        KERNELS[J->isa].fold(state + ((size_t)(j - j0) * group + g) * 2,
-                             J->out + ((size_t)j * J->n_heads + h * group + g) * hd, part + (size_t)g * (hd + 2), hd);
-        for (int j = j0; j < j1; j++)
-            for (int g = 0; g < group; g++)
-                finish(state + ((size_t)(j - j0) * group + g) * 2, J->out + ((size_t)j * J->n_heads + h * group + g) * hd, hd);
+                    for (int g = 0, r = (j - j0) * group; g < group; g++, r++)
+                        KERNELS[J->isa].fold(state + 2 * r, row_out(J, h, j0, r), part + (size_t)g * (hd + 2), hd);
+        for (int r = 0; r < (j1 - j0) * group; r++) finish(state + 2 * r, row_out(J, h, j0, r), hd);
     }
 }
 
@@ -730,8 +738,8 @@ static int attn_isa(int hd) {
     return isa;
 }
 
-/* J's geometry, pointers and scratch set (part: room for SPLIT_TOKENS tokens over every chunk); in
- * parallel once there is enough to pay for the hand-off */
+/* J with its geometry, pointers and scratch set (part: room for SPLIT_TOKENS tokens over the call's
+ * chunks); in parallel once there is enough to pay for the hand-off */
 static void attend(attn_job *J) {
     int parallel = (long)J->ntok * (J->pos + J->ntok) * J->n_heads >= 256;
     J->isa = attn_isa(J->hd);
@@ -784,7 +792,8 @@ int ee_attention(const ee_dims *d, const float *k, const float *v, const float *
         return -1;
     attn_job J = {.n_heads = d->n_heads, .n_kv = d->n_kv, .hd = d->head_dim, .max_ctx = d->max_ctx,
                   .window = d->window, .pos = pos, .ntok = ntok, .k = k, .v = v, .q = q, .out = out,
-                  .part = malloc(sizeof(float) * attn_part(d, (pos + ntok - 1) / EE_KV_CHUNK + 1)), .scratch = alloc_f(ecpu_threads() * attn_scratch(d->n_heads / d->n_kv, d->head_dim))};
+                  .part = malloc(sizeof(float) * attn_part(d, (pos + ntok - 1) / EE_KV_CHUNK + 1)),
+                  .scratch = alloc_f(ecpu_threads() * attn_scratch(d->n_heads / d->n_kv, d->head_dim))};
     int ok = J.part && J.scratch;
     if (ok) attend(&J);
     free(J.part);
@@ -826,8 +835,8 @@ int ee_forward(ee_model *m, const float *x0, int pos, int ntok, const ee_effort 
             rope(k, d->n_kv, hd, pos + j, m->rope_inv_freq);
             int at = pos + j;
             for (int h = 0; h < d->n_kv; h++) {
-                float *kb = kl + (((size_t)h * kv_blocks(d->max_ctx) + at / EE_KV_BLOCK) * hd * EE_KV_BLOCK + at % EE_KV_BLOCK);
-                for (int i = 0; i < hd; i++) kb[i * EE_KV_BLOCK] = k[h * hd + i];
+                float *kb = kl + ((size_t)h * kv_blocks(d->max_ctx) + at / EE_KV_BLOCK) * hd * EE_KV_BLOCK;
+                for (int i = 0; i < hd; i++) kb[i * EE_KV_BLOCK + at % EE_KV_BLOCK] = k[h * hd + i];
                 memcpy(vl + ((size_t)h * d->max_ctx + at) * hd, v + h * hd, sizeof(float) * hd);
             }
         }
