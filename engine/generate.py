@@ -20,7 +20,7 @@ from engine.events import GenerationResult, LoadProgress, TokenEvent
 from engine.model.diagnose import require_finite
 from engine.runtime.base import Runtime, check_tokens
 from engine.sampler import Sampler
-from engine.speculative import SpeculativeDecoder
+from engine.speculative import DraftPolicy, SpeculativeDecoder
 
 
 # A prompt is prefilled in chunks sized to take about PREFILL_CHUNK_S each, so that a stop request
@@ -42,6 +42,7 @@ class Generator:
         self.stop_ids = stop_ids
         self.stream_factory = stream_factory  # () -> StreamDecoder
         self._cached: list[int] = []  # token ids whose K/V are in the runtime's cache
+        self.draft_policy: Callable[[], DraftPolicy] = DraftPolicy  # lossless mode's, made fresh for each answer
 
     def _finish(
         self, token: int, count: int, max_tokens: int, cancel: threading.Event | None, limit: int
@@ -108,7 +109,7 @@ class Generator:
         finish: str | None = None
         step_s, eff_req, eff_real = ttft, 1.0, 1.0
         last = now
-        speculative = SpeculativeDecoder(self.runtime, sampler, self.stop_ids)
+        speculative = SpeculativeDecoder(self.runtime, sampler, self.stop_ids, self.draft_policy())
         cycle_stats = None  # the speculative figures as of the cycle that made `token` (None: a plain step)
         ahead: list[int] = []  # tokens a speculative cycle made after `token`, emitted one per turn
         while True:
