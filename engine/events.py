@@ -35,6 +35,13 @@ class SpeculativeStats:
         """Drafted tokens per cycle."""
         return self.drafted / self.cycles if self.cycles else 0.0
 
+    def summary(self) -> dict[str, float]:
+        """The figures `effort generate --json` and `effort bench --json` report."""
+        return {
+            "acceptance": round(self.acceptance, 4), "drafted": self.drafted, "accepted": self.accepted,
+            "cycles": self.cycles, "draft_effort": round(self.mean_draft_effort, 4), "k": round(self.mean_k, 3),
+        }
+
 
 @dataclass(frozen=True)
 class TokenEvent:

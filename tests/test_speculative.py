@@ -403,6 +403,36 @@ def test_tiny_model_lossless_sampling_has_the_plain_samplers_distribution(tiny):
     assert 0.1 < accepted / drafted < 0.95
 
 
+def test_generate_and_bench_speculative_report_the_acceptance(tiny, tiny_gguf, capsys):
+    import json
+
+    from engine.cli import main
+
+    model = str(tiny_gguf("F16"))
+    runs = []
+    for flag in ([], ["--speculative"]):
+        assert main(["generate", "--model", model, "-p", "hello world", "--temperature", "0", "--max-tokens", "40",
+                     "--raw", "--json", *flag]) == 0
+        runs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    plain, fast = runs
+    assert fast["token_ids"] == plain["token_ids"] and plain["speculative"] is None
+    assert set(fast["speculative"]) == {"acceptance", "drafted", "accepted", "cycles", "draft_effort", "k"}
+    assert fast["speculative"]["drafted"] > 0 and fast["effort"] == 1.0
+
+    assert main(["generate", "--model", model, "-p", "hi", "--max-tokens", "8", "--speculative"]) == 0
+    assert "lossless: acceptance" in capsys.readouterr().err
+    assert main(["generate", "--model", model, "-p", "hi", "--speculative", "--effort", "0.5"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+    assert main(["bench", "--model", model, "--efforts", "1", "--tokens", "12", "--rounds", "1", "--speculative", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "lossless (greedy" in out
+    record = json.loads(out.strip().splitlines()[-1])["speculative"]
+    assert record["decode_tps"] > 0 and record["verify_positions"] == 5 and record["verify_steps"] > 0
+    assert 0 <= record["acceptance"] <= 1 and record["drafted"] > 0
+    assert main(["bench", "--model", model, "--tokens", "1", "--speculative"]) == 2
+
+
 # -- SmolLM2 --------------------------------------------------------------------------------------------
 
 REAL_PROMPTS = [
