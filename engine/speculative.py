@@ -87,8 +87,8 @@ class DraftPolicy:
     while drafts are kept. The effort moves one rung down `DRAFT_EFFORTS` (cheaper drafts) while the
     rate is above RATE_HIGH, one up below RATE_LOW. Measured on SmolLM2 (5 answers x 128 tokens,
     greedy): this ties the best fixed choice (k 2 at effort 0.5) and beats growing k after every
-    kept draft or moving the effort on a faster estimate, which chase noise (the numbers are in the
-    issue 25 report). `adapt=False` holds k and the effort fixed (tests, measurements)."""
+    kept draft or moving the effort on a faster estimate, which chase noise (README, Measured,
+    "Lossless mode"). `adapt=False` holds k and the effort fixed (tests, measurements)."""
 
     def __init__(self, k: int | None = None, effort: float = 0.5, adapt: bool = True) -> None:
         self.effort = effort
