@@ -234,13 +234,12 @@ def speculative(
 
     note = on_step or (lambda s: None)
     check_speculative_plan(runtime, prompt_ids, tokens)
-    loop = Generator(runtime, frozenset(), _NoText)
     times: dict[bool, list[float]] = {False: [], True: []}
     costs, stats = [], None
     for r in range(rounds):
         for lossless in (False, True):
             note(f"round {r + 1}/{rounds}: {tokens} tokens {'in lossless mode' if lossless else 'at effort 1'}")
-            loop._cached = []
+            loop = Generator(runtime, frozenset(), _NoText)  # no stop token: every run decodes `tokens`
             res = loop.generate(prompt_ids, SamplingSettings(max_tokens=tokens), EffortSetting(1.0, lossless=lossless))
             times[lossless].append(1.0 / res.decode_tps)
             stats = res.speculative or stats
