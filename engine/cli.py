@@ -94,9 +94,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from engine.api import EffortSetting, SamplingSettings
 
+    if args.speculative and args.effort < 1.0:
+        raise EngineError("--speculative answers exactly as effort 1 does (drafting at low effort itself): leave out --effort")
     progress = ProgressLine()
     loaded = session.load(
-        args.model, progress, effort=args.effort < 1.0, load_ranks=args.load_ranks
+        args.model, progress, effort=args.effort < 1.0 or args.speculative, load_ranks=args.load_ranks
     )
     progress.close()
     tok = loaded.tokenizer
@@ -119,7 +121,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = dataclasses.replace(
         loaded.info.sampling or SamplingSettings(), seed=args.seed, max_tokens=args.max_tokens, **given
     )
-    effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
+    effort = EffortSetting(args.effort, cap=loaded.info.effort_cap, lossless=args.speculative)
 
     tty = sys.stdout.isatty()  # on a terminal a model's escape sequences are shown, not obeyed; piped, it is data
 
@@ -152,15 +154,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "resident_weight_bytes": loaded.info.resident_bytes,
             "effort_cap": loaded.info.effort_cap,
             "finish_reason": result.finish_reason,
+            "speculative": result.speculative.summary() if result.speculative else None,
         }
         sys.stdout.write(json.dumps(record) + "\n")
     else:
         sys.stderr.write(
             f"[{result.generated_tokens} tokens · {result.decode_tps:.1f} tok/s · prompt {result.prompt_tokens} tokens "
             f"at {result.prompt_tps:.1f} tok/s · ttft {result.ttft_s:.2f}s · effort {effort.get():.0%} · "
-            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}]\n"
+            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}{lossless_note(result.speculative)}]\n"
         )
     return 0
+
+
+def lossless_note(stats) -> str:
+    """' · lossless: acceptance 64% · draft effort 0.50 · k 2.4' (generate's summary line), or ''."""
+    if stats is None:
+        return ""
+    return (f" · lossless: acceptance {stats.acceptance:.0%} · draft effort {stats.mean_draft_effort:.2f}"
+            f" · k {stats.mean_k:.1f}")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -353,6 +364,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
     bench.check_plan(runtime, ids, args.tokens)  # before anything reads the embedding or the cache
+    if args.speculative:
+        bench.check_speculative_plan(runtime, ids, args.tokens)
     strategy = args.strategy or runtime.strategies[0]
     if strategy not in runtime.strategies:
         raise EngineError(f"this runtime runs the strategies {', '.join(runtime.strategies)}, not {strategy!r}")
@@ -381,6 +394,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with locating(None if args.synthetic else loaded.files):
             dense, results, peer_rows, prompt = bench.run(runtime, ids, efforts, args.tokens, inputs, note,
                                                           rounds=args.rounds, peers=peers, long_prompt=long_prompt)
+            lossless = bench.speculative(runtime, ids, args.tokens, note, args.rounds) if args.speculative else None
     finally:
         for peer in peers.values():
             peer.close()
@@ -389,6 +403,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True))
     if peer_rows or prompt:
         print(printable(bench.format_peers(dense, peer_rows, prompt), lines=True))
+    if lossless is not None:
+        print(bench.format_speculative(lossless))
     if args.json:
         def speed(r) -> dict:
             return {
@@ -412,6 +428,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "peers": [dataclasses.asdict(p) for p in peer_rows],
             "prompt": dataclasses.asdict(prompt) if prompt else None,
         }
+        if lossless is not None:
+            record["speculative"] = {
+                "decode_tps": round(lossless.decode_tps, 3), "dense_tps": round(lossless.dense_tps, 3),
+                "speedup": round(lossless.speedup, 3), "spread": round(lossless.spread, 3),
+                "verify_steps": round(lossless.verify_steps, 3), "verify_positions": bench.VERIFY_K + 1,
+                **lossless.stats.summary(),
+            }
         print(json.dumps(record))
     return 0
 
@@ -587,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=sampling_flag("repetition_penalty"), help="0.5-3; default: the model's own, else 1.1 (1 = off)")
     gen.add_argument("--seed", type=sampling_flag("seed"))
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    gen.add_argument("--speculative", action="store_true", help="lossless mode: draft at low effort, keep what "
+                     "effort 1 agrees with; the answer is exactly effort 1's (the same distribution when sampling)")
     gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of 16")
     gen.set_defaults(func=cmd_generate)
 
@@ -645,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--prompt-tokens", type=positive_int, help="also time reading a prompt of this many tokens "
                     "(and llama.cpp's, with --llama-cpp)")
     be.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    be.add_argument("--speculative", action="store_true", help="also time lossless mode against effort 1 (greedy, "
+                    "same text) and one verify of 5 positions in decode steps")
     be.set_defaults(func=cmd_bench)
     return parser
 

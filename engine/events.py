@@ -13,6 +13,37 @@ FinishReason = Literal["stop", "length", "cancelled", "context", "error"]
 
 
 @dataclass(frozen=True)
+class SpeculativeStats:
+    """Where speculative decoding (`engine.speculative`, the dial's lossless mode) stands: as of the
+    draft-and-verify cycle that made a token (`TokenEvent.speculative`), or over a whole answer
+    (`GenerationResult.speculative`)."""
+
+    drafted: int  # tokens drafted at low effort so far in this answer
+    accepted: int  # of those, the ones full effort kept
+    cycles: int  # draft-and-verify cycles so far
+    draft_effort: float  # the effort the latest draft ran at
+    k: int  # the latest draft's length (0: that cycle was one plain full-effort step)
+    mean_draft_effort: float  # over every drafted token so far
+
+    @property
+    def acceptance(self) -> float:
+        """The share of drafted tokens that full effort kept (0 before anything was drafted)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def mean_k(self) -> float:
+        """Drafted tokens per cycle."""
+        return self.drafted / self.cycles if self.cycles else 0.0
+
+    def summary(self) -> dict[str, float]:
+        """The figures `effort generate --json` and `effort bench --json` report."""
+        return {
+            "acceptance": round(self.acceptance, 4), "drafted": self.drafted, "accepted": self.accepted,
+            "cycles": self.cycles, "draft_effort": round(self.mean_draft_effort, 4), "k": round(self.mean_k, 3),
+        }
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """One generated token, reported as soon as it exists."""
 
@@ -28,6 +59,9 @@ class TokenEvent:
     context_used: int  # tokens in the KV cache after this token
     context_limit: int
     prompt_cached: int = 0  # prompt tokens whose K/V were reused from the previous turn (not prefilled)
+    # lossless mode: the figures as of the cycle that made this token (None: a plain step made it). A
+    # cycle's tokens arrive together: its first carries the cycle's time in step_s, the rest ~0
+    speculative: SpeculativeStats | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +83,7 @@ class GenerationResult:
     peak_memory_bytes: int = 0
     error: str | None = None
     prompt_cached: int = 0  # prompt tokens reused from the cache; prompt_tps is over the others
+    speculative: SpeculativeStats | None = None  # over the answer, when lossless mode ran a cycle
 
 
 @dataclass(frozen=True)
