@@ -9,6 +9,7 @@ import pytest
 
 from engine.cli import main
 from engine import session
+from engine.runtime import native
 from engine.api import EffortSetting, SamplingSettings
 from engine.effort.bucket import B
 from engine.effort.planes import calibrate, layout, store
@@ -350,3 +351,15 @@ def test_the_batched_prompt_and_verify_give_the_decode_steps_bits(tiny_gguf, cac
         together, read = rt.forward(ids[10:30], effort)
         assert np.array_equal(together, np.stack([lg for lg, _ in one_by_one]))
         assert read == pytest.approx(np.mean([r for _, r in one_by_one]))
+    # calibration's coarse passes (int8 activations alone): batched, they too are the steps' bits
+    whole = np.ones(len(rt.names), np.float32)
+    coarse = native.Effort(None, whole.ctypes.data, 0, 1)
+    rt.reset(0)
+    together = rt.run_batch(ids[:20], coarse)
+    rt.reset(0)
+    alone = []
+    for t in ids[:20]:
+        rt._step(t, coarse)
+        alone.append(rt.logits())
+    assert np.array_equal(together, np.stack(alone))
+    assert not np.array_equal(together[-1], steps[19])  # and coarse is not the precise path

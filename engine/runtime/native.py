@@ -74,9 +74,10 @@ class Layer(ctypes.Structure):
 
 
 class Effort(ctypes.Structure):
-    """ee_effort: per-matrix thresholds, or per-token budgets, or neither (dense)."""
+    """ee_effort: per-matrix thresholds, or per-token budgets, or neither (dense); `coarse`: the
+    activations at their int8 level alone (calibration's measurements, at half the arithmetic)."""
 
-    _fields_ = [("tau", c_ptr), ("share", c_ptr), ("whole_rows", c_int)]
+    _fields_ = [("tau", c_ptr), ("share", c_ptr), ("whole_rows", c_int), ("coarse", c_int)]
 
 
 class Stats(ctypes.Structure):

@@ -229,7 +229,7 @@ long ee_work_from_levels(const ee_planes *P, const int8_t *xq, const float *dx, 
     int nb = P->in / EE_BLOCK, at = 0, top = P->kind == EE_Q8 && P->plane[1] ? 2 : 1;
     long read = 0;
     uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
-    w->residual = 1;
+    w->residual = !w->coarse;
     for (int i = 0; i < P->in; i++) w->residual &= levels[i] >= top;
     for (int b = 0; b < nb; b++) {
         int n1 = 0, n2 = 0;
@@ -286,7 +286,7 @@ long ee_select(const ee_planes *P, const float *x, const int8_t *xq, const float
     int nb = P->in / EE_BLOCK, planes = P->kind == EE_Q8 && P->plane[1] && !top ? 2 : 1, at = 0;
     long read = 0;
     uint16_t l1[EE_BLOCK], l2[EE_BLOCK];
-    w->residual = tau < 0.0f;
+    w->residual = tau < 0.0f && !w->coarse;
     for (int b = 0; b < nb; b++) {
         const float *xb = x + EE_BLOCK * b;
         uint32_t m1, m2;
@@ -577,11 +577,15 @@ T_AVX512 static void chunk64_avx512(const ee_planes *P, const ee_work *w, float 
 
 /* The same 128 outputs for several tokens at full effort (every token reads the same rows): the block's
  * quads are unpacked once into `codes` and multiplied with each token's activations while they sit in L1.
- * Each token's sums and fold are exactly those of chunk128_avx512 (integer sums do not depend on the
- * order; the fold is the same code), so a batch gives the bits the decode step gives. */
+ * An 8-bit block's two planes hold the same rows here, so each row's nibbles are put back together into
+ * its byte (16 u + l) and multiplied once: half the dot products. Each token's integer sums are exactly
+ * those of chunk128_avx512 (integer sums depend neither on the order nor on the grouping) and the fold is
+ * the same code, so a batch gives the bits the decode step gives. */
 #define EE_MAX_QUADS_PER_BLOCK (2 * EE_BLOCK / 4)
-T_AVX512 static void chunk128_batch_avx512(const ee_planes *P, const ee_work *const *ws, float *const *ycs, int ntok,
-                                           int b, int base) {
+T_AVX512 static inline __attribute__((always_inline)) void chunk128_batch_body(const ee_planes *P,
+                                                                               const ee_work *const *ws,
+                                                                               float *const *ycs, int ntok, int b,
+                                                                               int base, const int residual) {
     const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
     __m512i codes[EE_MAX_QUADS_PER_BLOCK][8];
     size_t rb;
@@ -609,18 +613,24 @@ T_AVX512 static void chunk128_batch_avx512(const ee_planes *P, const ee_work *co
             }
         }
     }
-    const __m512 res = _mm512_set1_ps(1.0f / EE_RESIDUAL);
+    int nq = q1 - q0, half = split - q0;
+    if (P->kind == EE_Q8 && half > 0 && 2 * half == nq) { /* plane 1 lists the rows of plane 0 (its subset) */
+        for (int q = 0; q < half; q++)
+            for (int a = 0; a < 8; a++) codes[q][a] = _mm512_or_si512(codes[q][a], codes[half + q][a]);
+        nq = half;
+    }
+    const __m512 res = _mm512_set1_ps(residual ? 1.0f / EE_RESIDUAL : 0.0f);
     const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
     for (int n = 0; n < ntok; n++) {
         const ee_work *w = ws[n];
         __m512i A[8], B[8];
         for (int a = 0; a < 8; a++) A[a] = B[a] = _mm512_setzero_si512();
-        for (int q = q0; q < q1; q++) {
-            const ee_quad *Q = w->quads + q;
-            const __m512i X = _mm512_set1_epi32(Q->xq), Xr = _mm512_set1_epi32(Q->xr), *c = codes[q - q0];
+        for (int q = 0; q < nq; q++) {
+            const ee_quad *Q = w->quads + q0 + q;
+            const __m512i X = _mm512_set1_epi32(Q->xq), Xr = _mm512_set1_epi32(Q->xr), *c = codes[q];
             for (int a = 0; a < 8; a++) {
                 A[a] = _mm512_dpbusd_epi32(A[a], c[a], X);
-                B[a] = _mm512_dpbusd_epi32(B[a], c[a], Xr);
+                if (residual) B[a] = _mm512_dpbusd_epi32(B[a], c[a], Xr);
             }
         }
         const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
@@ -634,6 +644,12 @@ T_AVX512 static void chunk128_batch_avx512(const ee_planes *P, const ee_work *co
             _mm512_storeu_ps(yc + 16 * a, v);
         }
     }
+}
+
+T_AVX512 static void chunk128_batch_avx512(const ee_planes *P, const ee_work *const *ws, float *const *ycs, int ntok,
+                                           int b, int base) {
+    if (ws[0]->residual) chunk128_batch_body(P, ws, ycs, ntok, b, base, 1);
+    else chunk128_batch_body(P, ws, ycs, ntok, b, base, 0); /* coarse: the activations' int8 level alone */
 }
 #endif
 
@@ -653,6 +669,23 @@ static void run_chunk(const ee_planes *P, const ee_work *w, float *yc, int b, in
     chunk_scalar(P, w, yc, b, c);
 }
 
+/* Selected rows are scattered through a block, which the hardware prefetchers do not follow (at effort 0.25
+ * on a 7B shape the loads stalled most of the step): the rows of a block a few ahead are asked for in
+ * software, every line of the tile's row, while this block's arithmetic runs. Only under effort (`residual`
+ * is 0): the dense path streams, and the hardware follows it alone. */
+#define EE_PREFETCH_BLOCKS 2
+#define EE_PREFETCH_TOKENS 8
+static void prefetch_rows(const ee_planes *P, const ee_work *w, int b, int t0, int end) {
+    size_t rb = (size_t)(end - t0) / 2;
+    for (int q = w->start[b]; q < w->start[b + 1]; q++) {
+        const uint8_t *plane = P->plane[q < w->split[b] ? 0 : 1] + (size_t)t0 / 2 * P->in;
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *row = plane + (size_t)w->quads[q].row[j] * rb;
+            for (size_t k = 0; k < rb; k += 64) __builtin_prefetch(row + k, 0, 3);
+        }
+    }
+}
+
 /* Blocks [b0, b1) of tile t for `ntok` tokens into yts[n] (the tile's outputs, overwritten): block by
  * block, each of the tile's chunks in turn, so the tile's rows of a block (32 x width/2 contiguous bytes)
  * are read together and stay in L1 while its chunks, and the tokens, go by. `same`: every token reads the
@@ -662,7 +695,11 @@ static void run_tile(const ee_planes *P, const ee_work *const *ws, float *const 
     int t0 = t * P->tile, end = tile_end(P, t);
     for (int n = 0; n < ntok; n++) memset(yts[n], 0, sizeof(float) * (size_t)(end - t0));
     float *ycs[EE_MAX_BATCH];
+    int sparse = ntok <= EE_PREFETCH_TOKENS;
+    for (int n = 0; n < ntok && sparse; n++) sparse = !ws[n]->residual;
     for (int b = b0; b < b1; b++) {
+        if (sparse && b + EE_PREFETCH_BLOCKS < b1)
+            for (int n = 0; n < ntok; n++) prefetch_rows(P, ws[n], b + EE_PREFETCH_BLOCKS, t0, end);
         for (int c = t0 / 128; c < (end + 127) / 128; c++) {
             for (int n = 0; n < ntok; n++) ycs[n] = yts[n] + (128 * c - t0);
 #if EE_X86
