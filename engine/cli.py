@@ -273,7 +273,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from engine import quality
 
         own = loaded.runtime.strategies[0]  # what the chat's dial runs on this machine
-        quality.save(loaded.files.fingerprint, loaded.info.name,
+        quality.save(loaded.files.fingerprint, own, loaded.info.name,
                      [(r.effort, r.top1_agreement) for r in mean if r.strategy == own])
     if args.plot:
         if points:

@@ -172,8 +172,20 @@ def test_eval_default_texts_feed_the_chat_quality_table(tiny_gguf, cache, capsys
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [t["name"] for t in record["texts"]] == [p.stem for p in evaluate.default_texts()]
     mean = {r["effort"]: r["top1_agreement"] for r in record["mean"]}
-    table = dict(quality.load(session.load(str(model), runtime="cpu").files.fingerprint))
+    table = dict(quality.load(session.load(str(model), runtime="cpu").files.fingerprint, "planes"))
+    assert quality.load(session.load(str(model), runtime="cpu").files.fingerprint, "bucket") == ()  # MLX's dial
     assert table[0.5] == pytest.approx(mean[0.5], abs=1e-6) and table[1.0] == 1.0
+
+
+def test_the_bundled_quality_tables_are_per_strategy(cache):
+    """The shipped model's tables: the CPU's planes and MLX's bucketMul differ, and each dial reads its own."""
+    from engine import quality
+
+    bundled = json.loads(quality.BUNDLED.read_text(encoding="utf-8"))
+    (sha,) = [k for k in bundled if not k.startswith("_")]
+    planes, bucket = quality.load(sha, "planes"), quality.load(sha, "bucket")
+    assert planes and bucket and planes != bucket
+    assert dict(planes)[1.0] == 1.0 and quality.load(sha, "activation") == ()
 
 
 def test_eval_speed_frontier(tiny_gguf, cache, capsys, tmp_path):
