@@ -15,7 +15,7 @@ from textual.app import App, SystemCommand
 from textual.screen import Screen
 from textual.theme import Theme
 
-import themes
+from effort_tui import themes
 from engine.api import ChatEngine, ModelInfo
 from effort_tui import input_guard, paths
 from effort_tui.clock import Clock, SystemClock
@@ -183,7 +183,7 @@ class EffortApp(App[int]):
         yield from super().get_system_commands(screen)
         chat = self.chat_screen
         yield SystemCommand("Toggle dark / light theme", "Switch between effort-dark and effort-light", self.action_toggle_theme)
-        for name in themes.THEMES:
+        for name in themes.bundled():
             yield SystemCommand(f"Theme: {name}", f"Use the {name} theme", partial(setattr, self, "theme", name), discover=False)
         yield SystemCommand("Help: keys and status bar", "Show every key binding", self.action_help)
         if chat is None:

@@ -1,4 +1,5 @@
-"""Where the engine keeps fetched models and converted weights (platformdirs, overridable for tests)."""
+"""Where things are: the engine's cache of fetched models and converted weights (platformdirs,
+overridable for tests), and the repository folders that ship inside a package."""
 
 from __future__ import annotations
 
@@ -22,3 +23,12 @@ def models_dir() -> Path:
 
 def converted_dir() -> Path:
     return cache_dir() / "converted"
+
+
+def shipped_folder(package: Path, installed: str, checkout: str) -> Path:
+    """A repository folder that is installed inside a package: `pip install .` puts it at
+    `package/installed` (pyproject.toml maps it there, so nothing lands at the top of
+    site-packages); a source checkout (pytest, `pip install -e .`) has it at `checkout` beside the
+    package's own folder."""
+    inside = package / installed
+    return inside if inside.is_dir() else package.parent / checkout

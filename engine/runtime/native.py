@@ -17,7 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-import metal
+from engine.runtime.kernel_files import kernel_path
 from engine.io.atomic import atomic_path
 from engine.io.paths import cache_dir
 
@@ -58,10 +58,10 @@ def build(force: bool = False, variant: str = "native") -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
-    files = [metal.path(s) for s in SOURCES]
-    include = metal.path("cpu")
+    files = [kernel_path(s) for s in SOURCES]
+    include = kernel_path("cpu")
     digest = hashlib.sha256()
-    for f in [*files, *(metal.path(h) for h in HEADERS)]:
+    for f in [*files, *(kernel_path(h) for h in HEADERS)]:
         digest.update(f.read_bytes())
     command = [cc, *FLAGS, *VARIANTS[variant], f"-I{include}", *map(str, files), "-o"]
     digest.update(" ".join(command).encode())
