@@ -1,16 +1,19 @@
 """The Effort Engine chat app (Textual) and `run_chat`, its entry point for the CLI.
 
 The app owns the long-lived pieces (engine, config, history, clock, theme and
-keymap); `ChatScreen` does the chatting. Nothing here imports MLX: the engine
-is reached only through `engine.api.ChatEngine`.
+keymap) and hands the chat screen what it needs (`ChatSetup`); the screen tells
+the app what it needs to know with messages. Nothing here imports MLX: the
+engine is reached only through `engine.api.ChatEngine`.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Iterable
 
+from textual import on
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 from textual.theme import Theme
@@ -21,8 +24,9 @@ from effort_tui import input_guard, paths
 from effort_tui.clock import Clock, SystemClock
 from effort_tui.config import Config, ConfigError, load_config, save_config, with_theme
 from effort_tui.history import HistoryStore
-from effort_tui.keymap import EFFORT_STEP_POINTS, bindings_for, install_alt_digit_sequences
-from effort_tui.screens.chat import ChatScreen
+from effort_tui.keymap import EFFORT_STEP, bindings_for, install_alt_digit_sequences
+from effort_tui.messages import Exported, ModelLoaded, ModelLoadFailed, SystemPromptSet
+from effort_tui.screens.chat import ChatScreen, ChatSetup
 from effort_tui.screens.help import HelpScreen
 
 EXIT_OK = 0
@@ -59,7 +63,8 @@ class EffortApp(App[int]):
         self.config_problems: list[str] = list(loaded.problems)
         self.config_broken = loaded.broken
         self.model_name = model or self.config.model
-        self.initial_effort = effort if effort is not None else self.config.effort
+        # the starting effort, set here and nowhere else: a model switch keeps what the user chose
+        engine.effort.set(effort if effort is not None else self.config.effort)
         self.data_dir = data_dir or paths.data_dir()
         self.history_enabled = history
         self.store = self._open_store()
@@ -99,8 +104,30 @@ class EffortApp(App[int]):
         self._startup_theme = self._initial_theme()
         self.theme = self._startup_theme
         self.theme_changed_signal.subscribe(self, self._theme_changed)
-        self.engine.effort.set(self.initial_effort)
-        self.push_screen(ChatScreen())
+        self.push_screen(ChatScreen(ChatSetup(
+            engine=self.engine, store=self.store, clock=self.clock, model=self.model_name,
+            sampling=self.config.sampling, system_prompt=self.config.system_prompt,
+            exports_dir=self.exports_dir, cursor_blink=self.cursor_blink,
+        )))
+
+    # -- what the chat screen tells the app ----------------------------------------------------
+
+    @on(ModelLoaded)
+    def _model_loaded(self, message: ModelLoaded) -> None:
+        self.model_name, self.model_info = message.model, message.info
+        self.show_config_problems()
+
+    @on(ModelLoadFailed)
+    def _model_load_failed(self) -> None:
+        self.show_config_problems()
+
+    @on(SystemPromptSet)
+    def _system_prompt_set(self, message: SystemPromptSet) -> None:
+        self.config = replace(self.config, system_prompt=message.text)  # new chats in this session
+
+    @on(Exported)
+    def _exported(self, message: Exported) -> None:
+        self.last_export = message.path
 
     def show_config_problems(self) -> None:
         """Once, when the model is ready (or failed): notes shown during loading were gone before
@@ -180,7 +207,8 @@ class EffortApp(App[int]):
     # -- command palette -----------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # Textual's own "Keys" panel would be a second help beside ours (F1)
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
         chat = self.chat_screen
         yield SystemCommand("Toggle dark / light theme", "Switch between effort-dark and effort-light", self.action_toggle_theme)
         for name in themes.bundled():
@@ -189,11 +217,12 @@ class EffortApp(App[int]):
         if chat is None:
             return
         run = chat.run_action
-        yield SystemCommand("Effort: raise", f"Raise the effort by {EFFORT_STEP_POINTS} points", partial(run, f"effort_step({EFFORT_STEP_POINTS})"))
-        yield SystemCommand("Effort: lower", f"Lower the effort by {EFFORT_STEP_POINTS} points", partial(run, f"effort_step({-EFFORT_STEP_POINTS})"))
-        for percent_value in range(10, 101, 10):
+        points = round(EFFORT_STEP * 100)
+        yield SystemCommand("Effort: raise", f"Raise the effort by {points} points", partial(run, f"effort_step({EFFORT_STEP})"))
+        yield SystemCommand("Effort: lower", f"Lower the effort by {points} points", partial(run, f"effort_step({-EFFORT_STEP})"))
+        for tenth in range(1, 11):
             yield SystemCommand(
-                f"Effort: {percent_value}%", f"Set the effort to {percent_value}%", partial(run, f"effort_set({percent_value})"), discover=False
+                f"Effort: {tenth * 10}%", f"Set the effort to {tenth * 10}%", partial(run, f"effort_set({tenth / 10})"), discover=False
             )
         yield SystemCommand("Stop the answer", "Stop generating (Esc)", partial(run, "stop"))
         yield SystemCommand("New chat", "Start a new conversation", partial(run, "new_chat"))
@@ -203,7 +232,7 @@ class EffortApp(App[int]):
         yield SystemCommand("Search conversations…", "Find conversations by title or message text", partial(run, "search"))
         yield SystemCommand("Rename conversation…", "Give this conversation a new title", partial(run, "rename"))
         yield SystemCommand("Copy last answer", "Copy the last answer to the clipboard (OSC 52, ctrl+o)", partial(run, "copy_answer"))
-        yield SystemCommand("Model: switch…", f"Load another model (now {self.model_name})", partial(run, "switch_model"))
+        yield SystemCommand("Model: switch…", f"Load another model (now {chat.model_name})", partial(run, "switch_model"))
         yield SystemCommand("System prompt…", "Set the system prompt of this conversation and new ones", partial(run, "ask_system_prompt"))
         label = chat.sampling.label()
         yield SystemCommand("Sampling: greedy / default (ctrl+g)", f"Now {label}; greedy is the exact argmax", partial(run, "toggle_greedy"))

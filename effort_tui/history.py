@@ -11,35 +11,14 @@ WAL with ``synchronous=NORMAL`` makes a commit an append to the log.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
-    model TEXT NOT NULL DEFAULT '',
-    system_prompt TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    created REAL NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
-"""
-
+from engine.io.atomic import write_text
+from effort_tui.history_file import BUSY_TIMEOUT_S, connect, is_damaged, move_aside, one_line
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -67,14 +46,7 @@ def title_from(text: str, limit: int = 60) -> str:
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
-BUSY_TIMEOUT_S = 1.0  # how long a write waits for another process's lock (on the UI thread)
 RETRY_TIMEOUT_S = 0.05  # the same while earlier writes are waiting in memory
-
-
-def _damaged(exc: BaseException) -> bool:
-    """A database error that means the file is damaged (as opposed to locked or busy)."""
-    text = str(exc).lower()
-    return any(w in text for w in ("malformed", "not a database", "disk image", "quick_check", "encrypted"))
 
 
 class HistoryStore:
@@ -99,52 +71,21 @@ class HistoryStore:
         self._next_provisional = -1
         self._recovered = False
         if path is None:
-            self._db = sqlite3.connect(":memory:")
-            self._setup(self._db)
+            self._db = connect(None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self._db = self._open(path)
+                self._db = connect(path)
             except sqlite3.DatabaseError as exc:
-                if not _damaged(exc):
+                if not is_damaged(exc):
                     raise
-                aside = self._move_aside(exc)
-                self._db = self._open(path)
-                self._notice(f"{path.name} was damaged ({_one_line(exc)}); kept as {aside.name}, a fresh history started")
-
-    def _open(self, path: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
-            self._setup(db)
-        except Exception:
-            db.close()
-            raise
-        return db
-
-    def _setup(self, db: sqlite3.Connection) -> None:
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys=ON")
-        self._migrate(db)
+                aside = move_aside(path)
+                self._db = connect(path)
+                self._notice(f"{path.name} was damaged ({one_line(exc)}); kept as {aside.name}, a fresh history started")
 
     @property
     def persistent(self) -> bool:
         return self.path is not None
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} was written by a newer Effort Engine (schema {version}); "
-                "upgrade, or move the file away"
-            )
-        with db:
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- trouble -------------------------------------------------------------------------------
 
@@ -154,34 +95,19 @@ class HistoryStore:
         else:
             self.problems.append(text)
 
-    def _move_aside(self, exc: BaseException) -> Path:
-        """Rename the damaged file (and its -wal/-shm) to <name>.damaged-<time>; returns the new name."""
-        assert self.path is not None
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = self.path.with_name(self.path.name + suffix)
-            if src.exists():
-                os.replace(src, aside.with_name(aside.name + suffix))
-        return aside
-
     def _trouble(self, exc: sqlite3.DatabaseError) -> None:
         """A write or read failed: start a fresh file if this one is damaged."""
-        if self.path is None or not _damaged(exc):
+        if self.path is None or not is_damaged(exc):
             return
         try:
             self._db.close()
         except sqlite3.Error:
             pass
-        aside = self._move_aside(exc)
-        self._db = self._open(self.path)
+        aside = move_aside(self.path)
+        self._db = connect(self.path)
         self._recovered = True
         self._notice(
-            f"{self.path.name} is damaged ({_one_line(exc)}); kept as {aside.name}. A fresh history "
+            f"{self.path.name} is damaged ({one_line(exc)}); kept as {aside.name}. A fresh history "
             "was started; this conversation is saved there"
         )
 
@@ -238,7 +164,7 @@ class HistoryStore:
                     real = self._apply(op)
                 except sqlite3.DatabaseError as exc:
                     self._trouble(exc)
-                    if not _damaged(exc):
+                    if not is_damaged(exc):
                         return
                     continue  # a fresh file now: try again there
                 if op[0] in ("conv", "msg") and op[1] is not None:
@@ -255,13 +181,13 @@ class HistoryStore:
                 return self._apply(op)
             except sqlite3.DatabaseError as exc:
                 self._trouble(exc)
-                if _damaged(exc):
+                if is_damaged(exc):
                     try:
                         return self._apply(op)  # on the fresh file
                     except sqlite3.DatabaseError:
                         pass
                 self._notice(
-                    f"the history file is busy or unwritable ({_one_line(exc)}); your messages are kept "
+                    f"the history file is busy or unwritable ({one_line(exc)}); your messages are kept "
                     "in memory and saved once it can be written"
                 )
         provisional = None
@@ -314,8 +240,8 @@ class HistoryStore:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             self._trouble(exc)
-            if not _damaged(exc):
-                self._notice(f"cannot read the history ({_one_line(exc)})")
+            if not is_damaged(exc):
+                self._notice(f"cannot read the history ({one_line(exc)})")
             return []
 
     def _pending_conversation(self, conversation_id: int) -> list[Any] | None:
@@ -382,17 +308,13 @@ class HistoryStore:
         if self._pending and self.path is not None:
             dump = self.path.with_name(f"{self.path.name}.unsaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
             try:
-                dump.write_text(json.dumps(self._pending, ensure_ascii=False, indent=1), encoding="utf-8")
+                write_text(dump, json.dumps(self._pending, ensure_ascii=False, indent=1))
             except OSError:
                 pass
         try:
             self._db.close()
         except sqlite3.Error:
             pass
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _load_meta(text: str) -> dict[str, Any]:

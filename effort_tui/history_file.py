@@ -1,0 +1,92 @@
+"""The history's SQLite file: its schema, opening it (WAL, checked), and moving a damaged one aside.
+
+`effort_tui.history.HistoryStore` is what the app uses; this module only knows the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 1.0  # how long a write waits for another process's lock (on the UI thread)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    model TEXT NOT NULL DEFAULT '',
+    system_prompt TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    created REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+"""
+
+
+
+def connect(path: Path | None) -> sqlite3.Connection:
+    """The database at `path` (None: in memory), checked and migrated; raises sqlite3.DatabaseError
+    for a damaged file and RuntimeError for one written by a newer version."""
+    if path is None:
+        db = sqlite3.connect(":memory:")
+        _setup(db, path)
+        return db
+    db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {check}")
+        _setup(db, path)
+    except Exception:
+        db.close()
+        raise
+    return db
+
+
+def _setup(db: sqlite3.Connection, path: Path | None) -> None:
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA foreign_keys=ON")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"{path} was written by a newer Effort Engine (schema {version}); upgrade, or move the file away")
+    with db:
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """A database error that means the file is damaged (as opposed to locked or busy)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("malformed", "not a database", "disk image", "quick_check", "encrypted"))
+
+
+def move_aside(path: Path) -> Path:
+    """Rename the damaged file (and its -wal/-shm) to <name>.damaged-<time>; returns the new name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            os.replace(src, aside.with_name(aside.name + suffix))
+    return aside
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
