@@ -15,19 +15,12 @@ from dataclasses import asdict
 from typing import Any
 
 from engine.api import SamplingSettings
-from engine.events import GenerationResult
+from engine.events import FINISH_TEXT, GenerationResult
 from engine.units import human_bytes
 from effort_tui.stats import SpeedStats, percent, prompt_text
 
 Meta = dict[str, Any]
 
-FINISH_TEXT = {
-    "stop": "done",
-    "length": "cut: max_tokens reached",
-    "context": "cut: the context is full",
-    "cancelled": "stopped",
-    "error": "error",
-}
 FINISH_MARK = {"stop": "✓", "cancelled": "■", "error": "✗"}  # anything else ("cut") is "…"
 
 

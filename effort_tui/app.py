@@ -20,6 +20,7 @@ from textual.theme import Theme
 
 from effort_tui import themes
 from engine.api import ChatEngine, ModelInfo
+from engine.io import paths as engine_paths
 from effort_tui import input_guard, paths
 from effort_tui.clock import Clock, SystemClock
 from effort_tui.config import Config, ConfigError, load_config, save_config, with_theme
@@ -57,7 +58,7 @@ class EffortApp(App[int]):
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
         self.cursor_blink = cursor_blink
-        self.config_path = config_path or paths.config_path()
+        self.config_path = config_path or engine_paths.config_path()
         loaded = load_config(self.config_path)
         self.config: Config = loaded.config
         self.config_problems: list[str] = list(loaded.problems)
@@ -108,6 +109,7 @@ class EffortApp(App[int]):
             engine=self.engine, store=self.store, clock=self.clock, model=self.model_name,
             sampling=self.config.sampling, system_prompt=self.config.system_prompt,
             exports_dir=self.exports_dir, cursor_blink=self.cursor_blink,
+            model_dirs=tuple(Path(d).expanduser() for d in self.config.model_dirs),
         )))
 
     # -- what the chat screen tells the app ----------------------------------------------------
@@ -136,7 +138,7 @@ class EffortApp(App[int]):
             return
         self._config_problems_shown = True
         for problem in self.config_problems:
-            self.notify(problem, title="Settings", severity="error" if self.config_broken else "warning", timeout=20)
+            self.notify(problem, title="Settings", severity="error" if self.config_broken else "warning", timeout=10)
 
     def _initial_theme(self) -> str:
         for source, name in (("--theme", self.requested_theme), ("config theme", self.config.theme)):

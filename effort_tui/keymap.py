@@ -12,7 +12,7 @@ from typing import Literal
 
 from textual.binding import Binding
 
-Scope = Literal["app", "chat", "prompt", "conversations", "help"]
+Scope = Literal["app", "chat", "prompt", "conversations", "models", "help"]
 
 EFFORT_STEP = 0.05  # what effort.up / effort.down add, as the engine takes it (a share, not points)
 
@@ -65,7 +65,7 @@ SPECS: tuple[BindingSpec, ...] = (
     BindingSpec("chat.regenerate", "ctrl+r", "regenerate", "Regenerate", "Answer the last message again", "chat", show=False),
     BindingSpec("chat.export", "ctrl+e", "export", "Export", "Export the chat as a Markdown file", "chat", show=False),
     BindingSpec("chat.conversations", "ctrl+b", "conversations", "Chats", "Open the conversation list", "chat"),
-    BindingSpec("chat.greedy", "ctrl+g", "toggle_greedy", "Greedy", "Switch between greedy decoding and the sampling defaults", "chat", show=False),
+    BindingSpec("chat.greedy", "ctrl+g", "toggle_greedy", "Greedy", "Greedy decoding on / off", "chat", show=False),
     BindingSpec("chat.copy", "ctrl+o", "copy_answer", "Copy", "Copy the last answer to the clipboard (OSC 52)", "chat", show=False),
     BindingSpec("chat.page_up", "pageup", "scroll_chat('page_up')", "Page up", "Scroll the chat up a page", "chat", show=False),
     BindingSpec("chat.page_down", "pagedown", "scroll_chat('page_down')", "Page down", "Scroll the chat down a page", "chat", show=False),
@@ -84,6 +84,8 @@ SPECS: tuple[BindingSpec, ...] = (
     BindingSpec("conversations.open", "enter", "open", "Open", "Open the selected conversation", "conversations"),
     BindingSpec("conversations.delete", "delete,ctrl+d", "delete", "Delete", "Delete the selected conversation", "conversations"),
     BindingSpec("conversations.close", "escape,ctrl+b", "close", "Close", "Close the list", "conversations"),
+    # The model picker.
+    BindingSpec("models.close", "escape", "close", "Close", "Close the model picker (the loaded model stays)", "models"),
     # The help screen.
     BindingSpec("help.close", "escape,f1", "close", "Close", "Close the help", "help"),
 )
@@ -95,6 +97,7 @@ SCOPE_TITLES: dict[Scope, str] = {
     "chat": "Chat",
     "prompt": "Prompt box",
     "conversations": "Conversation list",
+    "models": "Model picker",
     "help": "Help",
 }
 

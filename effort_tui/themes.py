@@ -9,12 +9,8 @@ from pathlib import Path
 from textual.app import App
 from textual.theme import Theme
 
+from engine.io import toml
 from engine.io.paths import shipped_folder
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 DARK = "effort-dark"
 LIGHT = "effort-light"
@@ -26,7 +22,7 @@ def bundled() -> dict[str, Theme]:
     folder = shipped_folder(Path(__file__).resolve().parent, "theme_files", "themes")
     found = {}
     for path in sorted(folder.glob("*.toml")):
-        theme = Theme(**tomllib.loads(path.read_text(encoding="utf-8")))
+        theme = Theme(**toml.loads(path.read_text(encoding="utf-8")))
         found[theme.name] = theme
     return found
 

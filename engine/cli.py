@@ -16,7 +16,8 @@ import traceback
 from typing import Callable, Sequence
 
 from engine.errors import EngineError
-from engine.events import LoadProgress
+from engine.api import SamplingSettings
+from engine.events import FINISH_TEXT, LoadProgress
 from engine.units import amount_text, human_bytes, human_duration
 
 EXIT_USAGE = 2
@@ -71,6 +72,12 @@ def format_progress(p: LoadProgress, elapsed: float) -> str:
     return f"{p.stage:<8} {p.message}"
 
 
+def human_stream(args: argparse.Namespace):
+    """Where a command writes what people read: stdout, but stderr with --json, so that stdout holds
+    only the JSON line (`effort generate --json | jq` works)."""
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
+
+
 # -- subcommands --------------------------------------------------------------------------------
 
 
@@ -78,7 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from engine import session
     import dataclasses
 
-    from engine.api import EffortSetting, SamplingSettings
+    from engine.api import EffortSetting
 
     progress = ProgressLine()
     loaded = session.load(
@@ -102,18 +109,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    sampling = dataclasses.replace(
-        loaded.info.sampling or SamplingSettings(), seed=args.seed, max_tokens=args.max_tokens, **given
-    )
+    if args.max_tokens is not None:  # else the chat's default (SamplingSettings.max_tokens), one for both
+        given["max_tokens"] = args.max_tokens
+    sampling = dataclasses.replace(loaded.info.sampling or SamplingSettings(), seed=args.seed, **given)
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
+    out = human_stream(args)
 
     def show(event) -> None:
         progress.close()  # end the prompt's progress line before the answer
-        sys.stdout.write(event.text)
-        sys.stdout.flush()
+        out.write(event.text)
+        out.flush()
 
     result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
-    sys.stdout.write("\n")
+    out.write("\n")
     if args.json:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         decode_effective = result.effective_trace[1:] or result.effective_trace
@@ -138,10 +146,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         }
         sys.stdout.write(json.dumps(record) + "\n")
     else:
+        ending = "" if result.finish_reason == "stop" else f" · {FINISH_TEXT[result.finish_reason]}"
+        if result.finish_reason == "length":
+            ending += f" ({sampling.max_tokens}; --max-tokens sets it)"
         sys.stderr.write(
             f"[{result.generated_tokens} tokens · {result.decode_tps:.1f} tok/s · prompt {result.prompt_tokens} tokens "
             f"at {result.prompt_tps:.1f} tok/s · ttft {result.ttft_s:.2f}s · effort {effort.get():.0%} · "
-            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}]\n"
+            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}{ending}]\n"
         )
     return 0
 
@@ -222,17 +233,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             speed[strategy] = bench.run(loaded.runtime, prompt, timed, args.speed_tokens, None, note, rounds=args.rounds)
         loaded.runtime.set_strategy("bucket")
     progress.close()
+    out = human_stream(args)
     for name, tokens, _, results in scored:
-        print(evaluate.format_table(results, loaded.info.name, tokens, f"text '{name}'"))
-        print()
+        print(evaluate.format_table(results, loaded.info.name, tokens, f"text '{name}'"), file=out)
+        print(file=out)
     total = sum(tokens for _, tokens, _, _ in scored)
     if len(scored) > 1:
         names = ", ".join(name for name, *_ in scored)
-        print(evaluate.format_table(mean, loaded.info.name, total, f"mean over {len(scored)} texts ({names})"))
+        print(evaluate.format_table(mean, loaded.info.name, total, f"mean over {len(scored)} texts ({names})"), file=out)
     points = evaluate.frontier(speed, mean) if speed else []
     if points:
-        print()
-        print(evaluate.format_frontier(points, loaded.info.name, len(scored)))
+        print(file=out)
+        print(evaluate.format_frontier(points, loaded.info.name, len(scored)), file=out)
     if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
         from engine import quality
 
@@ -243,7 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             evaluate.plot_frontier(points, args.plot, loaded.info.name)
         else:
             evaluate.plot(mean, args.plot, loaded.info.name)
-        print(f"plot written to {args.plot}")
+        print(f"plot written to {args.plot}", file=out)
     if args.json:
         import math
 
@@ -298,7 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     note = (lambda s: print(s, file=sys.stderr)) if not args.json else None
     dense, results = bench.run(runtime, ids, efforts, args.tokens, inputs, note, rounds=args.rounds)
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
-    print(bench.format_table(dense, results, info, peak, args.strategy))
+    print(bench.format_table(dense, results, info, peak, args.strategy), file=human_stream(args))
     if args.json:
         def speed(r) -> dict:
             return {
@@ -354,16 +366,25 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from engine.io import registry
+    """The models this app knows by name, then every GGUF model already on this machine (the chat's
+    model picker shows the same list)."""
+    from engine.io import local_models, registry
 
-    cached = {alias: (path, size) for alias, path, size in registry.cached_models()}
+    cached = {alias for alias, _, _ in registry.cached_models()}
     for alias, known in sorted(registry.KNOWN_MODELS.items()):
         default = " (default)" if alias == registry.DEFAULT_MODEL else ""
-        if alias in cached:
-            path, size = cached[alias]
-            print(f"{alias}{default}  cached  {human_bytes(size)}  {path}")
-        else:
-            print(f"{alias}{default}  not cached  (effort pull {alias})  {known.description}")
+        state = "cached" if alias in cached else f"not cached  (effort pull {alias})"
+        print(f"{alias}{default}  {state}  {known.description}")
+    found = local_models.find(local_models.configured_dirs())
+    if not found:
+        print("\nNo other GGUF models found (Hugging Face cache, LM Studio, ollama, model_dirs in config.toml).")
+        return 0
+    print(f"\n{len(found)} GGUF model{'s' if len(found) != 1 else ''} on this machine:")
+    rows = [(m.name, human_bytes(m.size), m.quantization or "?", m.conversion, m.source, m.spec)
+            for m in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + f"  {row[5]}")
     return 0
 
 
@@ -475,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--system", type=text_flag("--system"), help="a system message")
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template")
     gen.add_argument("--effort", type=effort_value, default=1.0, help="effort: 0.05-1, 5-100 or 60%%; 1 = dense")
-    gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"), default=256)
+    gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"),
+                     help=f"the longest answer (default {SamplingSettings.max_tokens}, as in the chat)")
     gen.add_argument("--temperature", type=sampling_flag("temperature"), help="0 = greedy (0-10; default: the model's own, else 0.7)")
     gen.add_argument("--top-p", type=sampling_flag("top_p"), help="in (0, 1]; default: the model's own, else 0.9")
     gen.add_argument("--top-k", type=sampling_flag("top_k"), help="0 = off (the default)")

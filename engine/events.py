@@ -11,6 +11,15 @@ from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled", "context", "error"]
 
+# how an answer ended, as front ends say it (a cut answer says so)
+FINISH_TEXT: dict[str, str] = {
+    "stop": "done",
+    "length": "cut: max_tokens reached",
+    "context": "cut: the context is full",
+    "cancelled": "stopped",
+    "error": "error",
+}
+
 
 @dataclass(frozen=True)
 class TokenEvent:

@@ -101,6 +101,14 @@ def check_sampling(key: str, value: object, name: str | None = None) -> Any:
     return SAMPLING_RULES[key].check(value, name or key)
 
 
+def folder_list(value: object, name: str) -> list[str]:
+    """Folders given as a list of paths (or one path as a string); "~" is the home folder."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise SettingError(f"{name} must be a list of folders like [\"~/models\"], not {value!r}")
+    return [v.strip() for v in items]
+
+
 def text_value(value: str, name: str) -> str:
     """Text that must be valid Unicode: a command-line argument with bytes that are not UTF-8
     (Python keeps them as lone surrogates) is refused instead of reaching the tokenizer."""

@@ -145,8 +145,8 @@ def test_eval_scores_each_text_and_their_mean(tiny_gguf, cache, capsys, tmp_path
     code = main(["eval", "--model", str(tiny_gguf("F16")), "--text-file", str(fox), "--text-file", str(lorem),
                  "--tokens", "24", "--efforts", "1,0.5", "--json"])
     assert code == 0
-    out = capsys.readouterr().out
-    assert "text 'fox'" in out and "text 'lorem'" in out and "mean over 2 texts (fox, lorem)" in out
+    out, err = capsys.readouterr()  # with --json the tables go to stderr, stdout is the JSON alone
+    assert "text 'fox'" in err and "text 'lorem'" in err and "mean over 2 texts (fox, lorem)" in err
     record = json.loads(out.strip().splitlines()[-1])
     assert [t["name"] for t in record["texts"]] == ["fox", "lorem"]
     assert [t["tokens"] for t in record["texts"]] == [24, 24] and record["tokens"] == 48
@@ -185,8 +185,8 @@ def test_eval_speed_frontier(tiny_gguf, cache, capsys, tmp_path):
                  "--plot", str(picture), "--json"])
     assert code == 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    out = capsys.readouterr().out
-    assert "speed-quality frontier" in out
+    out, err = capsys.readouterr()
+    assert "speed-quality frontier" in err
     record = json.loads(out.strip().splitlines()[-1])
     points = {(p["strategy"], p["effort"]): p for p in record["frontier"]}
     assert set(points) == {("bucket", 1.0), ("bucket", 0.5), ("activation", 1.0), ("activation", 0.5)}
@@ -254,9 +254,9 @@ def test_bench_activation_baseline(runtime, capsys):
     code = main(["bench", "--synthetic", "smollm2-135m", "--layers", "1", "--runtime", runtime,
                  "--strategy", "activation", "--efforts", "0.25", "--tokens", "2", "--json"])
     assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    record = json.loads(out[-1])
-    assert record["strategy"] == "activation" and "whole input columns" in out[0]
+    out, err = capsys.readouterr()
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["strategy"] == "activation" and "whole input columns" in err.splitlines()[0]
     (row,) = record["results"]
     assert abs(row["effective_effort"] - 0.25) < 0.01
 

@@ -22,6 +22,7 @@ from effort_tui.exporting import conversation_markdown, export_path
 from effort_tui.messages import Exported, SystemPromptSet
 from effort_tui.screens.ask import AskScreen
 from effort_tui.screens.conversations import ConversationsScreen
+from effort_tui.screens.model_picker import ModelPickerScreen
 from effort_tui.stats import SpeedStats
 from effort_tui.widgets.chat_view import ChatView
 from effort_tui.widgets.prompt_box import PromptBox
@@ -152,14 +153,14 @@ class ChatDialogs:
     def switch_model(self) -> None:
         chat = self.chat
 
-        def chosen(text: str | None) -> None:
-            if text is None or not text.strip() or text.strip() == chat.model_name:
+        def chosen(spec: str | None) -> None:
+            if spec is None or spec == chat.model_name:
                 return
             if chat.streaming:
                 chat.action_stop()
-            chat.start_load(text.strip())
+            chat.start_load(spec)
 
-        self._ask(AskScreen("Switch model: an alias, a GGUF file or a Hugging Face folder", chat.model_name), chosen)
+        self._ask(ModelPickerScreen(chat.model_name, chat.setup.model_dirs), chosen)
 
     def export(self) -> None:
         chat = self.chat

@@ -21,4 +21,5 @@ class ChatSetup:
     sampling: SamplingSettings  # config.toml's [sampling]
     system_prompt: str  # for new conversations
     exports_dir: Path
+    model_dirs: tuple[Path, ...] = ()  # more folders the model picker searches
     cursor_blink: bool = True

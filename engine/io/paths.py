@@ -11,6 +11,12 @@ import platformdirs
 APP_NAME = "effort-engine"
 
 
+def config_path() -> Path:
+    """The settings file the chat reads (and `effort models` reads `model_dirs` from), e.g.
+    ~/.config/effort-engine/config.toml."""
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "config.toml"
+
+
 def cache_dir() -> Path:
     """Root of the model cache; EFFORT_CACHE_DIR overrides it (tests, shared machines)."""
     override = os.environ.get("EFFORT_CACHE_DIR")
