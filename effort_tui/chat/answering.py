@@ -62,9 +62,10 @@ class Answers:
             gen.inbox.put(GenerationResult.failed(text[0] if text else type(exc).__name__))
 
     async def update(self, gen: Answer) -> None:
-        """News from the engine for `gen`: drained now, or when the last drain is far enough back."""
+        """News from the engine for `gen`: drained now, or when the last drain is far enough back
+        (an answer no longer on screen costs no redraw: it is drained at once, to be stored)."""
         wait = gen.last_drain + DRAIN_INTERVAL_S - time.monotonic()
-        if wait <= 0:
+        if wait <= 0 or gen.detached:
             await self._drain(gen)
         elif gen.drain_timer is None:
             gen.drain_timer = self.screen.set_timer(wait, partial(self._drain, gen))

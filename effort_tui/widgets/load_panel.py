@@ -163,6 +163,7 @@ class LoadPanel(Vertical):
             if isinstance(item, _LoadEnded):
                 self._stop_ticker()
                 self._load_ended(message.inbox, item)
+                latest = None  # the figures before the end are history
             elif isinstance(item, LoadProgress) and (item.stage == "notice" or item.stage.startswith("effort")):
                 self.post_message(EngineNews(item))
             elif isinstance(item, LoadProgress):
