@@ -37,6 +37,7 @@ class DialogHost(Protocol):
     choice: SamplingChoice
     system_prompt: str
     model_name: str
+    answer_when_ready: bool
     setup: ChatSetup
     answers: Answers
     chat_view: ChatView
@@ -135,6 +136,7 @@ class ChatDialogs:
         """Show a stored conversation and go on with it (its own sampling, its context figures)."""
         chat = self.chat
         chat.answers.detach()
+        chat.answer_when_ready = False  # a message that waited for the model belongs to the chat left
         await chat.chat_view.clear()
         stored = chat.conversation.reopen(conversation_id)
         widgets = await chat.chat_view.show_stored(stored)

@@ -57,7 +57,7 @@ class ChatScreen(Screen):
         self.choice = SamplingChoice(setup.sampling)
         self.dialogs = ChatDialogs(self)
         self.last_result: GenerationResult | None = None
-        self._answer_when_ready = False  # a message sent while the model loads waits for it
+        self.answer_when_ready = False  # a message sent while the model loads waits for it
         self.chat_view = ChatView(id="chat-view")
         self.load_panel = LoadPanel(setup.clock, id="load-panel")
         self.prompt = PromptBox(self.store.prompt_history(), id="prompt")
@@ -147,9 +147,9 @@ class ChatScreen(Screen):
         self.status.stats = SpeedStats(context_limit=message.info.context_limit)
         self.model_state = "ready"
         self.show_model()  # after a switch the state was "ready" already
-        if self._answer_when_ready:
-            self._answer_when_ready = False
+        if self.answer_when_ready and self.turns and self.turns[-1].role == "user":
             await self.answer()
+        self.answer_when_ready = False
 
     @on(ModelLoadFailed)
     def _model_load_failed(self, message: ModelLoadFailed) -> None:
@@ -158,7 +158,7 @@ class ChatScreen(Screen):
             self.model_name = self.loaded_name
             self.notify(f"{message.error}. Still using {self.model_info.name}.", title=title, severity="error", timeout=8)
             return
-        self._answer_when_ready = False
+        self.answer_when_ready = False
         self.load_error = message.error
         self.load_panel.show_error(message.error)
         self.model_state = "failed"
@@ -186,7 +186,7 @@ class ChatScreen(Screen):
         if self.model_state == "failed":
             self.notify(f"No model is loaded: {self.load_error}", severity="error")
             return False
-        if self._answer_when_ready:
+        if self.answer_when_ready:
             self.notify("A message is already waiting for the model to load.", severity="warning", timeout=3)
             return False
         if self.streaming:
@@ -203,7 +203,7 @@ class ChatScreen(Screen):
         widget = await self.chat_view.add_message(ChatMessage("user", text, message_id=message_id))
         self.turns.append(Turn("user", text, message_id, widget))
         if self.model_state == "loading":
-            self._answer_when_ready = True
+            self.answer_when_ready = True
             self.status.summary = "your message is sent as soon as the model is loaded"
             return
         await self.answer()
@@ -283,6 +283,7 @@ class ChatScreen(Screen):
 
     async def action_new_chat(self) -> None:
         self.answers.detach()
+        self.answer_when_ready = False
         self.conversation.start_new()
         self.last_result = None
         await self.chat_view.clear()
