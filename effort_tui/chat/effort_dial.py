@@ -95,6 +95,11 @@ class EffortDial:
             self.notify(item.message.capitalize() + ".", title="Effort", timeout=4)
         self.status.effort_note = f"effort dial: {self.step_text}" if self.preparing else ""
 
+    def conversion_gone(self) -> None:
+        """Forget a conversion in progress (another model is being loaded)."""
+        self.preparing, self.step_text = None, ""
+        self.status.effort_note = ""
+
     def _say_not_ready(self) -> None:
         if self.preparing:
             self.notify(f"The effort dial is being prepared ({self.step_text}); until then every token "

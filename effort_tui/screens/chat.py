@@ -130,6 +130,7 @@ class ChatScreen(Screen):
         self.model_name = model
         if switching:
             self.notify(f"Loading {model}; {self.model_label()} answers until it is ready.", title="Model", timeout=4)
+            self.dial.conversion_gone()  # the new model's own news follow (the old one's, if it stays)
         else:
             self.model_state = "loading"
             self.load_error = None
