@@ -8,6 +8,7 @@ engine is reached only through `engine.api.ChatEngine`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,10 @@ from effort_tui.screens.help import HelpScreen
 
 EXIT_OK = 0
 EXIT_NO_MODEL = 1  # the user quit after the model failed to load
+# The engine thread takes the GIL back after each C call (one per token). While the UI thread draws a
+# frame (10-20 ms of Python) it would wait up to the interpreter's switch interval (5 ms) for it; at
+# 4 frames a second and ~90 tok/s that is most of a millisecond per token. 1 ms keeps the wait short.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class EffortApp(App[int]):
@@ -262,6 +267,7 @@ def run_chat(
     None the config's effort. The app calls `engine.load` on start and cancels
     an answer in flight on exit; closing the engine stays with the caller.
     """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     app = EffortApp(engine=engine, model=model, effort=effort, history=history, theme=theme, config_path=config_path)
     result = app.run()
     if app.return_code is not None:
