@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from engine.events import GenerationResult, LoadProgress, TokenEvent
-from engine.validation import MIN_EFFORT  # noqa: F401 - re-exported
+from engine.validation import MIN_EFFORT
 
 
 class EffortSetting:
@@ -110,6 +110,9 @@ class ChatRequest:
     messages: list[dict[str, str]] = field(default_factory=list)  # [{"role": ..., "content": ...}]
     raw_prompt: str | None = None  # used verbatim when set: no chat template, special-token text is those tokens
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # the start of the answer, already written: the model goes on from it (the result's text is
+    # what follows it); the chat uses it to write an answer again from where its quality broke
+    answer_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class ModelInfo:
     path: str
     architecture: str
     backend: str  # "metal" | "cuda" | "cpu"
-    device: str  # e.g. "Apple M2 Pro", "NVIDIA H100", "AMD EPYC (2 threads)"
+    device: str  # e.g. "Apple M2 Pro", "NVIDIA H100", "AMD EPYC 9R14, AVX-512 · 2 CPUs"
     context_limit: int
     parameters: int
     effort_cap: float = 1.0  # < 1.0 when loaded with --load-ranks

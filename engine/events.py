@@ -11,6 +11,15 @@ from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled", "context", "error"]
 
+# how an answer ended, as front ends say it (a cut answer says so)
+FINISH_TEXT: dict[str, str] = {
+    "stop": "done",
+    "length": "cut: max_tokens reached",
+    "context": "cut: the context is full",
+    "cancelled": "stopped",
+    "error": "error",
+}
+
 
 @dataclass(frozen=True)
 class SpeculativeStats:
@@ -85,6 +94,15 @@ class GenerationResult:
     prompt_cached: int = 0  # prompt tokens reused from the cache; prompt_tps is over the others
     speculative: SpeculativeStats | None = None  # over the answer, when lossless mode ran a cycle
 
+    @classmethod
+    def failed(cls, error: str, prompt_ids: list[int] | None = None) -> GenerationResult:
+        """An answer that could not be made: no tokens, finish reason "error", `error` one line."""
+        ids = list(prompt_ids or [])
+        return cls(
+            text="", token_ids=[], prompt_token_ids=ids, prompt_tokens=len(ids), generated_tokens=0,
+            prompt_tps=0.0, decode_tps=0.0, ttft_s=0.0, finish_reason="error", error=error,
+        )
+
 
 @dataclass(frozen=True)
 class LoadProgress:
@@ -92,6 +110,8 @@ class LoadProgress:
 
     stage: str  # "download" | "verify" | "read" | "load" | "convert" | "calibrate" | "eval" | "prefill"
     # | "notice": no progress, a one-line message the user should see (shown as a note)
+    # | "effort": the background conversion of a model loaded dense (the step it is on, its own
+    #   count), then "effort-ready" or "effort-failed" (the message says why)
     done: float  # bytes or items done
     total: float  # bytes or items in all (0 when unknown)
     unit: str = "B"  # "B" for bytes, "" for items

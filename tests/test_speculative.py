@@ -443,9 +443,10 @@ def test_generate_and_bench_speculative_report_the_acceptance(tiny, tiny_gguf, c
     assert capsys.readouterr().err.count("\n") == 1
 
     assert main(["bench", "--model", model, "--efforts", "1", "--tokens", "12", "--rounds", "1", "--speculative", "--json"]) == 0
-    out = capsys.readouterr().out
-    assert "lossless (greedy" in out
-    record = json.loads(out.strip().splitlines()[-1])["speculative"]
+    out, err = capsys.readouterr()
+    assert "lossless (greedy" in err  # the tables go to stderr: with --json stdout is the JSON line alone
+    (line,) = out.strip().splitlines()
+    record = json.loads(line)["speculative"]
     assert record["decode_tps"] > 0 and record["verify_positions"] == 5 and record["verify_steps"] > 0
     assert 0 <= record["acceptance"] <= 1 and record["drafted"] > 0
     assert main(["bench", "--model", model, "--tokens", "1", "--speculative"]) == 2

@@ -17,21 +17,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.effort.planes.allocation import Allocation
-from engine.effort.planes.layout import PlaneMatrix
 from engine.effort.planes.store import HEAD, PlanesModel, matrix_names
 from engine.errors import EngineError
 from engine.model.decoder import PROJECTIONS, rope_inverse_frequencies, weight_name
 from engine.runtime import native
+from engine.runtime.native import array_ptr as _ptr, planes_struct  # planes_struct: re-exported
 
 STRATEGIES = ("planes", "activation")
-
-
-def _ptr(a: np.ndarray | None) -> int | None:
-    if a is None:
-        return None
-    if not a.flags.c_contiguous:
-        raise ValueError("the C kernels need C-contiguous arrays")
-    return a.ctypes.data
 
 
 def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -43,20 +35,6 @@ def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         buf.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(buf, np.float32, count=size // 4).reshape(shape)
-
-
-def planes_struct(pm: PlaneMatrix) -> native.Planes:
-    """The C view of one matrix (pointers into its arrays, which must outlive the struct)."""
-    s = native.Planes()
-    s.kind = 0 if pm.kind == "q4" else 1
-    s.out, s.in_, s.tile = pm.out_dim, pm.in_dim, pm.tile
-    s.plane[0] = _ptr(pm.planes[0])
-    s.plane[1] = _ptr(pm.planes[1]) if len(pm.planes) > 1 else None
-    s.d = _ptr(pm.d)
-    s.m = _ptr(pm.m)
-    s.gain[0] = _ptr(pm.gains[0])
-    s.gain[1] = _ptr(pm.gains[1]) if pm.gains.shape[0] > 1 else None
-    return s
 
 
 class CPURuntime:

@@ -25,13 +25,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-import metal
 from engine.io import checksum
+from engine.runtime.kernel_files import kernel_path
 from engine.io.atomic import atomic_path
 from engine.io.paths import cache_dir
+
+if TYPE_CHECKING:
+    from engine.effort.planes.layout import PlaneMatrix
 
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fno-math-errno", "-D_GNU_SOURCE"]
 # The planes decode step (the product), and the bucketMul CPU path kept for comparison until it is deleted.
@@ -189,10 +193,10 @@ def build(force: bool = False, variant: str = "native", which: str = "planes") -
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
     sources, headers = LIBRARIES[which]
-    files = [metal.path(s) for s in sources]
-    include = metal.path("cpu")
+    files = [kernel_path(s) for s in sources]
+    include = kernel_path("cpu")
     digest = hashlib.sha256()
-    for f in [*files, *(metal.path(h) for h in headers)]:
+    for f in [*files, *(kernel_path(h) for h in headers)]:
         digest.update(f.read_bytes())
     command = [cc, *FLAGS, *VARIANTS[variant], f"-I{include}", *map(str, files), "-o"]
     digest.update(" ".join(command).encode())
@@ -206,6 +210,29 @@ def build(force: bool = False, variant: str = "native", which: str = "planes") -
             raise RuntimeError(f"compiling the CPU kernels failed: {first}")
     checksum.record(target)
     return target
+
+
+def array_ptr(a: np.ndarray | None) -> int | None:
+    """The address of a C-contiguous array, None for None (what the structs below hold)."""
+    if a is None:
+        return None
+    if not a.flags.c_contiguous:
+        raise ValueError("the C kernels need C-contiguous arrays")
+    return a.ctypes.data
+
+
+def planes_struct(pm: PlaneMatrix) -> Planes:
+    """The C view of one matrix (pointers into its arrays, which must outlive the struct)."""
+    s = Planes()
+    s.kind = 0 if pm.kind == "q4" else 1
+    s.out, s.in_, s.tile = pm.out_dim, pm.in_dim, pm.tile
+    s.plane[0] = array_ptr(pm.planes[0])
+    s.plane[1] = array_ptr(pm.planes[1]) if len(pm.planes) > 1 else None
+    s.d = array_ptr(pm.d)
+    s.m = array_ptr(pm.m)
+    s.gain[0] = array_ptr(pm.gains[0])
+    s.gain[1] = array_ptr(pm.gains[1]) if pm.gains.shape[0] > 1 else None
+    return s
 
 
 def load(path: Path, which: str = "planes") -> ctypes.CDLL:
@@ -225,8 +252,6 @@ def _self_test_planes(lib: ctypes.CDLL) -> None:
         else:
             d = (rng.random((64, 3)) * 0.01).astype(np.float16)
             pm = layout.from_codes("q4", rng.integers(0, 16, (64, 96)), d, (-8 * d.astype(np.float32)).astype(np.float16))
-        from engine.runtime.cpu_runtime import planes_struct
-
         x = rng.standard_normal(96).astype(np.float32)
         xq, dx = np.zeros(2 * 96, np.int8), np.zeros(3, np.float32)  # the levels, then the residuals
         lib.ee_quantize_x(x.ctypes.data, 96, xq.ctypes.data, dx.ctypes.data)
