@@ -406,7 +406,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = human_stream(args)
     shown = dataclasses.replace(info, name=printable(info.name), device=printable(info.device))
     print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True), file=out)
-    if peer_rows or prompt:
+    if peer_rows or prompt or dense.stream_gbps:
         print(printable(bench.format_peers(dense, peer_rows, prompt), lines=True), file=out)
     if lossless is not None:
         print(bench.format_speculative(lossless), file=out)
@@ -418,6 +418,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "gbps": round(r.gbps, 3), "speedup": round(r.speedup, 3), "spread": round(r.spread, 3),
                 "kernel_ms": {k: round(v, 4) for k, v in r.kernel_ms.items()},
                 "kernel_gbps": {k: round(v, 2) for k, v in r.kernel_gbps.items()},
+                **({"stream_gbps": round(r.stream_gbps, 3), "step_gbps": round(r.step_gbps, 3)} if r.stream_gbps else {}),
             }
 
         record = {

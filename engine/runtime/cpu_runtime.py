@@ -265,6 +265,16 @@ class CPURuntime:
     def layout_bytes(self) -> int:
         return self.planes.nbytes()
 
+    def stream_seconds(self) -> tuple[int, float]:
+        """(bytes, seconds) of a plain streaming read, on the step's threads, of every byte a dense step
+        reads (each matrix's planes and scales): the yardstick for the step's memory speed."""
+        spans = [a for m in self.planes.matrices.values() for a in (*m.planes, m.d, m.m) if a is not None]
+        ptrs = (ctypes.c_void_p * len(spans))(*[a.ctypes.data for a in spans])
+        sizes = (ctypes.c_size_t * len(spans))(*[a.nbytes for a in spans])
+        start = time.perf_counter()
+        self.lib.ee_stream_read(ptrs, sizes, len(spans))
+        return sum(a.nbytes for a in spans), time.perf_counter() - start
+
     def peak_memory(self) -> int:
         return self.planes.nbytes() + 2 * self.kcache[:, :, : self.length].nbytes
 

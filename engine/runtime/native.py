@@ -118,6 +118,7 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_select": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_int, c_int, c_ptr, c_ptr]),
         "ee_work_from_levels": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_ptr]),
         "ee_budget_tau": (c_float, [c_ptr, c_ptr, c_long, c_int, c_int, c_ptr]),
+        "ee_stream_read": (ctypes.c_uint64, [c_ptr, c_ptr, c_int]),
         "ee_matvec": (None, [c_ptr, c_ptr, c_ptr]),
         "ee_matvec_multi": (None, [c_int, c_ptr]),
         "ee_matmul_multi": (None, [c_int, c_int, c_ptr, c_int]),

@@ -37,6 +37,8 @@ class SpeedResult:
     kernel_gbps: dict[str, float] = field(default_factory=dict)  # per projection kind
     spread: float = 0.0  # (slowest - fastest round) / median, of the rounds' ms per token
     speedup: float = 1.0  # median over rounds of this round's dense ms / this effort's ms
+    stream_gbps: float = 0.0  # dense only: a plain streaming read of the bytes a dense step reads, same rounds
+    step_gbps: float = 0.0  # dense only: those bytes over the dense step's time
 
 
 def peak_rss_bytes() -> int:
@@ -154,7 +156,13 @@ def run(
     shares: dict[float, list[float]] = {e: [] for e in configs}
     peer_steps: dict[str, list[float]] = {name: [] for name in peers}
     prompt_s: dict[str, list[float]] = {name: [] for name in ["engine", *peers]}
+    stream = getattr(runtime, "stream_seconds", None)
+    stream_s, stream_bytes = [], 0
     for r in range(rounds):
+        if stream is not None:
+            note(f"round {r + 1}/{rounds}: a plain streaming read of the dense step's bytes")
+            stream_bytes, seconds = stream()
+            stream_s.append(seconds)
         for effort in configs:
             note(f"round {r + 1}/{rounds}: decoding {tokens} tokens at effort {effort:g}")
             step_s, share = decode_speed(runtime, prompt_ids, effort, tokens)
@@ -191,6 +199,9 @@ def run(
         step_s = float(np.median(per_round))
         peer_results.append(PeerResult(name, 1.0 / step_s, step_s * 1e3, float((per_round.max() - per_round.min()) / step_s),
                                        float(np.median(per_round / np.array(steps[1.0])))))
+    if stream_s:
+        results[0].stream_gbps = stream_bytes / float(np.median(stream_s)) / 1e9
+        results[0].step_gbps = stream_bytes / (results[0].ms_per_token / 1e3) / 1e9
     prompt = None
     if long_prompt is not None:
         tps = {name: len(long_prompt) / float(np.median(s)) for name, s in prompt_s.items()}
@@ -201,6 +212,9 @@ def run(
 def format_peers(dense: SpeedResult, peers: list[PeerResult], prompt: PromptResult | None) -> str:
     """The peers' rows under the table, and the prompt speeds."""
     lines = []
+    if dense.stream_gbps:
+        lines.append(f"dense step: its weights at {dense.step_gbps:.1f} GB/s, {dense.step_gbps / dense.stream_gbps:.0%} of "
+                     f"a plain streaming read of the same bytes ({dense.stream_gbps:.1f} GB/s, same rounds)")
     for p in peers:
         lines.append(f"{p.name}: {p.decode_tps:.1f} tok/s ({p.ms_per_token:.2f} ms/tok, spread {100 * p.spread:.0f}%); "
                      f"the engine's dense decode runs at {p.engine_speedup:.2f}x its speed")

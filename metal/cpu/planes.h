@@ -129,4 +129,8 @@ int ee_use_isa(const char *name);
 #ifdef __cplusplus
 }
 #endif
+/* Read every byte of n spans once (in parallel, summed so the reads happen): a plain streaming read, the
+ * yardstick for the dense step's memory speed. */
+uint64_t ee_stream_read(const uint8_t *const *ptr, const size_t *size, int n);
+
 #endif
