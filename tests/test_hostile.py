@@ -533,8 +533,7 @@ def fresh_native(cache, monkeypatch):
     """engine.runtime.native as at a first start, building into the test's own cache."""
     from engine.runtime import native
 
-    for name, value in (("_libs", {}), ("_errors", {}), ("_broken", set())):
-        monkeypatch.setattr(native, name, value)
+    monkeypatch.setattr(native, "_state", {})
     return native
 
 
