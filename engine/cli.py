@@ -606,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--effort", type=effort_value, help="starting effort: 0.05-1, 5-100 or 60%%")
     chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
     chat.add_argument("--theme", help="theme name")
-    chat.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of 16")
+    chat.add_argument("--load-ranks", type=rank_count, default=None,
+                      help="MLX (bucketMul) only: load only the K most important ranks of 16")
     chat.set_defaults(func=cmd_chat)
 
     gen = add("generate", help="answer one prompt, streaming to stdout")
@@ -627,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
     gen.add_argument("--speculative", action="store_true", help="lossless mode: draft at low effort, keep what "
                      "effort 1 agrees with; the answer is exactly effort 1's (the same distribution when sampling)")
-    gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of 16")
+    gen.add_argument("--load-ranks", type=rank_count, default=None,
+                     help="MLX (bucketMul) only: load only the K most important ranks of 16")
     gen.set_defaults(func=cmd_generate)
 
     pull = add("pull", help="fetch a known model into the cache")
