@@ -93,13 +93,13 @@ def test_every_store_is_found_with_size_quantization_and_conversion(stores) -> N
     }
     hub = found["bartowski/Tiny-Llama-GGUF: Tiny-Llama-Q4_K_M.gguf"]
     assert hub.source == "huggingface" and hub.quantization == "F16"  # the header, not the name
-    assert hub.converted is True  # its blob's name is its sha256: no hashing needed
+    assert hub.converted > 0 and "resident" in hub.conversion  # its blob's name is its sha256: no hashing needed
     assert found["lmstudio-community/Qwen2-0.5B-GGUF: qwen2-0_5b-instruct-q8_0.gguf"].quantization == "Q8_0"
     ollama = found["llama3.2:1b"]
     assert ollama.source == "ollama" and ollama.quantization == "Q4_0" and ollama.size == 104
-    assert ollama.path.name.startswith("sha256-") and ollama.converted is False
+    assert ollama.path.name.startswith("sha256-") and ollama.converted == 0 and ollama.conversion == "not converted"
     mine = found["models/mine/tiny.gguf"]
-    assert mine.converted is True and mine.spec == str(home / "models" / "mine" / "tiny.gguf")  # small: hashed
+    assert mine.converted > 0 and mine.spec == str(home / "models" / "mine" / "tiny.gguf")  # small: hashed
 
 
 def test_converted_means_the_cache_the_load_writes(tmp_path, monkeypatch, tiny_gguf) -> None:
@@ -114,11 +114,11 @@ def test_converted_means_the_cache_the_load_writes(tmp_path, monkeypatch, tiny_g
     files = open_model(tiny_gguf("F16"))
     expected = store.layout_path(files) if backend.detect().name == "cpu" else convert.converted_path(files)
     assert local_models.conversion_file(files.fingerprint) == expected
-    assert local_models.is_converted(files.fingerprint) is False
+    assert local_models.converted_size(files.fingerprint) == 0
     expected.parent.mkdir(parents=True, exist_ok=True)
     expected.write_bytes(b"made")
-    assert local_models.is_converted(files.fingerprint) is True
-    assert local_models.is_converted(None) is None
+    assert local_models.converted_size(files.fingerprint) == 4  # what the runtime will map
+    assert local_models.converted_size(None) is None
 
 
 def test_nothing_installed_is_an_empty_list(tmp_path, monkeypatch) -> None:

@@ -120,7 +120,7 @@ class ChatScreen(Screen):
     def show_model(self) -> None:
         info = self.model_info
         if self.model_state == "ready" and info is not None:
-            self.status.model = ModelLine(info.name, "ready", info.backend, info.device)
+            self.status.model = ModelLine(info.name, "ready", info.backend, info.device, info.resident_bytes)
         else:
             self.status.model = ModelLine(self.model_name, self.model_state)  # type: ignore[arg-type]
 

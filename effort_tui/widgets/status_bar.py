@@ -18,6 +18,7 @@ from textual.reactive import var
 from textual.widgets import Static
 
 from engine.display import printable
+from engine.units import human_bytes
 from effort_tui.stats import SpeedStats, percent, prompt_text, quality_at, tps_text
 from effort_tui.widgets.effort_sparkline import EffortLegend, EffortSparkline, effort_style, scale_label
 
@@ -31,6 +32,7 @@ class ModelLine:
     state: ModelState = "loading"
     backend: str = ""
     device: str = ""
+    weights: int = 0  # bytes the loaded model's weights hold in memory (0: not known)
 
 
 class StatusBar(Vertical):
@@ -143,6 +145,8 @@ class StatusBar(Vertical):
             text.append(f"● {m.name}", style="bold")
             if m.backend:
                 text.append(f" · {m.backend}", style="dim")
+            if m.weights:
+                text.append(f" · {human_bytes(m.weights)}", style="dim")
         if self.sampling:
             text.append(f"  {self.sampling}")
             if self.system_prompt:

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 from engine import validation
 from engine.io import checksum, paths, registry
+from engine.units import human_bytes
 
 HASH_AT_MOST = 512 << 20  # bytes: hash smaller files to see whether they are converted
 MAX_DEPTH = 6  # how deep a configured folder is searched
@@ -33,12 +34,15 @@ class LocalModel:
     source: str  # "cache" | "huggingface" | "lm-studio" | "ollama" | "folder"
     size: int  # bytes
     quantization: str  # e.g. "Q4_K_M", "" when unknown
-    converted: bool | None  # the effort conversion is cached; None: not known without hashing the file
+    converted: int | None  # bytes of its cached effort conversion, 0 if none; None: not known without hashing
 
     @property
     def conversion(self) -> str:
-        """Whether its effort conversion is cached, in words (both model lists show this)."""
-        return {True: "converted", False: "not converted"}.get(self.converted, "converted?")
+        """Whether its effort conversion is cached, and then what the loaded model holds (the runtime
+        maps that file: its weights' resident size), in words (both model lists show this)."""
+        if self.converted is None:
+            return "converted?"
+        return f"converted, resident {human_bytes(self.converted)}" if self.converted else "not converted"
 
     @property
     def spec(self) -> str:
@@ -175,7 +179,7 @@ def _described(name: str, path: Path, source: str, *, size: int | None = None, d
     fingerprint = digest or checksum.recorded(path)
     if fingerprint is None and 0 < size <= HASH_AT_MOST:
         fingerprint = checksum.sha256_file(path)
-    return LocalModel(name, path, source, size, quantization or _quantization(path), is_converted(fingerprint))
+    return LocalModel(name, path, source, size, quantization or _quantization(path), converted_size(fingerprint))
 
 
 def _quantization(path: Path) -> str:
@@ -211,9 +215,12 @@ def conversion_file(fingerprint: str) -> Path:
     return convert.converted_file(fingerprint)
 
 
-def is_converted(fingerprint: str | None) -> bool | None:
-    """Whether the effort conversion of the file with this content (its sha256) is cached; None
-    when the content is not known. The one place the model list asks the conversion caches."""
+def converted_size(fingerprint: str | None) -> int | None:
+    """Bytes of the cached effort conversion of the file with this content (its sha256), 0 when there is
+    none, None when the content is not known. The one place the model list asks the conversion caches."""
     if fingerprint is None:
         return None
-    return conversion_file(fingerprint).is_file()
+    try:
+        return conversion_file(fingerprint).stat().st_size
+    except OSError:
+        return 0

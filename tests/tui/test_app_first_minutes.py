@@ -196,3 +196,13 @@ async def test_first_launch_chats_at_once_while_the_effort_dial_is_prepared(make
         await wait_until(pilot, lambda: any("The effort dial is ready" in n.message for n in app._notifications))
         chat.post_message(EngineNews(LoadProgress("effort-failed", 0, 0, "", "the effort dial is unavailable: disk full")))
         await wait_until(pilot, lambda: any(n.severity == "warning" and "disk full" in n.message for n in app._notifications))
+
+
+async def test_the_status_bar_shows_what_the_weights_hold_in_memory(make_app) -> None:
+    """Issue 21: the chat shows the loaded model's resident size (the engine's ModelInfo.resident_bytes)."""
+    engine = FakeEngine()
+    engine.info = replace(engine.info, resident_bytes=97_300_000)
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(app, pilot)
+        assert "92.8 MB" in chat.status.model_text().plain
