@@ -1,34 +1,44 @@
 """The Effort Engine chat app (Textual) and `run_chat`, its entry point for the CLI.
 
 The app owns the long-lived pieces (engine, config, history, clock, theme and
-keymap); `ChatScreen` does the chatting. Nothing here imports MLX: the engine
-is reached only through `engine.api.ChatEngine`.
+keymap) and hands the chat screen what it needs (`ChatSetup`); the screen tells
+the app what it needs to know with messages. Nothing here imports MLX: the
+engine is reached only through `engine.api.ChatEngine`.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Iterable
 
+from textual import on
 from textual.app import App, SystemCommand
 from textual.markup import escape
 from textual.screen import Screen
 from textual.theme import Theme
 
-import themes
+from effort_tui import themes
 from engine.api import ChatEngine, ModelInfo
 from engine.display import printable
+from engine.io import paths as engine_paths
 from effort_tui import input_guard, paths
 from effort_tui.clock import Clock, SystemClock
 from effort_tui.config import Config, ConfigError, load_config, save_config, with_theme
 from effort_tui.history import HistoryStore
-from effort_tui.keymap import EFFORT_STEP_POINTS, bindings_for, install_alt_digit_sequences
-from effort_tui.screens.chat import ChatScreen
+from effort_tui.keymap import EFFORT_STEP, bindings_for, install_alt_digit_sequences
+from effort_tui.messages import Exported, ModelLoaded, ModelLoadFailed, SystemPromptSet
+from effort_tui.screens.chat import ChatScreen, ChatSetup
 from effort_tui.screens.help import HelpScreen
 
 EXIT_OK = 0
 EXIT_NO_MODEL = 1  # the user quit after the model failed to load
+# The engine thread takes the GIL back after each C call (one per token). While the UI thread draws a
+# frame (10-20 ms of Python) it would wait up to the interpreter's switch interval (5 ms) for it; at
+# 4 frames a second and ~90 tok/s that is most of a millisecond per token. 1 ms keeps the wait short.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class EffortApp(App[int]):
@@ -55,13 +65,14 @@ class EffortApp(App[int]):
         self.engine = engine
         self.clock: Clock = clock or SystemClock()
         self.cursor_blink = cursor_blink
-        self.config_path = config_path or paths.config_path()
+        self.config_path = config_path or engine_paths.config_path()
         loaded = load_config(self.config_path)
         self.config: Config = loaded.config
         self.config_problems: list[str] = list(loaded.problems)
         self.config_broken = loaded.broken
         self.model_name = model or self.config.model
-        self.initial_effort = effort if effort is not None else self.config.effort
+        # the starting effort, set here and nowhere else: a model switch keeps what the user chose
+        engine.effort.set(effort if effort is not None else self.config.effort)
         self.data_dir = data_dir or paths.data_dir()
         self.history_enabled = history
         self.store = self._open_store()
@@ -108,8 +119,31 @@ class EffortApp(App[int]):
         self._startup_theme = self._initial_theme()
         self.theme = self._startup_theme
         self.theme_changed_signal.subscribe(self, self._theme_changed)
-        self.engine.effort.set(self.initial_effort)
-        self.push_screen(ChatScreen())
+        self.push_screen(ChatScreen(ChatSetup(
+            engine=self.engine, store=self.store, clock=self.clock, model=self.model_name,
+            sampling=self.config.sampling, system_prompt=self.config.system_prompt,
+            exports_dir=self.exports_dir, cursor_blink=self.cursor_blink,
+            model_dirs=tuple(Path(d).expanduser() for d in self.config.model_dirs),
+        )))
+
+    # -- what the chat screen tells the app ----------------------------------------------------
+
+    @on(ModelLoaded)
+    def _model_loaded(self, message: ModelLoaded) -> None:
+        self.model_name, self.model_info = message.model, message.info
+        self.show_config_problems()
+
+    @on(ModelLoadFailed)
+    def _model_load_failed(self) -> None:
+        self.show_config_problems()
+
+    @on(SystemPromptSet)
+    def _system_prompt_set(self, message: SystemPromptSet) -> None:
+        self.config = replace(self.config, system_prompt=message.text)  # new chats in this session
+
+    @on(Exported)
+    def _exported(self, message: Exported) -> None:
+        self.last_export = message.path
 
     def show_config_problems(self) -> None:
         """Once, when the model is ready (or failed): notes shown during loading were gone before
@@ -118,7 +152,7 @@ class EffortApp(App[int]):
             return
         self._config_problems_shown = True
         for problem in self.config_problems:
-            self.notify(problem, title="Settings", severity="error" if self.config_broken else "warning", timeout=20)
+            self.notify(problem, title="Settings", severity="error" if self.config_broken else "warning", timeout=10)
 
     def _initial_theme(self) -> str:
         for source, name in (("--theme", self.requested_theme), ("config theme", self.config.theme)):
@@ -189,20 +223,22 @@ class EffortApp(App[int]):
     # -- command palette -----------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # Textual's own "Keys" panel would be a second help beside ours (F1)
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
         chat = self.chat_screen
         yield SystemCommand("Toggle dark / light theme", "Switch between effort-dark and effort-light", self.action_toggle_theme)
-        for name in themes.THEMES:
+        for name in themes.bundled():
             yield SystemCommand(f"Theme: {name}", f"Use the {name} theme", partial(setattr, self, "theme", name), discover=False)
         yield SystemCommand("Help: keys and status bar", "Show every key binding", self.action_help)
         if chat is None:
             return
         run = chat.run_action
-        yield SystemCommand("Effort: raise", f"Raise the effort by {EFFORT_STEP_POINTS} points", partial(run, f"effort_step({EFFORT_STEP_POINTS})"))
-        yield SystemCommand("Effort: lower", f"Lower the effort by {EFFORT_STEP_POINTS} points", partial(run, f"effort_step({-EFFORT_STEP_POINTS})"))
-        for percent_value in range(10, 101, 10):
+        points = round(EFFORT_STEP * 100)
+        yield SystemCommand("Effort: raise", f"Raise the effort by {points} points", partial(run, f"effort_step({EFFORT_STEP})"))
+        yield SystemCommand("Effort: lower", f"Lower the effort by {points} points", partial(run, f"effort_step({-EFFORT_STEP})"))
+        for tenth in range(1, 11):
             yield SystemCommand(
-                f"Effort: {percent_value}%", f"Set the effort to {percent_value}%", partial(run, f"effort_set({percent_value})"), discover=False
+                f"Effort: {tenth * 10}%", f"Set the effort to {tenth * 10}%", partial(run, f"effort_set({tenth / 10})"), discover=False
             )
         yield SystemCommand("Stop the answer", "Stop generating (Esc)", partial(run, "stop"))
         yield SystemCommand("New chat", "Start a new conversation", partial(run, "new_chat"))
@@ -212,7 +248,7 @@ class EffortApp(App[int]):
         yield SystemCommand("Search conversations…", "Find conversations by title or message text", partial(run, "search"))
         yield SystemCommand("Rename conversation…", "Give this conversation a new title", partial(run, "rename"))
         yield SystemCommand("Copy last answer", "Copy the last answer to the clipboard (OSC 52, ctrl+o)", partial(run, "copy_answer"))
-        yield SystemCommand("Model: switch…", f"Load another model (now {escape(printable(self.model_name))})", partial(run, "switch_model"))
+        yield SystemCommand("Model: switch…", f"Load another model (now {escape(printable(chat.model_name))})", partial(run, "switch_model"))
         yield SystemCommand("System prompt…", "Set the system prompt of this conversation and new ones", partial(run, "ask_system_prompt"))
         label = chat.sampling.label()
         yield SystemCommand("Sampling: greedy / default (ctrl+g)", f"Now {label}; greedy is the exact argmax", partial(run, "toggle_greedy"))
@@ -240,6 +276,7 @@ def run_chat(
     None the config's effort. The app calls `engine.load` on start and cancels
     an answer in flight on exit; closing the engine stays with the caller.
     """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     app = EffortApp(engine=engine, model=model, effort=effort, history=history, theme=theme, config_path=config_path)
     result = app.run()
     if app.return_code is not None:

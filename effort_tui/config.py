@@ -15,14 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 from effort_tui.keymap import validate_keymap
 from engine import validation
 from engine.api import SamplingSettings
+from engine.io import toml
 from engine.io.atomic import write_text
 from engine.sampler import CHAT_DEFAULTS
 
@@ -37,6 +33,7 @@ class Config:
     theme: str = DEFAULT_THEME
     system_prompt: str = ""
     export_dir: str = ""  # "" = <data dir>/exports
+    model_dirs: tuple[str, ...] = ()  # more folders the model picker searches for GGUF files
     # CHAT_DEFAULTS unless the file says otherwise; fields still equal to CHAT_DEFAULTS give way to
     # the model's own generation defaults when it has some (engine.sampler.overlay)
     sampling: SamplingSettings = field(default_factory=lambda: CHAT_DEFAULTS)
@@ -68,10 +65,10 @@ def load_config(path: Path) -> LoadedConfig:
     except OSError as exc:
         return LoadedConfig(Config(), [f"cannot read {path}: {exc.strerror or exc}"], broken=True, path=path)
     try:
-        data = tomllib.loads(raw_bytes.decode("utf-8"))
+        data = toml.loads(raw_bytes.decode("utf-8"))
     except UnicodeDecodeError:
         return LoadedConfig(Config(), [f"{path} is not UTF-8 text; using the defaults"], broken=True, path=path)
-    except tomllib.TOMLDecodeError as exc:
+    except toml.TOMLDecodeError as exc:
         return LoadedConfig(Config(), [f"{path} is not valid TOML ({exc}); using the defaults"], broken=True, path=path)
     config, problems = config_from_dict(data)
     return LoadedConfig(config, [f"{path}: {p}" for p in problems], path=path)
@@ -81,6 +78,13 @@ def parse_effort(value: object) -> float:
     """0.05–1.0, or a percentage (1 < value <= 100), or a string like "60%" (engine.validation)."""
     try:
         return validation.parse_effort(value)
+    except validation.SettingError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _checked(rule: Any, value: object, name: str) -> Any:
+    try:
+        return rule(value, name)
     except validation.SettingError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -104,6 +108,7 @@ _TOP_LEVEL = {
     "theme": lambda v: _nonempty(_string(v, "theme"), "theme"),
     "system_prompt": lambda v: _string(v, "system_prompt"),
     "export_dir": lambda v: _string(v, "export_dir"),
+    "model_dirs": lambda v: tuple(_checked(validation.folder_list, v, "model_dirs")),
 }
 
 _SAMPLING = {key: (lambda v, key=key: _sampling(key, v)) for key in validation.SAMPLING_RULES}
@@ -213,6 +218,8 @@ def dumps(config: Config) -> str:
         f"system_prompt = {toml_value(config.system_prompt)}",
         "# Where ctrl+e writes Markdown exports (\"\" = the exports folder in the data directory).",
         f"export_dir = {toml_value(config.export_dir)}",
+        "# More folders where \"Model: switch…\" and `effort models` look for GGUF files.",
+        f"model_dirs = {toml_value(list(config.model_dirs))}",
     ]
     top_extra = {k: v for k, v in config.extra.items() if not isinstance(v, dict)}
     table_extra = {k: v for k, v in config.extra.items() if isinstance(v, dict) and k not in ("sampling", "keymap")}
@@ -260,7 +267,7 @@ def save_config(path: Path, config: Config) -> None:
     with every unknown key the file had, exactly as it was."""
     try:
         text = dumps(config)
-        parsed = tomllib.loads(text)
+        parsed = toml.loads(text)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot write the settings without changing them ({exc})") from None
     for key, value in config.extra.items():

@@ -4,8 +4,7 @@ A message is committed as soon as it exists (the user's when it is sent, the
 answer when it finishes), so a killed app loses at most the answer in flight.
 `HistoryStore(None)` keeps everything in memory (``--no-history``).
 
-Conversations are private: the folder is made 0700 and the database, its -wal and -shm,
-and any .damaged-* or .unsaved-* copy 0600 (an existing folder or file is tightened too).
+Conversations are private (0700 folder, 0600 files: `effort_tui.history_file`).
 
 Runs on the UI thread: every call is one small statement and one commit, and
 WAL with ``synchronous=NORMAL`` makes a commit an append to the log.
@@ -14,35 +13,14 @@ WAL with ``synchronous=NORMAL`` makes a commit an append to the log.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
-    id INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
-    model TEXT NOT NULL DEFAULT '',
-    system_prompt TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
-    role TEXT NOT NULL,
-    content TEXT NOT NULL,
-    created REAL NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
-"""
-
+from effort_tui.history_file import (
+    BUSY_TIMEOUT_S, connect, is_damaged, is_locked, load_meta, make_folder, move_aside, one_line, write_unsaved,
+)
 
 @dataclass(frozen=True)
 class StoredMessage:
@@ -70,33 +48,7 @@ def title_from(text: str, limit: int = 60) -> str:
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
-BUSY_TIMEOUT_S = 1.0  # how long a write waits for another process's lock (on the UI thread)
 RETRY_TIMEOUT_S = 0.05  # the same while earlier writes are waiting in memory
-
-
-PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
-
-
-def _private(path: Path, mode: int = PRIVATE_FILE) -> None:
-    """Make `path` (if it exists) readable by its owner only."""
-    try:
-        os.chmod(path, mode)
-    except FileNotFoundError:
-        pass
-    except OSError:  # not ours to change (another user's folder): leave it
-        pass
-
-
-def _locked(exc: BaseException) -> bool:
-    """A database error that means another program holds the file (as opposed to damage)."""
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def _damaged(exc: BaseException) -> bool:
-    """A database error that means the file is damaged (as opposed to locked or busy)."""
-    text = str(exc).lower()
-    return any(w in text for w in ("malformed", "not a database", "disk image", "quick_check", "encrypted"))
 
 
 class HistoryStore:
@@ -121,93 +73,42 @@ class HistoryStore:
         self._ids: dict[int, int] = {}  # provisional id -> id in the database
         self._next_provisional = -1
         self._recovered = False
-        self._deferred = False  # the file was locked at start: not opened yet
-        if path is None:
-            self._db = self._memory()
-        else:
-            path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-            _private(path.parent, PRIVATE_DIR)
-            try:
-                self._db = self._open(path)
-            except sqlite3.DatabaseError as exc:
-                if _locked(exc):
-                    self._db = self._memory()
-                    self._deferred = True
-                    self._notice(
-                        f"{path.name} is locked by another program; your messages are kept in memory and "
-                        "saved once it is free"
-                    )
-                    return
-                if not _damaged(exc):
-                    raise
-                aside = self._move_aside(exc)
-                self._db = self._open(path)
-                self._notice(f"{path.name} was damaged ({_one_line(exc)}); kept as {aside.name}, a fresh history started")
+        self._deferred = path is not None  # the file is not open yet (at start, or locked at start)
+        self._db = connect(None)  # until it is (and for good with no path)
+        if path is not None:
+            make_folder(path.parent)
+            if not self._connect(BUSY_TIMEOUT_S, at_start=True):
+                self._notice(f"{path.name} is locked by another program; your messages are kept in memory "
+                             "and saved once it is free")
 
-    def _memory(self) -> sqlite3.Connection:
-        db = sqlite3.connect(":memory:")
-        self._setup(db)
-        return db
-
-    def _connect(self, timeout: float) -> bool:
-        """Open the file that was locked at start, if it is free now; True once it is open."""
+    def _connect(self, timeout: float, at_start: bool = False) -> bool:
+        """Open the file if it is not open yet (at start; later, once a lock held at start is gone);
+        True once it is open. At start a damaged file is moved aside for a fresh one, and any other
+        trouble than a lock raises (the app then keeps the history in memory)."""
         if not self._deferred:
             return True
         assert self.path is not None
         try:
-            db = self._open(self.path, timeout)
+            db = connect(self.path, timeout)
         except sqlite3.DatabaseError as exc:
-            if not _damaged(exc):
-                return False  # still locked
-            aside = self._move_aside(exc)
-            db = self._open(self.path, timeout)
-            self._notice(f"{self.path.name} was damaged ({_one_line(exc)}); kept as {aside.name}, a fresh history started")
-        except RuntimeError:  # written by a newer version meanwhile: keep everything in memory
+            if not is_damaged(exc):
+                if at_start and not is_locked(exc):
+                    raise
+                return False  # locked: everything stays in memory until it is free
+            aside = move_aside(self.path)
+            db = connect(self.path, timeout)
+            self._notice(f"{self.path.name} was damaged ({one_line(exc)}); kept as {aside.name}, a fresh history started")
+        except RuntimeError:  # written by a newer version (meanwhile): at start the app's to report
+            if at_start:
+                raise
             return False
         self._db.close()
-        self._db = db
-        self._deferred = False
+        self._db, self._deferred = db, False
         return True
-
-    def _open(self, path: Path, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
-        if not path.exists():  # created private; SQLite gives its -wal and -shm the same mode
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
-        for suffix in ("", "-wal", "-shm"):
-            _private(path.with_name(path.name + suffix))
-        db = sqlite3.connect(str(path), timeout=timeout)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
-            self._setup(db)
-        except Exception:
-            db.close()
-            raise
-        return db
-
-    def _setup(self, db: sqlite3.Connection) -> None:
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys=ON")
-        self._migrate(db)
 
     @property
     def persistent(self) -> bool:
         return self.path is not None
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} was written by a newer Effort Engine (schema {version}); "
-                "upgrade, or move the file away"
-            )
-        if version == SCHEMA_VERSION:  # nothing to write: a file another program holds still opens
-            return
-        with db:
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- trouble -------------------------------------------------------------------------------
 
@@ -217,35 +118,19 @@ class HistoryStore:
         else:
             self.problems.append(text)
 
-    def _move_aside(self, exc: BaseException) -> Path:
-        """Rename the damaged file (and its -wal/-shm) to <name>.damaged-<time>; returns the new name."""
-        assert self.path is not None
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = self.path.with_name(self.path.name + suffix)
-            if src.exists():
-                os.replace(src, aside.with_name(aside.name + suffix))
-                _private(aside.with_name(aside.name + suffix))
-        return aside
-
     def _trouble(self, exc: sqlite3.DatabaseError) -> None:
         """A write or read failed: start a fresh file if this one is damaged."""
-        if self.path is None or not _damaged(exc):
+        if self.path is None or not is_damaged(exc):
             return
         try:
             self._db.close()
         except sqlite3.Error:
             pass
-        aside = self._move_aside(exc)
-        self._db = self._open(self.path)
+        aside = move_aside(self.path)
+        self._db = connect(self.path)
         self._recovered = True
         self._notice(
-            f"{self.path.name} is damaged ({_one_line(exc)}); kept as {aside.name}. A fresh history "
+            f"{self.path.name} is damaged ({one_line(exc)}); kept as {aside.name}. A fresh history "
             "was started; this conversation is saved there"
         )
 
@@ -304,7 +189,7 @@ class HistoryStore:
                     real = self._apply(op)
                 except sqlite3.DatabaseError as exc:
                     self._trouble(exc)
-                    if not _damaged(exc):
+                    if not is_damaged(exc):
                         return
                     continue  # a fresh file now: try again there
                 if op[0] in ("conv", "msg") and op[1] is not None:
@@ -321,13 +206,13 @@ class HistoryStore:
                 return self._apply(op)
             except sqlite3.DatabaseError as exc:
                 self._trouble(exc)
-                if _damaged(exc):
+                if is_damaged(exc):
                     try:
                         return self._apply(op)  # on the fresh file
                     except sqlite3.DatabaseError:
                         pass
                 self._notice(
-                    f"the history file is busy or unwritable ({_one_line(exc)}); your messages are kept "
+                    f"the history file is busy or unwritable ({one_line(exc)}); your messages are kept "
                     "in memory and saved once it can be written"
                 )
         provisional = None
@@ -383,8 +268,8 @@ class HistoryStore:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             self._trouble(exc)
-            if not _damaged(exc):
-                self._notice(f"cannot read the history ({_one_line(exc)})")
+            if not is_damaged(exc):
+                self._notice(f"cannot read the history ({one_line(exc)})")
             return []
 
     def _pending_conversation(self, conversation_id: int) -> list[Any] | None:
@@ -426,12 +311,12 @@ class HistoryStore:
             (self._real(conversation_id),),
         )
         out = [
-            StoredMessage(r["id"], conversation_id, r["role"], r["content"], r["created"], _load_meta(r["meta"]))
+            StoredMessage(r["id"], conversation_id, r["role"], r["content"], r["created"], load_meta(r["meta"]))
             for r in rows
         ]
         for op in self._pending:
             if op[0] == "msg" and self._real(op[2]) == self._real(conversation_id):
-                out.append(StoredMessage(op[1], conversation_id, op[3], op[4], op[6], _load_meta(op[5])))
+                out.append(StoredMessage(op[1], conversation_id, op[3], op[4], op[6], load_meta(op[5])))
         return out
 
     def prompt_history(self, limit: int = 200) -> list[str]:
@@ -452,25 +337,8 @@ class HistoryStore:
             except sqlite3.Error:
                 pass
         if self._pending and self.path is not None:
-            dump = self.path.with_name(f"{self.path.name}.unsaved-{time.strftime('%Y%m%d-%H%M%S')}.json")
-            try:
-                with os.fdopen(os.open(dump, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE), "w", encoding="utf-8") as f:
-                    f.write(json.dumps(self._pending, ensure_ascii=False, indent=1))
-            except OSError:
-                pass
+            write_unsaved(self.path, self._pending)
         try:
             self._db.close()
         except sqlite3.Error:
             pass
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _load_meta(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -12,9 +12,9 @@ from typing import Literal
 
 from textual.binding import Binding
 
-Scope = Literal["app", "chat", "prompt", "conversations", "help"]
+Scope = Literal["app", "chat", "prompt", "conversations", "models", "help"]
 
-EFFORT_STEP_POINTS = 5
+EFFORT_STEP = 0.05  # what effort.up / effort.down add, as the engine takes it (a share, not points)
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,12 @@ class BindingSpec:
 
 
 def _alt_digit(digit: int) -> BindingSpec:
-    percent = 100 if digit == 0 else digit * 10
+    effort = 1.0 if digit == 0 else digit / 10
+    percent = round(effort * 100)
     return BindingSpec(
         f"effort.set_{percent}",
         f"alt+{digit}",
-        f"effort_set({percent})",
+        f"effort_set({effort})",
         f"{percent}%",
         f"Set the effort to {percent}%",
         "chat",
@@ -56,15 +57,15 @@ SPECS: tuple[BindingSpec, ...] = (
     ),  # the footer shows the palette key on its own
     BindingSpec("app.toggle_theme", "ctrl+t", "toggle_theme", "Theme", "Switch between the dark and light theme", "app", show=False),
     # The chat screen (active while the prompt box has focus, and while the model answers).
-    BindingSpec("effort.up", "ctrl+up,f8", f"effort_step({EFFORT_STEP_POINTS})", "Effort+", f"Raise the effort by {EFFORT_STEP_POINTS} points", "chat", key_display="^↑/F8"),
-    BindingSpec("effort.down", "ctrl+down,f7", f"effort_step({-EFFORT_STEP_POINTS})", "Effort-", f"Lower the effort by {EFFORT_STEP_POINTS} points", "chat", key_display="^↓/F7"),
+    BindingSpec("effort.up", "ctrl+up,f8", f"effort_step({EFFORT_STEP})", "Effort+", f"Raise the effort by {round(EFFORT_STEP * 100)} points", "chat", key_display="^↑/F8"),
+    BindingSpec("effort.down", "ctrl+down,f7", f"effort_step({-EFFORT_STEP})", "Effort-", f"Lower the effort by {round(EFFORT_STEP * 100)} points", "chat", key_display="^↓/F7"),
     *(_alt_digit(d) for d in (1, 2, 3, 4, 5, 6, 7, 8, 9, 0)),
     BindingSpec("chat.stop", "escape", "stop", "Stop", "Stop the answer", "chat"),
     BindingSpec("chat.new", "ctrl+n", "new_chat", "New", "Start a new chat", "chat"),
     BindingSpec("chat.regenerate", "ctrl+r", "regenerate", "Regenerate", "Answer the last message again", "chat", show=False),
     BindingSpec("chat.export", "ctrl+e", "export", "Export", "Export the chat as a Markdown file", "chat", show=False),
     BindingSpec("chat.conversations", "ctrl+b", "conversations", "Chats", "Open the conversation list", "chat"),
-    BindingSpec("chat.greedy", "ctrl+g", "toggle_greedy", "Greedy", "Switch between greedy decoding and the sampling defaults", "chat", show=False),
+    BindingSpec("chat.greedy", "ctrl+g", "toggle_greedy", "Greedy", "Greedy decoding on / off", "chat", show=False),
     BindingSpec("chat.copy", "ctrl+o", "copy_answer", "Copy", "Copy the last answer to the clipboard (OSC 52)", "chat", show=False),
     BindingSpec("chat.page_up", "pageup", "scroll_chat('page_up')", "Page up", "Scroll the chat up a page", "chat", show=False),
     BindingSpec("chat.page_down", "pagedown", "scroll_chat('page_down')", "Page down", "Scroll the chat down a page", "chat", show=False),
@@ -83,6 +84,8 @@ SPECS: tuple[BindingSpec, ...] = (
     BindingSpec("conversations.open", "enter", "open", "Open", "Open the selected conversation", "conversations"),
     BindingSpec("conversations.delete", "delete,ctrl+d", "delete", "Delete", "Delete the selected conversation", "conversations"),
     BindingSpec("conversations.close", "escape,ctrl+b", "close", "Close", "Close the list", "conversations"),
+    # The model picker.
+    BindingSpec("models.close", "escape", "close", "Close", "Close the model picker (the loaded model stays)", "models"),
     # The help screen.
     BindingSpec("help.close", "escape,f1", "close", "Close", "Close the help", "help"),
 )
@@ -94,6 +97,7 @@ SCOPE_TITLES: dict[Scope, str] = {
     "chat": "Chat",
     "prompt": "Prompt box",
     "conversations": "Conversation list",
+    "models": "Model picker",
     "help": "Help",
 }
 

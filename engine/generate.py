@@ -1,4 +1,5 @@
-"""The token loop: dense prefill, then one decode step per token at the effort in force.
+"""The token loop: dense prefill, then one decode step per token at the effort in force, or, in the
+dial's lossless mode, draft-and-verify cycles (`engine.speculative`) that emit full effort's tokens.
 
 `Generator` keeps the KV cache between calls and reuses the longest common
 prefix of the previous and the new prompt, so a chat that resends its whole
@@ -19,6 +20,7 @@ from engine.events import GenerationResult, LoadProgress, TokenEvent
 from engine.model.diagnose import require_finite
 from engine.runtime.base import Runtime, check_tokens
 from engine.sampler import Sampler
+from engine.speculative import DraftPolicy, SpeculativeDecoder
 
 
 # A prompt is prefilled in chunks sized to take about PREFILL_CHUNK_S each, so that a stop request
@@ -40,6 +42,7 @@ class Generator:
         self.stop_ids = stop_ids
         self.stream_factory = stream_factory  # () -> StreamDecoder
         self._cached: list[int] = []  # token ids whose K/V are in the runtime's cache
+        self.draft_policy: Callable[[], DraftPolicy] = DraftPolicy  # lossless mode's, made fresh for each answer
 
     def _finish(
         self, token: int, count: int, max_tokens: int, cancel: threading.Event | None, limit: int
@@ -106,6 +109,9 @@ class Generator:
         finish: str | None = None
         step_s, eff_req, eff_real = ttft, 1.0, 1.0
         last = now
+        speculative = SpeculativeDecoder(self.runtime, sampler, self.stop_ids, self.draft_policy())
+        cycle_stats = None  # the speculative figures as of the cycle that made `token` (None: a plain step)
+        ahead: list[int] = []  # tokens a speculative cycle made after `token`, emitted one per turn
         while True:
             generated.append(token)
             efforts.append(eff_req)
@@ -123,7 +129,7 @@ class Generator:
                         text=delta, token_id=token, step_s=step_s, effort=eff_req,
                         effective_effort=eff_real, index=len(generated), prompt_tokens=len(prompt_ids),
                         prompt_tps=prompt_tps, ttft_s=ttft, context_used=len(self._cached), context_limit=limit,
-                        prompt_cached=keep,
+                        prompt_cached=keep, speculative=cycle_stats,
                     )
                 )
             if finish is None and cancel is not None and cancel.is_set():
@@ -131,13 +137,25 @@ class Generator:
                 text_parts.append(decoder.flush())
             if finish is not None:
                 break
-            eff_req = effort.get()
-            logits, eff_real = self.runtime.step(token, eff_req)
+            if not ahead and effort.lossless:
+                # lossless: the next tokens are full effort's; the cycle leaves `token` and all but the
+                # last of them in the cache (never more than max_tokens or the context allows)
+                room = min(sampling.max_tokens - len(generated), limit - len(self._cached))
+                ahead = speculative.cycle(token, self._cached, room, cancel).tokens
+                eff_req = eff_real = 1.0
+                cycle_stats = speculative.stats()
+            elif not ahead:
+                eff_req = effort.get()
+                logits, eff_real = self.runtime.step(token, eff_req)
+                require_finite(logits, f"at token {len(generated) + 1} of the answer", [*self._cached, token])
+                ahead = [sampler(logits)]
+                cycle_stats = None
             self._cached.append(token)
-            require_finite(logits, f"at token {len(generated) + 1} of the answer", self._cached)
-            token = sampler(logits)
+            token = ahead.pop(0)
             now = time.perf_counter()
             step_s, last = now - last, now
+        if ahead:  # a speculative cycle's tokens past a stop, max_tokens or cancel: not the answer's
+            self.runtime.reset(len(self._cached))
         decode_time = sum(steps[1:])
         decode_tps = (len(steps) - 1) / decode_time if decode_time > 0 else 0.0
         return GenerationResult(
@@ -145,7 +163,7 @@ class Generator:
             prompt_tokens=len(prompt_ids), generated_tokens=len(generated), prompt_tps=prompt_tps,
             decode_tps=decode_tps, ttft_s=ttft, finish_reason=finish, effort_trace=efforts,
             effective_trace=effective, step_trace=steps, peak_memory_bytes=self.runtime.peak_memory(),
-            prompt_cached=keep,
+            prompt_cached=keep, speculative=speculative.stats(),
         )
 
     def _prefill(

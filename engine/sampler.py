@@ -17,7 +17,7 @@ import json
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -110,43 +110,84 @@ def apply_repetition_penalty(logits: np.ndarray, recent: Iterable[int], penalty:
     return out
 
 
+def token_distribution(
+    logits: np.ndarray, settings: SamplingSettings, recent: Iterable[int] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """The final distribution of the next token: (ids, probabilities), ids by descending probability,
+    probabilities summing to 1; every other token has probability 0. Greedy is the argmax alone.
+
+    The one definition of what `settings` do to logits: the plain sampler draws from it, and
+    speculative decoding (`engine.speculative`) compares two of them, the draft's and full effort's,
+    so its output keeps exactly this distribution. `recent`: the tokens the repetition penalty sees
+    (already cut to the window)."""
+    s = settings
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if s.temperature <= 0.0:
+        return np.array([int(np.argmax(logits))]), np.ones(1)
+    if s.repetition_penalty != 1.0 and s.repetition_window > 0:
+        logits = apply_repetition_penalty(logits, recent, s.repetition_penalty)
+    logits = logits / s.temperature
+    candidates = np.arange(logits.size)
+    if 0 < s.top_k < logits.size:
+        candidates = np.argpartition(-logits, s.top_k - 1)[: s.top_k]
+    if 0.0 < s.min_p < 1.0:
+        # min-p drops every token below min_p x the top one's probability, so sort only those near
+        # the top (a margin above rounding; the exact test below decides): one vocabulary-sized sort
+        # per token was the sampler's largest cost
+        top = logits[candidates].max()
+        candidates = candidates[logits[candidates] >= top + np.log(s.min_p) - 1e-6]
+    order = candidates[np.argsort(-logits[candidates], kind="stable")]
+    probs = np.exp(logits[order] - logits[order[0]])
+    probs /= probs.sum()
+    if 0.0 < s.min_p < 1.0:
+        # keep the tokens at least min_p times as likely as the top one (the top one always)
+        keep = max(1, int(np.count_nonzero(probs >= s.min_p * probs[0])))
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    if s.top_p < 1.0:
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        keep = int(np.searchsorted(np.cumsum(probs), s.top_p) + 1)
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    return order, probs
+
+
 class Sampler:
     """Call with each step's logits; it remembers what it chose (and the prompt given) for the
-    repetition penalty."""
+    repetition penalty. Speculative decoding uses its parts: `distribution` with drafted tokens
+    not yet accepted, `draw`, and `record` for the tokens it accepts."""
 
     def __init__(self, settings: SamplingSettings, context: Iterable[int] = ()) -> None:
         self.settings = settings
         self._rng = np.random.default_rng(settings.seed)
-        self._recent: deque[int] = deque(context, maxlen=max(0, settings.repetition_window) or None)
-        if settings.repetition_window <= 0:
+        self._window = max(0, settings.repetition_window)
+        self._recent: deque[int] = deque(context, maxlen=self._window or None)
+        if self._window == 0:
             self._recent.clear()
 
+    @property
+    def rng(self) -> np.random.Generator:
+        """The one random stream of this answer (seeded by `settings.seed`)."""
+        return self._rng
+
     def __call__(self, logits: np.ndarray) -> int:
-        token = self._choose(logits)
-        if self.settings.repetition_window > 0:
-            self._recent.append(token)
+        token = self.draw(*self.distribution(logits))
+        self.record([token])
         return token
 
-    def _choose(self, logits: np.ndarray) -> int:
-        s = self.settings
-        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
-        if s.temperature <= 0.0:
-            return int(np.argmax(logits))
-        if s.repetition_penalty != 1.0 and s.repetition_window > 0:
-            logits = apply_repetition_penalty(logits, self._recent, s.repetition_penalty)
-        logits = logits / s.temperature
-        candidates = np.arange(logits.size)
-        if 0 < s.top_k < logits.size:
-            candidates = np.argpartition(-logits, s.top_k - 1)[: s.top_k]
-        order = candidates[np.argsort(-logits[candidates], kind="stable")]
-        probs = np.exp(logits[order] - logits[order[0]])
-        probs /= probs.sum()
-        if 0.0 < s.min_p < 1.0:
-            # keep the tokens at least min_p times as likely as the top one (the top one always)
-            keep = max(1, int(np.count_nonzero(probs >= s.min_p * probs[0])))
-            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-        if s.top_p < 1.0:
-            # keep the smallest prefix whose mass reaches top_p (always at least one token)
-            keep = int(np.searchsorted(np.cumsum(probs), s.top_p) + 1)
-            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-        return int(order[self._rng.choice(order.size, p=probs)])
+    def distribution(self, logits: np.ndarray, pending: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """`token_distribution` after the tokens chosen so far and then `pending` (drafted, not yet
+        accepted: the penalty sees them as the plain sampler would if they were)."""
+        recent: Iterable[int] = self._recent
+        if pending and self._window:
+            recent = [*self._recent, *pending][-self._window :]
+        return token_distribution(logits, self.settings, recent)
+
+    def draw(self, ids: np.ndarray, probs: np.ndarray) -> int:
+        """One token from a distribution; greedy takes the first without touching the random stream."""
+        if self.settings.greedy:
+            return int(ids[0])
+        return int(ids[self._rng.choice(ids.size, p=probs)])
+
+    def record(self, tokens: Iterable[int]) -> None:
+        """Tokens that are now part of the answer (the repetition penalty looks back over them)."""
+        if self._window:
+            self._recent.extend(tokens)

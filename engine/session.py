@@ -151,7 +151,7 @@ def load(
         effort_cap=converted.effort_cap if converted else 1.0,
         resident_bytes=resident_bytes(model, converted, run),
         sampling=model_sampling(files),
-        quality=quality.load(files.fingerprint) if converted else (),
+        quality=quality.load(files.fingerprint, run.strategies[0]) if converted else (),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
     return LoadedModel(info, files, model, run, files.tokenizer, generator, converted)
@@ -189,7 +189,7 @@ def load_cpu(spec: str | None, files: ModelFiles, progress: ProgressFn, effort: 
         backend=be.name, device=f"{be.device} · {native.library().ee_isa().decode()} kernels",
         context_limit=context, parameters=files.parameters, effort_cap=1.0,
         resident_bytes=planes.nbytes(), sampling=model_sampling(files),
-        quality=quality.load(files.fingerprint),
+        quality=quality.load(files.fingerprint, run.strategies[0]),
     )
     generator = Generator(run, files.tokenizer.stop_ids, files.tokenizer.stream)
     return LoadedModel(info, files, None, run, files.tokenizer, generator, None, pending)

@@ -8,9 +8,10 @@ Each check raises `SettingError` (a ValueError) whose message is one line naming
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-MIN_EFFORT = 0.05  # also engine.api.MIN_EFFORT
+MIN_EFFORT = 0.05  # the lowest effort anything accepts (the dial, flags, settings)
 
 
 class SettingError(ValueError):
@@ -40,59 +41,72 @@ def parse_effort(value: object) -> float:
     return round(min(number, 1.0), 4)
 
 
-def number(
-    value: object,
-    name: str,
-    *,
-    integer: bool = False,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> Any:
-    """`value` (a number, or the text of one as typed on the command line) checked against
-    [low, high] (`low_open`: (low, high]); NaN and infinities are always refused."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            kind = "a whole number" if integer else "a number"
-            raise SettingError(f"{name} must be {kind}, not {text!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SettingError(f"{name} must be a number, not {value!r}")
-    if integer and not isinstance(value, int):
-        raise SettingError(f"{name} must be a whole number, not {value!r}")
-    bad = isinstance(value, float) and not math.isfinite(value)
-    if low is not None and (value <= low if low_open else value < low):
-        bad = True
-    if high is not None and value > high:
-        bad = True
-    if bad:
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number must lie in: [low, high], or (low, high] with `low_open`; `integer`:
+    a whole number. NaN and infinities are always refused."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+
+    def text(self) -> str:
+        """e.g. "in (0, 1]", ">= 1" (what the error message and the chat's question show)."""
         fmt = lambda x: f"{x:,}" if isinstance(x, int) else f"{x:g}"  # noqa: E731
-        if high is None:
-            bounds = f"{'>' if low_open else '>='} {fmt(low)}" if low is not None else "finite"
-        else:
-            bounds = f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}]" if low is not None else f"<= {fmt(high)}"
-        raise SettingError(f"{name} must be {bounds}, not {value!r}")
-    return int(value) if integer else float(value)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {fmt(self.low)}" if self.low is not None else "finite"
+        if self.low is None:
+            return f"<= {fmt(self.high)}"
+        return f"in {'(' if self.low_open else '['}{fmt(self.low)}, {fmt(self.high)}]"
+
+    def check(self, value: object, name: str) -> Any:
+        """`value` (a number, or the text of one as typed on the command line) within these bounds."""
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text) if self.integer else float(text)
+            except ValueError:
+                kind = "a whole number" if self.integer else "a number"
+                raise SettingError(f"{name} must be {kind}, not {text!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingError(f"{name} must be a number, not {value!r}")
+        if self.integer and not isinstance(value, int):
+            raise SettingError(f"{name} must be a whole number, not {value!r}")
+        bad = isinstance(value, float) and not math.isfinite(value)
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            bad = True
+        if self.high is not None and value > self.high:
+            bad = True
+        if bad:
+            raise SettingError(f"{name} must be {self.text()}, not {value!r}")
+        return int(value) if self.integer else float(value)
 
 
-# name -> check; the same rules for `--top-p 0.9` and `[sampling] top_p = 0.9`
-SAMPLING_RULES = {
-    "temperature": lambda v, name="temperature": number(v, name, low=0.0, high=10.0),
-    "top_p": lambda v, name="top_p": number(v, name, low=0.0, high=1.0, low_open=True),
-    "top_k": lambda v, name="top_k": number(v, name, integer=True, low=0),
-    "max_tokens": lambda v, name="max_tokens": number(v, name, integer=True, low=1),
-    "seed": lambda v, name="seed": number(v, name, integer=True, low=0, high=2**63 - 1),
-    "min_p": lambda v, name="min_p": number(v, name, low=0.0, high=0.99),
-    "repetition_penalty": lambda v, name="repetition_penalty": number(v, name, low=0.5, high=3.0),
-    "repetition_window": lambda v, name="repetition_window": number(v, name, integer=True, low=0),
+# name -> bounds; the same rules for `--top-p 0.9`, `[sampling] top_p = 0.9` and the chat's palette
+SAMPLING_RULES: dict[str, Bounds] = {
+    "temperature": Bounds(0.0, 10.0),
+    "top_p": Bounds(0.0, 1.0, low_open=True),
+    "top_k": Bounds(0, integer=True),
+    "max_tokens": Bounds(1, integer=True),
+    "seed": Bounds(0, 2**63 - 1, integer=True),
+    "min_p": Bounds(0.0, 0.99),
+    "repetition_penalty": Bounds(0.5, 3.0),
+    "repetition_window": Bounds(0, integer=True),
 }
 
 
 def check_sampling(key: str, value: object, name: str | None = None) -> Any:
     """One sampling setting (`key` as in SAMPLING_RULES), reported under `name`."""
-    return SAMPLING_RULES[key](value, name or key)
+    return SAMPLING_RULES[key].check(value, name or key)
+
+
+def folder_list(value: object, name: str) -> list[str]:
+    """Folders given as a list of paths (or one path as a string); "~" is the home folder."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise SettingError(f"{name} must be a list of folders like [\"~/models\"], not {value!r}")
+    return [v.strip() for v in items]
 
 
 def text_value(value: str, name: str) -> str:

@@ -6,9 +6,10 @@ in submission order; a cancel takes effect before the next token.
 
 A model that has never been converted loads dense on the native CPU path and is
 usable at once; its effort conversion and calibration (a minute or more) run in
-a child process (`effort convert`, so MLX work never shares this thread), and
-the worker attaches the result between jobs. Until then every token is dense;
-the front end hears LoadProgress("effort", ...) as it goes.
+a child process (`engine.conversion_child`, so MLX work never shares this thread),
+and the worker attaches the result between jobs. Until then every token is dense;
+the front end hears LoadProgress("effort", ...) with the child's own progress as it
+goes, then "effort-ready" or "effort-failed".
 """
 
 from __future__ import annotations
@@ -23,8 +24,17 @@ import traceback
 from typing import IO, Callable
 
 from engine.api import ChatRequest, EffortSetting, ModelInfo
+from engine.conversion_child import read_progress
 from engine.errors import EngineError, os_error_message
 from engine.events import GenerationResult, LoadProgress, TokenEvent
+
+ProgressFn = Callable[[LoadProgress], None]
+
+# what the conversion child is doing, as the chat says it: its LoadProgress stages
+CONVERSION_STEPS = {
+    "read": "reading the model", "load": "reading the model", "verify": "checking the model",
+    "convert": "laying out the weights", "calibrate": "calibrating",
+}
 
 
 class _Handle:
@@ -45,25 +55,67 @@ class _Handle:
         return self.result
 
 
-def failed_result(request_ids: list[int], message: str) -> GenerationResult:
-    return GenerationResult(
-        text="", token_ids=[], prompt_token_ids=request_ids, prompt_tokens=len(request_ids),
-        generated_tokens=0, prompt_tps=0.0, decode_tps=0.0, ttft_s=0.0, finish_reason="error", error=message,
-    )
+class _Conversion:
+    """The conversion child of the model loaded dense, and what it has said so far."""
 
+    def __init__(self, model_path: str, on_progress: ProgressFn) -> None:
+        # temporary files, not pipes: a pipe could fill up while this thread decodes and stall the child
+        self.out: IO[bytes] = tempfile.TemporaryFile()
+        self.err: IO[bytes] = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.conversion_child", model_path],
+            stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err,
+        )
+        self.on_progress = on_progress
+        self.started = time.monotonic()
+        self.error: str | None = None
+        self._read = 0
 
-EFFORT_PREPARE_S = 75  # what a first conversion + calibration of SmolLM2 takes on 2 cores (measured 67 s)
+    def report(self) -> None:
+        """Pass on the child's latest progress (lines written since the last look)."""
+        self.out.seek(self._read)
+        data = self.out.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._read += len(complete)
+        latest: LoadProgress | None = None
+        for line in complete.decode("utf-8", "replace").splitlines():
+            item = read_progress(line)
+            if isinstance(item, str):
+                self.error = item
+            elif item is not None and item.stage in CONVERSION_STEPS:
+                latest = item
+        if latest is not None:
+            self.on_progress(LoadProgress("effort", latest.done, latest.total, latest.unit, CONVERSION_STEPS[latest.stage]))
+
+    def failure(self) -> str:
+        """Why the child failed, in one line."""
+        if self.error:
+            return self.error
+        self.err.seek(0)
+        lines = [ln for ln in self.err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        return lines[-1] if lines else f"the conversion exited with {self.proc.returncode}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # its cache write is atomic: nothing half-written stays
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.out.close()
+        self.err.close()
 
 
 class EngineWorker:
-    """The real `ChatEngine`."""
+    """The real `ChatEngine`. Its effort dial starts at 1.0; the front end sets the starting effort."""
 
-    def __init__(self, effort: float = 1.0, debug: bool = False, load_ranks: int | None = None) -> None:
-        self.effort = EffortSetting(effort)
+    def __init__(self, debug: bool = False, load_ranks: int | None = None) -> None:
+        self.effort = EffortSetting()
         self.debug = debug
         self.load_ranks = load_ranks
         self.loaded = None  # engine.session.LoadedModel once a load succeeded
-        self._conversion: tuple[subprocess.Popen, IO[bytes], float, Callable[[LoadProgress], None]] | None = None
+        self._conversion: _Conversion | None = None
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="effort-engine", daemon=True)
         self._thread.start()
@@ -83,32 +135,19 @@ class EngineWorker:
 
     # -- the effort conversion of a model loaded dense ------------------------------------------
 
-    def _start_conversion(self, on_progress: Callable[[LoadProgress], None]) -> None:
-        path = str(self.loaded.files.path)
-        log = tempfile.TemporaryFile()  # a pipe could fill up with progress lines and stall the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "convert", "--model", path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-        )
-        self._conversion = (proc, log, time.monotonic(), on_progress)
-        on_progress(LoadProgress("effort", 0, EFFORT_PREPARE_S, "s", "preparing the effort dial in the background"))
-
     def _poll_conversion(self) -> None:
-        if self._conversion is None:
+        conversion = self._conversion
+        if conversion is None:
             return
-        proc, log, started, on_progress = self._conversion
-        elapsed = time.monotonic() - started
-        if proc.poll() is None:
-            on_progress(LoadProgress("effort", min(elapsed, EFFORT_PREPARE_S - 1), EFFORT_PREPARE_S, "s",
-                                     "preparing the effort dial in the background"))
+        running = conversion.proc.poll() is None
+        conversion.report()
+        if running:
             return
         self._conversion = None
-        log.seek(0)
-        lines = [ln for ln in log.read().decode("utf-8", "replace").replace("\r", "\n").splitlines() if ln.strip()]
-        log.close()
+        elapsed = time.monotonic() - conversion.started
         try:
-            if proc.returncode != 0:
-                raise EngineError(lines[-1] if lines else f"effort convert exited with {proc.returncode}")
+            if conversion.proc.returncode != 0:
+                raise EngineError(conversion.failure())
             from engine.effort.planes import calibrate
 
             allocation = calibrate.load(self.loaded.files)
@@ -117,19 +156,15 @@ class EngineWorker:
             self.loaded.runtime.attach(allocation)
             self.loaded.effort_pending = False
         except Exception as exc:  # noqa: BLE001 - the chat goes on dense
-            on_progress(LoadProgress("effort", 0, 0, "failed", f"the effort dial is unavailable: {self._explain(exc)}"))
+            conversion.on_progress(LoadProgress("effort-failed", 0, 0, "", f"the effort dial is unavailable: {self._explain(exc)}"))
             return
-        on_progress(LoadProgress("effort", 1, 1, "", f"the effort dial is ready ({elapsed:.0f} s)"))
+        finally:
+            conversion.stop()
+        conversion.on_progress(LoadProgress("effort-ready", 1, 1, "", f"the effort dial is ready ({elapsed:.0f} s)"))
 
     def _stop_conversion(self) -> None:
         if self._conversion is not None:
-            proc, log, _, _ = self._conversion
-            proc.terminate()  # its cache write is atomic: nothing half-written stays
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+            self._conversion.stop()
             self._conversion = None
 
     def _explain(self, exc: BaseException) -> str:
@@ -151,16 +186,17 @@ class EngineWorker:
             from engine import session  # imported here so constructing a worker stays cheap
 
             try:
-                self._stop_conversion()  # a conversion for the previous model
-                self.loaded = session.load(model, on_progress, load_ranks=self.load_ranks,
-                                           defer_effort=True)
+                loaded = session.load(model, on_progress, load_ranks=self.load_ranks, defer_effort=True)
             except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
-                on_done(None, self._explain(exc))
+                on_done(None, self._explain(exc))  # a model loaded before stays loaded
                 return
-            self.effort.set_cap(self.loaded.info.effort_cap)
-            if self.loaded.effort_pending:
-                self._start_conversion(on_progress)
-            on_done(self.loaded.info, None)
+            self._stop_conversion()  # the previous model's
+            self.loaded = loaded
+            self.effort.set_cap(loaded.info.effort_cap)
+            if loaded.effort_pending:
+                self._conversion = _Conversion(str(loaded.files.path), on_progress)
+                on_progress(LoadProgress("effort", 0, 0, "", "preparing the effort dial in the background"))
+            on_done(loaded.info, None)
 
         self._jobs.put(job)
 
@@ -184,6 +220,8 @@ class EngineWorker:
                 tok = self.loaded.tokenizer
                 if request.raw_prompt is not None:
                     ids = tok.encode(request.raw_prompt, add_bos=tok.add_bos, special=True)
+                elif request.answer_prefix:  # one text, so the prefix is split into tokens as the model would
+                    ids = tok.encode_chat(request.messages, answer_prefix=request.answer_prefix)
                 else:
                     ids = tok.encode_chat(request.messages)
                 with locating(self.loaded.files):
@@ -192,7 +230,7 @@ class EngineWorker:
                         on_prefill=on_prefill,
                     )
             except Exception as exc:  # noqa: BLE001
-                result = failed_result(ids, self._explain(exc))
+                result = GenerationResult.failed(self._explain(exc), ids)
             handle.finish(result)
             on_done(result)
 

@@ -9,6 +9,7 @@ import pytest
 
 from engine.cli import main
 from engine import session
+from engine.runtime import native
 from engine.api import EffortSetting, SamplingSettings
 from engine.effort.bucket import B
 from engine.effort.planes import calibrate, layout, store
@@ -144,8 +145,8 @@ def test_eval_scores_each_text_and_their_mean(tiny_gguf, cache, capsys, tmp_path
     code = main(["eval", "--model", str(tiny_gguf("F16")), "--text-file", str(fox), "--text-file", str(lorem),
                  "--tokens", "24", "--efforts", "1,0.5", "--json"])
     assert code == 0
-    out = capsys.readouterr().out
-    assert "text 'fox'" in out and "text 'lorem'" in out and "mean over 2 texts (fox, lorem)" in out
+    out, err = capsys.readouterr()  # with --json the tables go to stderr, stdout is the JSON alone
+    assert "text 'fox'" in err and "text 'lorem'" in err and "mean over 2 texts (fox, lorem)" in err
     record = json.loads(out.strip().splitlines()[-1])
     assert [t["name"] for t in record["texts"]] == ["fox", "lorem"]
     assert [t["tokens"] for t in record["texts"]] == [24, 24] and record["tokens"] == 48
@@ -171,8 +172,20 @@ def test_eval_default_texts_feed_the_chat_quality_table(tiny_gguf, cache, capsys
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [t["name"] for t in record["texts"]] == [p.stem for p in evaluate.default_texts()]
     mean = {r["effort"]: r["top1_agreement"] for r in record["mean"]}
-    table = dict(quality.load(session.load(str(model), runtime="cpu").files.fingerprint))
+    table = dict(quality.load(session.load(str(model), runtime="cpu").files.fingerprint, "planes"))
+    assert quality.load(session.load(str(model), runtime="cpu").files.fingerprint, "bucket") == ()  # MLX's dial
     assert table[0.5] == pytest.approx(mean[0.5], abs=1e-6) and table[1.0] == 1.0
+
+
+def test_the_bundled_quality_tables_are_per_strategy(cache):
+    """The shipped model's tables: the CPU's planes and MLX's bucketMul differ, and each dial reads its own."""
+    from engine import quality
+
+    bundled = json.loads(quality.BUNDLED.read_text(encoding="utf-8"))
+    (sha,) = [k for k in bundled if not k.startswith("_")]
+    planes, bucket = quality.load(sha, "planes"), quality.load(sha, "bucket")
+    assert planes and bucket and planes != bucket
+    assert dict(planes)[1.0] == 1.0 and quality.load(sha, "activation") == ()
 
 
 def test_eval_speed_frontier(tiny_gguf, cache, capsys, tmp_path):
@@ -184,8 +197,8 @@ def test_eval_speed_frontier(tiny_gguf, cache, capsys, tmp_path):
                  "--plot", str(picture), "--json"])
     assert code == 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    out = capsys.readouterr().out
-    assert "speed-quality frontier" in out
+    out, err = capsys.readouterr()
+    assert "speed-quality frontier" in err
     record = json.loads(out.strip().splitlines()[-1])
     points = {(p["strategy"], p["effort"]): p for p in record["frontier"]}
     assert set(points) == {(s, e) for s in ("planes", "bucket", "activation") for e in (1.0, 0.5)}
@@ -256,9 +269,9 @@ def test_bench_activation_baseline(runtime, capsys):
     code = main(["bench", "--synthetic", "smollm2-135m", "--layers", "1", "--runtime", runtime,
                  "--strategy", "activation", "--efforts", "0.25", "--tokens", "2", "--json"])
     assert code == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    record = json.loads(out[-1])
-    assert record["strategy"] == "activation" and "whole input rows" in out[0]
+    out, err = capsys.readouterr()
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["strategy"] == "activation" and "whole input rows" in err.splitlines()[0]
     (row,) = record["results"]
     assert abs(row["effective_effort"] - 0.25) < 0.01
 
@@ -287,8 +300,8 @@ def test_bad_input_is_one_line(argv, message, capsys, cache):
 
 def test_first_use_answers_at_once_and_attaches_the_calibration_made_in_the_background(tiny_gguf, cache):
     """The chat's worker: a model that was never calibrated is usable at once (its layout is made at
-    load, the dial reads per-token budgets); `effort convert` calibrates in a child process and its
-    allocation is attached between jobs."""
+    load, the dial reads per-token budgets); `engine.conversion_child` calibrates in a child process,
+    reporting its passes, and its allocation is attached between jobs."""
     import threading
 
     from engine.events import LoadProgress
@@ -303,17 +316,19 @@ def test_first_use_answers_at_once_and_attaches_the_calibration_made_in_the_back
 
     def progress(p: LoadProgress) -> None:
         events.append(p)
-        if p.stage == "effort" and p.total <= 1:
+        if p.stage in ("effort-ready", "effort-failed"):
             ready.set()
 
     try:
         worker.load(model, progress, lambda info, error: (infos.append((info, error)), done.set()))
         assert done.wait(60) and infos[0][1] is None
         assert worker.loaded.effort_pending and not worker.loaded.runtime.calibrated
-        assert any(p.stage == "effort" and p.total > 1 for p in events)  # announced
+        assert any(p.stage == "effort" for p in events)  # announced
         assert ready.wait(180), "the background conversion did not finish"
-        final = [p for p in events if p.stage == "effort"][-1]
-        assert final.unit != "failed", final.message
+        final = [p for p in events if p.stage.startswith("effort")][-1]
+        assert final.stage == "effort-ready", final.message
+        # the child's own progress, not a timer: its steps, counted as it counts them
+        assert any(p.stage == "effort" and p.total > 1 and p.message == "calibrating" for p in events)
         finished = threading.Event()
         results = []
         worker.effort.set(0.5)
@@ -350,6 +365,18 @@ def test_the_batched_prompt_and_verify_give_the_decode_steps_bits(tiny_gguf, cac
         together, read = rt.forward(ids[10:30], effort)
         assert np.array_equal(together, np.stack([lg for lg, _ in one_by_one]))
         assert read == pytest.approx(np.mean([r for _, r in one_by_one]))
+    # calibration's coarse passes (int8 activations alone): batched, they too are the steps' bits
+    whole = np.ones(len(rt.names), np.float32)
+    coarse = native.Effort(None, whole.ctypes.data, 0, 1)
+    rt.reset(0)
+    together = rt.run_batch(ids[:20], coarse)
+    rt.reset(0)
+    alone = []
+    for t in ids[:20]:
+        rt._step(t, coarse)
+        alone.append(rt.logits())
+    assert np.array_equal(together, np.stack(alone))
+    assert not np.array_equal(together[-1], steps[19])  # and coarse is not the precise path
 
 
 @pytest.mark.parametrize("which", ["gguf", "mistral"])

@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 
 from engine.runtime import effort_gpu as eg
-from engine.runtime import kernel_source as ks
 from engine.effort import reference as ref
 from engine import session
 from engine.effort.bucket import convert_matrix, k_for_effort
 from engine.runtime.effort_mlx import MLXEffortPath
+from support.host_build import HostExec, host_compiler
 
 GPU = eg.available()
 needs_gpu = pytest.mark.skipif(not GPU, reason="needs MLX's Metal or CUDA backend")
-needs_cc = pytest.mark.skipif(ks.host_compiler() is None, reason="needs a C++ compiler")
+needs_cc = pytest.mark.skipif(host_compiler() is None, reason="needs a C++ compiler")
 
 
-class HostAsGpu(eg.HostExec):
+class HostAsGpu(HostExec):
     """The host kernels behind MLX arrays: what MlxExec receives, converted at each launch."""
 
     is_half = eg.MlxExec.is_half

@@ -265,6 +265,24 @@ def test_special_token_text_in_messages_stays_text(tiny_gguf, tiny_hf, kind):
     assert tok.encode_chat(benign) == tok.encode(tok.chat_prompt(benign), special=True)
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_an_answer_prefix_is_split_as_the_model_would_and_stays_text(tiny_gguf, kind):
+    """The chat continues a cut answer from its start (ChatRequest.answer_prefix): the prefix is
+    tokenized together with the rendered prompt, and special-token text in it (or in the messages)
+    stays text."""
+    from engine.io.loader import open_model
+
+    tok = open_model(tiny_gguf("F16", **({"tokenizer": "llama"} if kind == "llama" else {}))).tokenizer
+    chat = [{"role": "user", "content": "count to ten"}]
+    prefix = "One, two, thr"
+    assert tok.encode_chat(chat, answer_prefix=prefix) == tok.encode(tok.chat_prompt(chat) + prefix, special=True)
+    assert tok.encode_chat(chat, answer_prefix="") == tok.encode_chat(chat)
+    for messages in (chat, [{"role": "user", "content": INJECTION}]):
+        ids = tok.encode_chat(messages, answer_prefix="sure" + INJECTION)
+        assert _specials(tok, ids) == _specials(tok, tok.encode_chat(chat)), kind  # only the template's
+        assert tok.decode(ids).endswith("sure" + INJECTION)
+
+
 def test_generate_keeps_pasted_control_text_as_text_and_raw_keeps_it_raw(tiny_gguf, capsys):
     import json
 
@@ -515,8 +533,7 @@ def fresh_native(cache, monkeypatch):
     """engine.runtime.native as at a first start, building into the test's own cache."""
     from engine.runtime import native
 
-    for name, value in (("_libs", {}), ("_errors", {}), ("_broken", set())):
-        monkeypatch.setattr(native, name, value)
+    monkeypatch.setattr(native, "_state", {})
     return native
 
 

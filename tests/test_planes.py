@@ -134,3 +134,21 @@ def test_the_selection_takes_rows_and_levels_by_error_per_byte():
     assert np.array_equal(lv >= 1, x**2 * pm.gains[0] > tau)
     assert np.array_equal(lv == 2, (x**2 * pm.gains[0] > tau) & (x**2 * pm.gains[1] > tau))
     assert (layout.levels(pm, x, -1.0) == 2).all() and (layout.levels(pm, x, np.inf) == 0).all()
+
+
+def test_a_static_threshold_reads_its_share_of_the_rows_on_average():
+    """threshold_for solves bytes_at (the histogram's rows above a threshold) for the share, exactly."""
+    from engine.effort.planes import allocation
+
+    rng = np.random.default_rng(7)
+    edges = -96 + np.arange(1025) / 8
+    for _ in range(50):
+        hist = np.zeros((2, 1024))
+        first = rng.integers(300, 800)
+        hist[:, first:first + rng.integers(5, 200)] = rng.random((2, 1)) * 100
+        hist[:, rng.integers(0, 1024, 5)] = 0
+        for share in (0.01, 0.1, 0.5, 0.9, 0.999):
+            tau = allocation.threshold_for(hist, edges, share)
+            assert allocation.bytes_at(hist, edges, tau) == pytest.approx(share * hist.sum(), rel=1e-9)
+    assert allocation.threshold_for(hist, edges, 1.0) == -1.0
+    assert allocation.bytes_at(np.zeros((2, 1024)), edges, allocation.threshold_for(np.zeros((2, 1024)), edges, 0.5)) == 0

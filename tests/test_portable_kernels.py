@@ -3,7 +3,7 @@
 What runs where (no Mac / GPU on CI):
 * the kernel bodies that ship for Metal and CUDA are compiled with g++ for the host
   (metal/preludes/c.h) and run through the same launch sequence as the GPU path
-  (engine.runtime.effort_gpu with HostExec), against engine.effort.reference / numpy;
+  (engine.runtime.effort_gpu with tests/support/host_build.HostExec), against engine.effort.reference / numpy;
 * a checked build of the same bodies looks for barrier races and out-of-bounds accesses;
 * the Metal text MLX generates is captured with mx.export_function (works without a GPU),
   compared with our emulation and parsed / type-checked by g++ against a mock of MSL;
@@ -24,14 +24,14 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-import metal
 from engine.runtime import effort_gpu as eg
 from engine.runtime import kernel_source as ks
+from support import host_build
 from support import mlx_codegen as codegen
 from engine.effort import reference as ref
 from engine.effort.bucket import B, convert_matrix, cutoff_for_effort
 
-pytestmark = pytest.mark.skipif(ks.host_compiler() is None, reason="needs a C++ compiler (g++/clang++)")
+pytestmark = pytest.mark.skipif(host_build.host_compiler() is None, reason="needs a C++ compiler (g++/clang++)")
 
 EFFORTS = [1.0, 0.9, 0.5, 0.25, 0.1, 0.03, 0.005, 1e-5, 0.0]
 SHAPES = [(64, 64), (192, 576), (576, 1536), (1536, 576), (4096, 64), (64, 4096), (1024, 192)]
@@ -45,7 +45,7 @@ _NVCC_ARCH = "sm_90"
 def _nvcc_paths() -> tuple[Path, Path]:
     text = codegen.cuda_translation_unit(ks.all_specs())
     import hashlib
-    d = ks.build_cache_dir() / ("nvcc_" + hashlib.sha256((text + _NVCC_ARCH).encode()).hexdigest()[:16])
+    d = host_build.build_cache_dir() / ("nvcc_" + hashlib.sha256((text + _NVCC_ARCH).encode()).hexdigest()[:16])
     d.mkdir(parents=True, exist_ok=True)
     (d / "kernels.cu").write_text(text)
     return d, d / "ok"
@@ -67,7 +67,7 @@ def nvcc_job():
 @pytest.fixture(scope="session")
 def execs(nvcc_job):
     """(fast, checked) host executors, both libraries built in parallel (cached in tmp)."""
-    fast, checked = eg.HostExec(False), eg.HostExec(True)
+    fast, checked = host_build.HostExec(False), host_build.HostExec(True)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda e: e.host(), (fast, checked)))
     return fast, checked
@@ -380,7 +380,7 @@ def test_checker_catches_races(tmp_path):
         p = tmp_path / f"{name}.h"
         p.write_text(body)
         specs[name] = ks.KernelSpec(f"racy_{name}", str(p), (ks.Arg("x", "float32"),), (ks.Arg("y", "float32"),), 64)
-    lib = ks.HostKernels(list(specs.values()), checked=True, cache=tmp_path)
+    lib = host_build.HostKernels(list(specs.values()), checked=True, cache=tmp_path)
     expect = {"tree": "race", "uniform": "race", "uninitialized": "uninitialized",
               "out_of_bounds": "out of bounds", "double_write": "two threads"}
     for name, spec in specs.items():
@@ -505,7 +505,7 @@ def test_metal_graph_export_and_mock_compile(tmp_path):
 
 def _mock_metal_compile(units: list[str], path: Path) -> None:
     path.write_text("\n".join(dict.fromkeys(units)))
-    proc = subprocess.run([ks.host_compiler(), "-std=c++17", "-fsyntax-only", "-Wno-attributes", "-include",
+    proc = subprocess.run([host_build.host_compiler(), "-std=c++17", "-fsyntax-only", "-Wno-attributes", "-include",
                            str(Path(__file__).parent / "support" / "msl_mock.h"), str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
 

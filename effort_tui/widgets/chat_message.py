@@ -1,9 +1,8 @@
 """One message in the chat pane: a header line and its Markdown body.
 
-An answer in flight streams through a `MarkdownStream` (which merges fragments
-when the renderer is busy); when it ends the whole text is rendered once more
-with `Markdown.update`, so code fences opened and closed during the stream
-come out whole (the MarkdownStream gotcha in the notes).
+An answer in flight grows by `append` (Markdown.append re-parses only the last block), called at
+the answering part's pace; when it ends the whole text is rendered once more with
+`Markdown.update`, so code fences opened and closed during the stream come out whole.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
-from textual.widgets.markdown import MarkdownStream
 
 from engine.display import printable
 
@@ -53,7 +51,6 @@ class ChatMessage(Vertical):
         self.detail = detail
         self.note = note
         self.message_id = message_id  # row id in the history, once stored
-        self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self._header_text(), classes="chat-message--header", markup=False)
@@ -69,15 +66,11 @@ class ChatMessage(Vertical):
 
     def _header_text(self) -> str:
         title = ROLE_TITLES.get(self.role, self.role)
-        return f"{title} · {self.detail}" if self.detail else title
+        return printable(f"{title} · {self.detail}" if self.detail else title)  # the detail names the model
 
     @property
     def markdown(self) -> Markdown:
         return self.query_one(Markdown)
-
-    @property
-    def streaming(self) -> bool:
-        return self._stream is not None
 
     def set_detail(self, detail: str) -> None:
         self.detail = detail
@@ -90,32 +83,14 @@ class ChatMessage(Vertical):
         label.display = bool(note)
         self.set_class(error, "-error")
 
-    def on_unmount(self) -> None:
-        """Removed mid-stream (new chat, another conversation): end the stream's task quietly."""
-        stream, self._stream = self._stream, None
-        if stream is None:
-            return
-        pending = getattr(stream, "_pending", None)
-        if isinstance(pending, list):
-            pending.clear()  # nothing left for the cancelled task to append to a removed widget
-        task = getattr(stream, "_task", None)
-        if task is not None:
-            task.cancel()
-
     async def append(self, fragment: str) -> None:
-        """Add streamed text (starts the stream on first use)."""
-        if not fragment:
-            return
-        self.content += fragment
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.markdown)
-        await self._stream.write(printable(fragment, lines=True))  # a model's escape sequences are shown, not obeyed
+        """Add streamed text (a model's escape sequences are shown, not obeyed)."""
+        if fragment:
+            self.content += fragment
+            await self.markdown.append(printable(fragment, lines=True))
 
     async def finish(self, full_text: str | None = None) -> None:
-        """End the stream and render the whole text in one go."""
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            await stream.stop()
+        """Render the whole text in one go."""
         if full_text is not None:
             self.content = full_text
         await self.markdown.update(printable(self.content, lines=True))

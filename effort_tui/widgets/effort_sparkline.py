@@ -15,10 +15,10 @@ from textual.widget import Widget
 from effort_tui.stats import TokenSample
 
 BARS = "▁▂▃▄▅▆▇█"
-MIN_EFFORT = 0.05
 SCALE_STEPS = (1, 2, 5)
 
-# (upper bound of the band, colour, legend label); the bands cover MIN_EFFORT..1.0
+# (upper bound of the band, colour, legend label); the bands cover every effort the dial allows
+# (engine.validation.MIN_EFFORT to 1.0)
 EFFORT_BANDS: tuple[tuple[float, str, str], ...] = (
     (0.25, "red", "≤25"),
     (0.45, "magenta", "≤45"),

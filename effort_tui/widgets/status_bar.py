@@ -1,20 +1,24 @@
 """The status bar: model and device, the effort gauge, speeds, the sparkline, the last summary.
 
-It holds plain values and re-renders its lines when they change; Textual
-coalesces the refreshes, so calling the setters once per token batch is cheap.
+What it shows is held in reactive attributes; the chat screen assigns them and each watcher
+redraws the one line that shows it. Every line is one row high, so a redraw never needs a new
+layout: while an answer streams the bar costs a repaint of its own rows, nothing more.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
+from textual.reactive import var
 from textual.widgets import Static
 
 from engine.display import printable
+from engine.units import human_bytes
 from effort_tui.stats import SpeedStats, percent, prompt_text, quality_at, tps_text
 from effort_tui.widgets.effort_sparkline import EffortLegend, EffortSparkline, effort_style, scale_label
 
@@ -22,12 +26,13 @@ ModelState = Literal["loading", "ready", "failed"]
 GAUGE_CELLS = 10
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelLine:
     name: str = ""
     state: ModelState = "loading"
     backend: str = ""
     device: str = ""
+    weights: int = 0  # bytes the loaded model's weights hold in memory (0: not known)
 
 
 class StatusBar(Vertical):
@@ -44,22 +49,21 @@ class StatusBar(Vertical):
     StatusBar #status-summary { color: $text-muted; }
     """
 
-    def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id)
-        self.model = ModelLine()
-        self.effort = 1.0
-        self.cap = 1.0
-        self.stats = SpeedStats()
-        self.summary = ""
-        self.streaming = False
-        self.sampling = ""  # e.g. "T0.7 p0.9 min-p0.05 rep1.1" or "greedy"
-        self.system_prompt = False
-        self.quality: list[tuple[float, float]] = []  # (effort, expected top-1 agreement with dense)
-        self.effort_note = ""  # e.g. "effort ready in 40 s" while the conversion runs behind the chat
+    model: var[ModelLine] = var(ModelLine)
+    effort: var[float] = var(1.0)
+    cap: var[float] = var(1.0)
+    # the answer in flight (or the last one); assigned again after every batch of tokens
+    stats: var[SpeedStats] = var(SpeedStats, always_update=True)
+    streaming: var[bool] = var(False)
+    summary: var[str] = var("")
+    sampling: var[str] = var("")  # e.g. "T0.7 p0.9 min-p0.05 rep1.1" or "greedy"
+    system_prompt: var[bool] = var(False)
+    quality: var[tuple[tuple[float, float], ...]] = var(())  # (effort, expected top-1 agreement)
+    effort_note: var[str] = var("")  # e.g. "effort dial: calibrating 40%" while the conversion runs
 
     def compose(self) -> ComposeResult:
-        yield Static(id="status-model")
-        yield Static(id="status-speed")
+        yield Static(self.model_text(), id="status-model")
+        yield Static(self.speed_text(), id="status-speed")
         with Horizontal(id="status-spark-row"):
             yield Static("speed", id="status-spark-label")
             yield EffortSparkline(id="status-sparkline")
@@ -70,51 +74,64 @@ class StatusBar(Vertical):
         self._render_all()
         self.watch(self.app, "theme", lambda _: self._render_all(), init=False)
 
-    # -- setters -------------------------------------------------------------------------------
+    # -- watchers: each redraws what shows its attribute ----------------------------------------
 
-    def set_model(self, name: str, state: ModelState, backend: str = "", device: str = "") -> None:
-        self.model = ModelLine(printable(name), state, backend, printable(device))  # a path may hold escapes
+    def validate_model(self, line: ModelLine) -> ModelLine:
+        """The name and device as shown: a path may hold escapes (engine.display)."""
+        return replace(line, name=printable(line.name), device=printable(line.device))
+
+    def watch_model(self) -> None:
         self._render_model()
 
-    def set_effort(self, effort: float, cap: float) -> None:
-        self.effort, self.cap = effort, cap
+    def watch_sampling(self) -> None:
+        self._render_model()
+
+    def watch_system_prompt(self) -> None:
+        self._render_model()
+
+    def watch_effort(self) -> None:
         self._render_speed()
 
-    def set_stats(self, stats: SpeedStats, *, streaming: bool) -> None:
-        self.stats = stats
-        self.streaming = streaming
+    def watch_cap(self) -> None:
+        self._render_speed()
+
+    def watch_quality(self) -> None:
+        self._render_speed()
+
+    def watch_effort_note(self) -> None:
+        self._render_speed()
+
+    def watch_streaming(self) -> None:
+        self._render_speed()
+
+    def watch_stats(self) -> None:
         self._render_model()
         self._render_speed()
-        if self.is_mounted:
+        try:
             spark = self.query_one(EffortSparkline)
-            spark.set_samples(stats.samples)
-            self.query_one("#status-spark-label", Static).update(scale_label(spark.top) if spark.top else "speed")
+        except NoMatches:
+            return
+        spark.set_samples(self.stats.samples)
+        self._line("#status-spark-label", scale_label(spark.top) if spark.top else "speed")
 
-    def set_quality(self, table: list[tuple[float, float]]) -> None:
-        self.quality = list(table)
-        self._render_speed()
-
-    def set_effort_note(self, note: str) -> None:
-        self.effort_note = note
-        self._render_speed()
-
-    def set_sampling(self, label: str, system_prompt: bool = False) -> None:
-        self.sampling, self.system_prompt = label, system_prompt
-        self._render_model()
-
-    def set_summary(self, text: str) -> None:
-        self.summary = text
+    def watch_summary(self) -> None:
         self._render_summary()
 
     # -- rendering -----------------------------------------------------------------------------
+
+    def _line(self, selector: str, content: Text | str) -> None:
+        try:
+            line = self.query_one(selector, Static)
+        except NoMatches:  # assigned before the bar was composed: compose draws it
+            return
+        line.update(content, layout=False)
 
     def _render_all(self) -> None:
         self._render_model()
         self._render_speed()
         self._render_summary()
-        if self.is_mounted:
-            self.query_one(EffortSparkline).set_samples(self.stats.samples)
-            self.query_one(EffortLegend).refresh()
+        self.query_one(EffortSparkline).set_samples(self.stats.samples)
+        self.query_one(EffortLegend).refresh()
 
     def model_text(self) -> Text:
         """One line, most important first (it is cut, never wrapped, when the terminal is narrow)."""
@@ -128,6 +145,8 @@ class StatusBar(Vertical):
             text.append(f"● {m.name}", style="bold")
             if m.backend:
                 text.append(f" · {m.backend}", style="dim")
+            if m.weights:
+                text.append(f" · {human_bytes(m.weights)}", style="dim")
         if self.sampling:
             text.append(f"  {self.sampling}")
             if self.system_prompt:
@@ -159,7 +178,7 @@ class StatusBar(Vertical):
         if self.effort_note:
             text.append(f"  {self.effort_note}", style="italic")
         else:
-            quality = quality_at(self.quality, self.effort)
+            quality = quality_at(list(self.quality), self.effort)
             if quality is not None:
                 text.append(f"  ≈{quality * 100:.0f}% top-1", style="bold red" if quality < 0.6 else "")
         if s.effective_effort is not None and self.streaming:
@@ -174,17 +193,15 @@ class StatusBar(Vertical):
         text.append(f"  {s.tokens} tok", style="dim")
         return text
 
+    def summary_text(self) -> Text:
+        # it may quote a conversation's title or a model's name from the history file
+        return Text(printable(self.summary)) if self.summary else Text("no answer yet", style="italic dim")
+
     def _render_model(self) -> None:
-        if self.is_mounted:
-            self.query_one("#status-model", Static).update(self.model_text())
+        self._line("#status-model", self.model_text())
 
     def _render_speed(self) -> None:
-        if self.is_mounted:
-            self.query_one("#status-speed", Static).update(self.speed_text())
-
-    def summary_text(self) -> Text:
-        return Text(self.summary) if self.summary else Text("no answer yet", style="italic dim")
+        self._line("#status-speed", self.speed_text())
 
     def _render_summary(self) -> None:
-        if self.is_mounted:
-            self.query_one("#status-summary", Static).update(self.summary_text())
+        self._line("#status-summary", self.summary_text())

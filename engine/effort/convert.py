@@ -59,7 +59,12 @@ def projection_names(num_layers: int) -> list[str]:
 
 def converted_path(files: ModelFiles) -> Path:
     """Keyed by the source's fingerprint, the format version and the bucket size."""
-    return converted_dir() / f"{files.fingerprint[:24]}-v{FORMAT_VERSION}-b{B}.safetensors"
+    return converted_file(files.fingerprint)
+
+
+def converted_file(fingerprint: str) -> Path:
+    """The conversion of the source whose content has this fingerprint (its sha256), opened or not."""
+    return converted_dir() / f"{fingerprint[:24]}-v{FORMAT_VERSION}-b{B}.safetensors"
 
 
 def is_converted(files: ModelFiles) -> bool:

@@ -53,10 +53,15 @@ def atomic_path(target: Path) -> Iterator[Path]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def write_text(target: Path, text: str) -> None:
-    """`text` as UTF-8 with "\\n" line ends, atomically."""
+def write_text(target: Path, text: str, mode: int | None = None) -> None:
+    """`text` as UTF-8 with "\\n" line ends, atomically; `mode` (e.g. 0o600) is the file's
+    permissions from the start, before any text is in it."""
     with atomic_path(target) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        fd = os.open(tmp, flags, 0o666 if mode is None else mode)
+        if mode is not None and hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)  # exactly this, whatever the umask
+        with open(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
 
 

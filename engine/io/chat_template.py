@@ -375,6 +375,34 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _sandbox_answer(request: dict[str, Any]) -> dict[str, Any]:
+    """The template sandbox child's answer to one request (engine.io.template_sandbox's protocol)."""
+    from engine.io.template_sandbox import memory_message
+
+    try:
+        template = _compile(request["source"])
+        if request["op"] == "compile":
+            return {"ok": ""}
+        return {"ok": _render_bounded(template, **request["context"])}
+    except TemplateBudgetError as exc:
+        return {"error": str(exc), "kind": "budget"}
+    except MemoryError:
+        return {"error": memory_message(), "kind": "budget"}
+    except RecursionError:
+        return {"error": "the chat template nests too deeply", "kind": "budget"}
+    except Exception as exc:  # noqa: BLE001 - jinja2 errors and template bugs, reported as one line
+        kind = "syntax" if type(exc).__name__ == "TemplateSyntaxError" else "error"
+        return {"error": " ".join(str(exc).split()) or type(exc).__name__, "kind": kind}
+
+
+def serve_sandbox() -> None:
+    """The template sandbox child's main (engine.io.template_sandbox starts it): its memory limit
+    set, then one answer per request until EOF."""
+    from engine.io import template_sandbox
+
+    template_sandbox.serve(_sandbox_answer)
+
+
 class ChatTemplate:
     """A chat template plus the special-token strings it is rendered with. It is compiled and
     rendered in the template sandbox process (engine.io.template_sandbox), in this process only
@@ -395,7 +423,7 @@ class ChatTemplate:
         from engine.io import template_sandbox
 
         if template_sandbox.available():
-            return template_sandbox.run(op, self.source, context)
+            return template_sandbox.run(op, self.source, context, MAX_RENDER_S)
         try:  # the in-process fallback, with the same budget and the same failures
             template = _compile(self.source)
             return "" if op == "compile" else _render_bounded(template, **context)

@@ -77,3 +77,15 @@ def verify(path: Path, on_progress: ProgressFn | None = None, expected: str | No
         return False
     record(path, want)
     return True
+
+
+def recorded(path: Path) -> str | None:
+    """The sha256 on record for `path`, if the file is unchanged since it was hashed (no hashing)."""
+    rec = _read(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if rec and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
+        return rec["sha256"]
+    return None

@@ -658,13 +658,6 @@ class GGUFTensorSource:
         raw = self.gguf.raw(self._map[name])[np.asarray(ids, np.int64)]
         return np.asarray(dequantize(raw, GGMLQuantizationType(info.ggml_type)), np.float32).reshape(len(ids), -1)
 
-    def q8_0_blocks(self, name: str) -> np.ndarray | None:
-        """The stored Q8_0 blocks of a 2-D tensor (rows, 34 * cols/32 bytes, memory-mapped), or None
-        when it is stored otherwise or its rows are permuted on load."""
-        if self.gguf_type(name) != "Q8_0" or name in self._heads or len(self.shape(name)) != 2:
-            return None
-        return self.gguf.raw(self._map[name])
-
     def get(self, name: str) -> np.ndarray:
         w = self.gguf.dequantize(self._map[name])
         heads = self._heads.get(name)

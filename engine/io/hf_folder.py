@@ -226,10 +226,6 @@ class SafetensorsSource:
             return (table.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(len(ids), shape[1])
         return table.view(_NUMPY_DTYPES[dtype]).astype(np.float32).reshape(len(ids), shape[1])
 
-    def q8_0_blocks(self, name: str) -> None:
-        """Safetensors hold no GGUF Q8_0 blocks: the CPU path uses an fp16 head."""
-        return None
-
     def file_type(self) -> str:
         kinds = {self.dtype(n) for n in self._where if len(self.shape(n)) == 2} or {
             self.dtype(n) for n in self._where

@@ -40,8 +40,6 @@ class TensorSource(Protocol):
 
     def get(self, name: str) -> np.ndarray: ...  # float32, HF orientation ([out, in] for linears)
 
-    def q8_0_blocks(self, name: str) -> np.ndarray | None: ...  # stored GGUF Q8_0 rows, else None
-
     def stored(self, name: str) -> "StoredMatrix": ...  # a 2-D weight as stored (GGUF blocks or floats), in memory
 
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray: ...  # float32 rows of a 2-D weight (embeddings)

@@ -1,9 +1,10 @@
 """Where chat templates run: one long-lived child process with a memory limit, killed at the deadline.
 
 `engine.io.chat_template` bounds what a template may do (loop steps, sizes, widths, work) before it
-does it. This bounds what it can cost whatever it does: the child renders with those checks, its
-address space is capped at MAX_MEMORY (Linux; RLIMIT_AS is not enforced on macOS), and the parent
-waits MAX_RENDER_S plus a grace second for an answer, then kills it (a builtin that never returns to
+does it. This bounds what it can cost whatever it does: the child renders with those checks (it runs
+`chat_template.serve_sandbox`, which answers through `serve`; this module never imports the template
+code), its address space is capped at MAX_MEMORY (Linux; RLIMIT_AS is not enforced on macOS), and the
+parent waits the render's time limit plus a grace second for an answer, then kills it (a builtin that never returns to
 the interpreter, like a sort of millions of items, cannot check a clock itself). A killed or crashed
 child is started again on the next render; the app only sees one ChatTemplateError line.
 
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 MAX_MEMORY = 1 << 30  # address space of the child: 16M-character strings (64 MB each) fit many times
 GRACE_S = 1.0  # past MAX_RENDER_S before the child is killed (its own checks answer first)
@@ -52,41 +53,23 @@ def _limit_memory(limit: int) -> None:
         pass
 
 
-def _memory_message() -> str:
+def memory_message() -> str:
     return f"the chat template needed more than {MAX_MEMORY >> 20:,} MB of memory"
 
 
-def _answer(request: dict[str, Any]) -> dict[str, Any]:
-    from engine.io.chat_template import TemplateBudgetError, _compile, _render_bounded
-
-    try:
-        template = _compile(request["source"])
-        if request["op"] == "compile":
-            return {"ok": ""}
-        return {"ok": _render_bounded(template, **request["context"])}
-    except TemplateBudgetError as exc:
-        return {"error": str(exc), "kind": "budget"}
-    except MemoryError:
-        return {"error": _memory_message(), "kind": "budget"}
-    except RecursionError:
-        return {"error": "the chat template nests too deeply", "kind": "budget"}
-    except Exception as exc:  # noqa: BLE001 - jinja2 errors and template bugs, reported as one line
-        kind = "syntax" if type(exc).__name__ == "TemplateSyntaxError" else "error"
-        return {"error": " ".join(str(exc).split()) or type(exc).__name__, "kind": kind}
-
-
-def serve() -> None:
-    """The child's loop: one request per line on stdin, one answer per line on stdout, until EOF."""
+def serve(answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """The child's loop: one request per line on stdin, one answer per line on stdout (`answer`'s),
+    until EOF."""
     global MAX_MEMORY
     MAX_MEMORY = int(sys.argv[1]) if len(sys.argv) > 1 else MAX_MEMORY
     _limit_memory(MAX_MEMORY)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     for line in stdin:
         try:
-            answer = _answer(json.loads(line))
+            reply = answer(json.loads(line))
         except MemoryError:
-            answer = {"error": _memory_message(), "kind": "budget"}
-        stdout.write(json.dumps(answer).encode() + b"\n")
+            reply = {"error": memory_message(), "kind": "budget"}
+        stdout.write(json.dumps(reply).encode() + b"\n")
         stdout.flush()
 
 
@@ -100,7 +83,7 @@ def _start() -> subprocess.Popen:
     root = str(Path(__file__).resolve().parents[2])  # the folder holding the `engine` package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     return subprocess.Popen(
-        [sys.executable, "-c", "from engine.io.template_sandbox import serve; serve()", str(MAX_MEMORY)],
+        [sys.executable, "-c", "from engine.io.chat_template import serve_sandbox; serve_sandbox()", str(MAX_MEMORY)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
         close_fds=True, start_new_session=True,  # Ctrl+C in the terminal is the parent's to handle
     )
@@ -141,10 +124,10 @@ def available() -> bool:
     return os.name == "posix"
 
 
-def run(op: str, source: str, context: dict[str, Any] | None = None) -> str:
-    """Compile (op "compile") or render `source` with `context` in the child; raises TemplateFailure."""
-    from engine.io.chat_template import MAX_RENDER_S
-
+def run(op: str, source: str, context: dict[str, Any] | None, limit_s: float) -> str:
+    """Compile (op "compile") or render `source` with `context` in the child, which is killed when
+    it has not answered `limit_s` (the render's own time limit) plus GRACE_S after the request;
+    raises TemplateFailure."""
     global _child
     request = json.dumps({"op": op, "source": source, "context": context or {}}).encode() + b"\n"
     with _lock:
@@ -161,13 +144,13 @@ def run(op: str, source: str, context: dict[str, Any] | None = None) -> str:
             assert proc.stdin is not None
             proc.stdin.write(request)
             proc.stdin.flush()
-        line = _read_line(proc, time.monotonic() + MAX_RENDER_S + GRACE_S)
+        line = _read_line(proc, time.monotonic() + limit_s + GRACE_S)
         if line is None:
             died = proc.poll() is not None
             _stop()
             if died:
-                raise TemplateFailure(f"the chat template ended its renderer ({_memory_message()}?)", "budget")
-            raise TemplateFailure(f"rendering the chat template took more than {MAX_RENDER_S:g} s", "budget")
+                raise TemplateFailure(f"the chat template ended its renderer ({memory_message()}?)", "budget")
+            raise TemplateFailure(f"rendering the chat template took more than {limit_s:g} s", "budget")
     answer = json.loads(line)
     if "ok" in answer:
         return answer["ok"]

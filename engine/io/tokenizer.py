@@ -196,10 +196,13 @@ class Tokenizer:
     def chat_prompt(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, str]], answer_prefix: str = "") -> list[int]:
         """Like transformers' ``apply_chat_template(tokenize=True, add_generation_prompt=True)``:
         the rendered text, the template's special tokens recognized, no BOS added (templates write
         their own), except that special-token text inside a message stays text.
+
+        `answer_prefix` (the start of an answer to continue) is appended to the rendered text
+        before it is split into tokens, so it is split as the model would; it stays text too.
 
         Messages without special-token text (nearly all) give exactly transformers' ids. Otherwise
         each such occurrence is wrapped in two marker characters (private-use code points found in
@@ -207,8 +210,8 @@ class Tokenizer:
         rendered text again and say which characters a user wrote."""
         pattern = self._special_text
         contents = [m.get("content") for m in messages]
-        if pattern is None or not any(isinstance(c, str) and pattern.search(c) for c in contents):
-            return self._ids(self.chat_prompt(messages, add_generation_prompt=True), None)
+        if pattern is None or not any(isinstance(c, str) and pattern.search(c) for c in [*contents, answer_prefix]):
+            return self._ids(self.chat_prompt(messages, add_generation_prompt=True) + answer_prefix, None)
         seen = "".join(c for c in contents if isinstance(c, str)) + self.template.source
         start = next(cp for cp in range(0xF0000, 0xFFFFE, 2) if chr(cp) not in seen and chr(cp + 1) not in seen)
         open_, close = chr(start), chr(start + 1)
@@ -224,6 +227,9 @@ class Tokenizer:
                 f"{self.source}: the chat template rewrites message text, and a message contains "
                 "special-token text that could then not be kept apart from the template's own"
             )
+        if answer_prefix:
+            spans = [*spans, (len(text), len(text) + len(answer_prefix))]
+            text += answer_prefix
         return self._ids(text, spans)
 
     def _probe_end_of_turn(self) -> set[int]:

@@ -55,8 +55,8 @@ def detect() -> Backend:
         return Backend("cuda", str(info.get("device_name", "NVIDIA GPU")), mx.float16)
     mx.set_default_device(mx.cpu)
     mx.set_cache_limit(CPU_CACHE_LIMIT)
-    threads = os.cpu_count() or 1
-    return Backend("cpu", f"{_cpu_name()} ({threads} threads)", mx.float32)
+    # the machine's CPUs, not a thread count: how many threads decode is the runtime's business
+    return Backend("cpu", f"{_cpu_name()} · {os.cpu_count() or 1} CPUs", mx.float32)
 
 
 def return_freed_memory() -> None:

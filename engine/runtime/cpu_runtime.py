@@ -17,21 +17,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.effort.planes.allocation import Allocation
-from engine.effort.planes.layout import PlaneMatrix
 from engine.effort.planes.store import HEAD, PlanesModel, matrix_names
 from engine.errors import EngineError
 from engine.model.decoder import PROJECTIONS, rope_inverse_frequencies, weight_name
 from engine.runtime import native
+from engine.runtime.native import array_ptr as _ptr, planes_struct  # planes_struct: re-exported
 
 STRATEGIES = ("planes", "activation")
-
-
-def _ptr(a: np.ndarray | None) -> int | None:
-    if a is None:
-        return None
-    if not a.flags.c_contiguous:
-        raise ValueError("the C kernels need C-contiguous arrays")
-    return a.ctypes.data
 
 
 def lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -52,20 +44,6 @@ def kv_cache(lib: ctypes.CDLL, layers: int, n_kv: int, context: int, head_dim: i
     block = lib.ee_kv_block()
     k = lazy_zeros((layers, n_kv, -(-context // block), head_dim, block))
     return k, lazy_zeros((layers, n_kv, context, head_dim))
-
-
-def planes_struct(pm: PlaneMatrix) -> native.Planes:
-    """The C view of one matrix (pointers into its arrays, which must outlive the struct)."""
-    s = native.Planes()
-    s.kind = 0 if pm.kind == "q4" else 1
-    s.out, s.in_, s.tile = pm.out_dim, pm.in_dim, pm.tile
-    s.plane[0] = _ptr(pm.planes[0])
-    s.plane[1] = _ptr(pm.planes[1]) if len(pm.planes) > 1 else None
-    s.d = _ptr(pm.d)
-    s.m = _ptr(pm.m)
-    s.gain[0] = _ptr(pm.gains[0])
-    s.gain[1] = _ptr(pm.gains[1]) if pm.gains.shape[0] > 1 else None
-    return s
 
 
 class CPURuntime:
@@ -294,6 +272,16 @@ class CPURuntime:
     # -- memory ---------------------------------------------------------------------------------------
     def layout_bytes(self) -> int:
         return self.planes.nbytes()
+
+    def stream_seconds(self) -> tuple[int, float]:
+        """(bytes, seconds) of a plain streaming read, on the step's threads, of every byte a dense step
+        reads (each matrix's planes and scales): the yardstick for the step's memory speed."""
+        spans = [a for m in self.planes.matrices.values() for a in (*m.planes, m.d, m.m) if a is not None]
+        ptrs = (ctypes.c_void_p * len(spans))(*[a.ctypes.data for a in spans])
+        sizes = (ctypes.c_size_t * len(spans))(*[a.nbytes for a in spans])
+        start = time.perf_counter()
+        self.lib.ee_stream_read(ptrs, sizes, len(spans))
+        return sum(a.nbytes for a in spans), time.perf_counter() - start
 
     def peak_memory(self) -> int:
         blocks = -(-self.length // self.kcache.shape[-1])

@@ -6,8 +6,8 @@ none: importing this module on a CPU-only machine does nothing and ``available()
 
 The kernels are the portable bodies of ``metal/kernels`` (see ``engine.runtime.kernel_source`` and
 ``metal/README.md``).  The launch sequence lives here once and runs on an *executor*: the MLX
-one (GPU) or ``HostExec`` (the host instantiation of the same bodies, used by the tests), so the
-tests cover the parameter packing, grid shapes and group planning as well as the kernels.
+one (GPU) here, or the tests' host build of the same bodies (``tests/support/host_build.py``),
+so the tests cover the parameter packing, grid shapes and group planning as well as the kernels.
 
 Per matrix (``bucket_matvec_gpu``):
   effort_select (1 threadgroup; skipped when the cutoff is +-inf, i.e. effort >= 1 or <= 0,
@@ -272,51 +272,6 @@ class MlxExec(_Exec):
             grid=(groups[0] * spec.tgs, groups[1], 1),
             threadgroup=(spec.tgs, 1, 1),
         )
-
-
-class HostExec(_Exec):
-    """Runs the host instantiation of the same kernel bodies (numpy arrays; for tests/dev).
-
-    Builds (and caches) one library with every variant it has been asked for."""
-
-    def __init__(self, checked: bool = False, specs: Sequence[ks.KernelSpec] = ()):
-        self.checked = checked
-        self._specs = {s.name: s for s in (*ks.all_specs(), *specs)}
-        self._lib: ks.HostKernels | None = None
-        self.launches: list[tuple[str, tuple[int, int]]] = []  # (kernel base name, groups)
-
-    def host(self, spec: ks.KernelSpec | None = None) -> ks.HostKernels:
-        if spec is not None and spec.name not in self._specs:
-            self._specs[spec.name] = spec
-            self._lib = None
-        if self._lib is None:
-            self._lib = ks.HostKernels(list(self._specs.values()), checked=self.checked)
-        return self._lib
-
-    def const(self, a):
-        return np.asarray(a)
-
-    def is_half(self, a):
-        return a.dtype == np.float16
-
-    def half_bits(self, a):
-        return np.ascontiguousarray(a).view(np.uint16)
-
-    def to_f32(self, a):
-        return np.asarray(a, np.float32)
-
-    def flat(self, a):
-        return np.ascontiguousarray(a).reshape(-1)
-
-    def size(self, a):
-        return a.size
-
-    def reshape(self, a, shape):
-        return a.reshape(shape)
-
-    def launch(self, spec, groups, inputs, sizes):
-        self.launches.append((spec.base, tuple(groups)))
-        return self.host(spec).run(spec, groups, inputs, sizes)
 
 
 _EXECS: dict[str, MlxExec] = {}

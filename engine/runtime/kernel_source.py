@@ -8,12 +8,9 @@ vocabulary:
 * **metal**: ``header`` and ``source`` for ``mx.fast.metal_kernel`` (the product's target);
 * **cuda**: ``header`` and ``source`` for ``mx.fast.cuda_kernel`` (MLX's CUDA backend);
 * **host**: a C++17 translation unit with one ``extern "C"`` function per kernel that runs the
-  threadgroups one after another and each phase as a loop over the threads, so the test suite
-  executes the very text that ships for the GPU (``build_host`` + ``HostKernels``), optionally
-  with a race / bounds checker (``checked=True``).
-
-The emulations of MLX's source generation used to check these texts without a GPU are test
-support: ``tests/support/mlx_codegen.py``.
+  threadgroups one after another, so the test suite executes the very text that ships for the
+  GPU. Building and running it is test support (``tests/support/host_build.py``), as are the
+  emulations of MLX's source generation (``tests/support/mlx_codegen.py``).
 
 A kernel's MLX name carries a hash of everything in its text (body, preludes, defines): MLX
 caches compiled libraries by name, so two variants must never share one.
@@ -21,20 +18,11 @@ caches compiled libraries by name, so two variants must never share one.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
-import os
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-
-import metal
-from engine.io.atomic import atomic_path
-from engine.runtime.native import find_compiler
+from engine.runtime.kernel_files import kernel_path
 
 BACKENDS = ("metal", "cuda", "host")
 PRELUDES = {"metal": "preludes/metal.h", "cuda": "preludes/cuda.h", "host": "preludes/c.h"}
@@ -56,7 +44,6 @@ PROLOGUES = {
 
 DTYPES = ("float32", "uint16", "uint8", "int32")
 C_TYPES = {"float32": "float", "uint16": "uint16_t", "uint8": "uint8_t", "int32": "int32_t"}
-NP_TYPES = {"float32": np.float32, "uint16": np.uint16, "uint8": np.uint8, "int32": np.int32}
 @dataclass(frozen=True)
 class Arg:
     name: str
@@ -97,9 +84,9 @@ class KernelSpec:
 
 
 @functools.lru_cache(maxsize=None)
-def _text(relative: str) -> str:
+def kernel_text(relative: str) -> str:
     """A kernel source file (read once per process)."""
-    return metal.source(relative)
+    return kernel_path(relative).read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,7 +94,7 @@ def _spec_name(spec: KernelSpec) -> str:
     h = hashlib.sha256()
     for part in (spec.body, COMMON, *PRELUDES.values()):
         h.update(part.encode())
-        h.update(_text(part).encode())
+        h.update(kernel_text(part).encode())
     h.update(repr((spec.inputs, spec.outputs, spec.all_defines)).encode())
     h.update(repr(PROLOGUES).encode())
     return f"{spec.base}_{h.hexdigest()[:12]}"
@@ -199,7 +186,7 @@ def all_specs() -> list[KernelSpec]:
 # --------------------------------------------------------------------------- assembly
 
 def body_text(spec: KernelSpec) -> str:
-    return _text(spec.body)
+    return kernel_text(spec.body)
 
 
 def defines_text(spec: KernelSpec) -> str:
@@ -214,14 +201,14 @@ def header(spec: KernelSpec, backend: str) -> str:
     """Prelude + this variant's #defines + the shared helpers (the `header=` argument)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}")
-    return (_text(PRELUDES[backend]) + "\n// ---- variant " + spec.name + "\n"
-            + defines_text(spec) + "\n" + _text(COMMON) + "\n")
+    return (kernel_text(PRELUDES[backend]) + "\n// ---- variant " + spec.name + "\n"
+            + defines_text(spec) + "\n" + kernel_text(COMMON) + "\n")
 
 
 def source(spec: KernelSpec, backend: str) -> str:
     """The kernel body with the backend's index prologue (the `source=` argument)."""
     if backend not in PROLOGUES:
-        raise ValueError("source() is for the GPU backends; the host unit is host_translation_unit()")
+        raise ValueError("source() is for the GPU backends; the host unit is tests/support/host_build.py")
     return PROLOGUES[backend] + body_text(spec)
 
 
@@ -229,123 +216,3 @@ def mlx_kernel_kwargs(spec: KernelSpec, backend: str) -> dict:
     """Keyword arguments for mx.fast.metal_kernel / mx.fast.cuda_kernel."""
     return dict(name=spec.name, input_names=spec.input_names, output_names=spec.output_names,
                 source=source(spec, backend), header=header(spec, backend))
-
-
-def host_function_text(spec: KernelSpec) -> str:
-    """One kernel as an extern "C" function running the grid sequentially."""
-    args = [f"const {C_TYPES[a.dtype]}* {a.name}_ptr, int64_t {a.name}_len" for a in spec.inputs]
-    args += [f"{C_TYPES[a.dtype]}* {a.name}_ptr, int64_t {a.name}_len" for a in spec.outputs]
-    args += ["uint32_t ef_ngx", "uint32_t ef_ngy"]
-    lines = [f'extern "C" void {spec.name}({", ".join(args)}) {{']
-    lines += [f"    EF_IN({C_TYPES[a.dtype]}, {a.name});" for a in spec.inputs]
-    lines += [f"    EF_OUT({C_TYPES[a.dtype]}, {a.name});" for a in spec.outputs]
-    lines += [
-        "    ::ef::launch_begin((uint32_t)(EF_TGS));",
-        "    for (uint32_t GY_ = 0; GY_ < ef_ngy; ++GY_) {",
-        "    for (uint32_t GX_ = 0; GX_ < ef_ngx; ++GX_) {",
-        "    ::ef::group_begin((uint64_t)GY_ * ef_ngx + GX_);",
-        f'#line 1 "{spec.body}"',
-        body_text(spec),
-        "    }}",
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def host_translation_unit(specs: list[KernelSpec], checked: bool = False) -> str:
-    text = f"#define EF_CHECKED {int(checked)}\n" + _text(PRELUDES["host"]) + "\n"
-    seen = set()
-    for spec in specs:
-        if spec.name in seen:
-            continue
-        seen.add(spec.name)
-        text += f"// ---- {spec.name}\n" + defines_text(spec) + _text(COMMON) + "\n"
-        text += host_function_text(spec) + undefines_text(spec) + "\n"
-    return text
-
-
-# --------------------------------------------------------------------------- host build / run
-
-HOST_FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno",
-              "-Wall", "-Wno-unused-variable", "-Wno-unused-but-set-variable")
-
-
-def host_compiler() -> str | None:
-    return find_compiler("CXX", ("g++", "clang++", "c++"))
-
-
-def build_cache_dir() -> Path:
-    d = Path(os.environ.get("EFFORT_KERNEL_CACHE", Path(tempfile.gettempdir()) / "effort_portable_kernels"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def build_host(specs: list[KernelSpec], checked: bool = False, cache: Path | None = None) -> Path:
-    """Compile the host instantiation of ``specs`` into a shared library (cached by hash)."""
-    cxx = host_compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (g++/clang++) found")
-    tu = host_translation_unit(specs, checked)
-    flags = list(HOST_FLAGS) + (["-O1"] if checked else [])
-    digest = hashlib.sha256((tu + " ".join([cxx, *flags])).encode()).hexdigest()[:16]
-    out_dir = (cache or build_cache_dir()) / digest
-    lib = out_dir / "kernels.so"
-    if lib.exists():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    src = out_dir / "kernels.cpp"
-    src.write_text(tu)
-    with atomic_path(lib) as tmp:
-        proc = subprocess.run([cxx, *flags, "-I", str(metal.ROOT), str(src), "-o", str(tmp), "-lm"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"host kernel build failed:\n{proc.stderr[-6000:]}")
-    return lib
-
-
-class HostKernels:
-    """ctypes front end to a host build: ``run(spec, (ngx, ngy), inputs, outputs)``."""
-
-    def __init__(self, specs: list[KernelSpec], checked: bool = False, cache: Path | None = None):
-        self.specs = {s.name: s for s in specs}
-        self.checked = checked
-        self.path = build_host(specs, checked, cache)
-        self.lib = ctypes.CDLL(str(self.path))
-        self.lib.ef_check_errors.restype = ctypes.c_long
-        self.lib.ef_check_first_error.restype = ctypes.c_char_p
-
-    def errors(self) -> tuple[int, str]:
-        return int(self.lib.ef_check_errors()), self.lib.ef_check_first_error().decode()
-
-    def reset_errors(self) -> None:
-        self.lib.ef_check_reset()
-
-    def run(self, spec: KernelSpec, groups: tuple[int, int], inputs: list[np.ndarray],
-            outputs: list[int], fill: float = np.nan) -> list[np.ndarray]:
-        """Launch ``spec`` on a grid of ``groups`` = (ngx, ngy) threadgroups.
-
-        ``inputs`` are 1-D-able arrays of exactly the declared dtypes; ``outputs`` are element
-        counts (outputs start as ``fill`` converted to their dtype, like uninitialized memory)."""
-        if spec.name not in self.specs:
-            raise KeyError(f"{spec.name} is not in this build")
-        if len(inputs) != len(spec.inputs) or len(outputs) != len(spec.outputs):
-            raise ValueError("wrong number of inputs / outputs")
-        argv: list = []
-        keep = []
-        for a, arr in zip(spec.inputs, inputs):
-            arr = np.ascontiguousarray(arr).reshape(-1)
-            if arr.dtype != NP_TYPES[a.dtype]:
-                raise TypeError(f"{spec.base}: input {a.name} must be {a.dtype}, got {arr.dtype}")
-            keep.append(arr)
-            argv += [arr.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(arr.size)]
-        outs = []
-        for a, n in zip(spec.outputs, outputs):
-            if a.dtype == "float32":
-                o = np.full(n, fill, np.float32)
-            else:
-                o = np.full(n, -7, NP_TYPES[a.dtype])
-            outs.append(o)
-            argv += [o.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(n)]
-        argv += [ctypes.c_uint32(groups[0]), ctypes.c_uint32(groups[1])]
-        getattr(self.lib, spec.name)(*argv)
-        return outs

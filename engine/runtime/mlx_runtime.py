@@ -50,7 +50,7 @@ class MLXRuntime:
         return np.stack(rows), float(np.mean(used))
 
     def verify(self, ids: Sequence[int]) -> np.ndarray:
-        logits = self.model(mx.array(list(ids), dtype=mx.int32), self.cache)
+        logits = self.model(mx.array(list(ids), dtype=mx.int32), self.cache, last_only=False)
         mx.eval(logits)
         return np.array(logits.astype(mx.float32))
 

@@ -25,26 +25,26 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-import metal
 from engine.io import checksum
+from engine.runtime.kernel_files import kernel_path
 from engine.io.atomic import atomic_path
 from engine.io.paths import cache_dir
 
+if TYPE_CHECKING:
+    from engine.effort.planes.layout import PlaneMatrix
+
 FLAGS = ["-O3", "-shared", "-fPIC", "-std=c11", "-fno-math-errno", "-D_GNU_SOURCE"]
-# The planes decode step (the product), and the bucketMul CPU path kept for comparison until it is deleted.
-LIBRARIES = {
-    "planes": (("cpu/pool.c", "cpu/planes.c", "cpu/decode.c"), ("cpu/planes.h", "cpu/pool.h")),
-    "bucket": (("cpu/pool.c", "cpu/effort_cpu.c", "cpu/decode_bucket.c"), ("cpu/effort_cpu.h", "cpu/pool.h")),
-}
+SOURCES = ("cpu/pool.c", "cpu/planes.c", "cpu/decode.c")
+HEADERS = ("cpu/planes.h", "cpu/pool.h")
+LIBRARY_NAME = "libeffort-planes." + ("dylib" if sys.platform == "darwin" else "so")
 VARIANTS = {"native": [], "portable": ["-DECPU_NO_SIMD"]}
 
 _lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL] = {}
-_errors: dict[str, str] = {}
-_broken: set[str] = set()  # built, but failing their checks even after a rebuild
+_state: dict[str, object] = {}  # "lib": the loaded library; "error": why there is none; "broken": its checks failed
 
 c_ptr, c_int, c_float, c_long, c_double = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long, ctypes.c_double
 
@@ -74,9 +74,10 @@ class Layer(ctypes.Structure):
 
 
 class Effort(ctypes.Structure):
-    """ee_effort: per-matrix thresholds, or per-token budgets, or neither (dense)."""
+    """ee_effort: per-matrix thresholds, or per-token budgets, or neither (dense); `coarse`: the
+    activations at their int8 level alone (calibration's measurements, at half the arithmetic)."""
 
-    _fields_ = [("tau", c_ptr), ("share", c_ptr), ("whole_rows", c_int)]
+    _fields_ = [("tau", c_ptr), ("share", c_ptr), ("whole_rows", c_int), ("coarse", c_int)]
 
 
 class Stats(ctypes.Structure):
@@ -93,7 +94,7 @@ class MatVec(ctypes.Structure):
     _fields_ = [("P", c_ptr), ("w", c_ptr), ("y", c_ptr)]
 
 
-def _declare_planes(lib: ctypes.CDLL) -> None:
+def _declare(lib: ctypes.CDLL) -> None:
     signatures = {
         "ee_projections": (ctypes.c_char_p, []),
         "ee_isa": (ctypes.c_char_p, []),
@@ -115,6 +116,7 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         "ee_select": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_float, c_int, c_int, c_ptr, c_ptr]),
         "ee_work_from_levels": (c_long, [c_ptr, c_ptr, c_ptr, c_ptr, c_ptr]),
         "ee_budget_tau": (c_float, [c_ptr, c_ptr, c_long, c_int, c_int, c_ptr]),
+        "ee_stream_read": (ctypes.c_uint64, [c_ptr, c_ptr, c_int]),
         "ee_matvec": (None, [c_ptr, c_ptr, c_ptr]),
         "ee_matvec_multi": (None, [c_int, c_ptr]),
         "ee_matmul_multi": (None, [c_int, c_int, c_ptr, c_int]),
@@ -132,35 +134,6 @@ def _declare_planes(lib: ctypes.CDLL) -> None:
         raise RuntimeError(f"the CPU kernels order the projections {order}, the engine {PROJECTIONS}")
 
 
-def _declare_bucket(lib: ctypes.CDLL) -> None:
-    p, i, f = c_ptr, c_int, c_float
-    signatures = {
-        "ee_model_new": (p, [p] * 8),
-        "ee_model_free": (None, [p]),
-        "ee_step": (c_double, [p, i, i, p, p]),
-        "ee_set_strategy": (None, [p, i]),
-        "ee_project": (c_double, [p, p, p, p, f]),
-        "ee_set_head_q8": (None, [p, p, p, i]),
-        "ecpu_q8_from_gguf": (None, [p, i, i, p, p]),
-        "ecpu_head_q8": (None, [p, p, p, p, i, i]),
-        "ecpu_q8_row": (None, [p, p, i, i, p]),
-        "ecpu_attend": (None, [p, p, p, i, i, f, p, p]),
-        "ee_active_inputs": (i, [p, i]),
-        "ecpu_dense_f16": (None, [p, p, p, i, i]),
-        "ecpu_effort_blk_bytes": (ctypes.c_size_t, [i, i]),
-        "ecpu_effort_build": (None, [p, i, i, p, p]),
-        "ecpu_effort_k": (c_long, [p, p, i, f, p]),
-        "ecpu_effort_matvec": (None, [p, i, i, p, p, p]),
-        "ecpu_isa": (ctypes.c_char_p, []),
-    }
-    for name, (restype, argtypes) in signatures.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-
-
-_DECLARE = {"planes": _declare_planes, "bucket": _declare_bucket}
-
-
 # -- building -------------------------------------------------------------------------------------
 
 
@@ -176,11 +149,7 @@ def _compiler() -> str | None:
     return find_compiler("CC", ("cc", "gcc", "clang"))
 
 
-def _library_name(which: str) -> str:
-    return f"libeffort-{which}." + ("dylib" if sys.platform == "darwin" else "so")
-
-
-def build(force: bool = False, variant: str = "native", which: str = "planes") -> Path:
+def build(force: bool = False, variant: str = "native") -> Path:
     """Compile the kernels (or reuse the cached build); raises RuntimeError with the compiler's message.
 
     "native" picks the kernel family at run time from the CPU (AVX-512 VNNI, AVX2 or plain C);
@@ -189,15 +158,14 @@ def build(force: bool = False, variant: str = "native", which: str = "planes") -
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang)")
-    sources, headers = LIBRARIES[which]
-    files = [metal.path(s) for s in sources]
-    include = metal.path("cpu")
+    files = [kernel_path(s) for s in SOURCES]
+    include = kernel_path("cpu")
     digest = hashlib.sha256()
-    for f in [*files, *(metal.path(h) for h in headers)]:
+    for f in [*files, *(kernel_path(h) for h in HEADERS)]:
         digest.update(f.read_bytes())
     command = [cc, *FLAGS, *VARIANTS[variant], f"-I{include}", *map(str, files), "-o"]
     digest.update(" ".join(command).encode())
-    target = cache_dir() / "native" / digest.hexdigest()[:16] / _library_name(which)
+    target = cache_dir() / "native" / digest.hexdigest()[:16] / LIBRARY_NAME
     if target.exists() and not force:
         return target
     with atomic_path(target) as tmp:
@@ -209,14 +177,38 @@ def build(force: bool = False, variant: str = "native", which: str = "planes") -
     return target
 
 
-def load(path: Path, which: str = "planes") -> ctypes.CDLL:
+def array_ptr(a: np.ndarray | None) -> int | None:
+    """The address of a C-contiguous array, None for None (what the structs below hold)."""
+    if a is None:
+        return None
+    if not a.flags.c_contiguous:
+        raise ValueError("the C kernels need C-contiguous arrays")
+    return a.ctypes.data
+
+
+def planes_struct(pm: PlaneMatrix) -> Planes:
+    """The C view of one matrix (pointers into its arrays, which must outlive the struct)."""
+    s = Planes()
+    s.kind = 0 if pm.kind == "q4" else 1
+    s.out, s.in_, s.tile = pm.out_dim, pm.in_dim, pm.tile
+    s.plane[0] = array_ptr(pm.planes[0])
+    s.plane[1] = array_ptr(pm.planes[1]) if len(pm.planes) > 1 else None
+    s.d = array_ptr(pm.d)
+    s.m = array_ptr(pm.m)
+    s.gain[0] = array_ptr(pm.gains[0])
+    s.gain[1] = array_ptr(pm.gains[1]) if pm.gains.shape[0] > 1 else None
+    return s
+
+
+def load(path: Path) -> ctypes.CDLL:
     """A built kernel library, with its C signatures declared."""
     lib = ctypes.CDLL(str(path))
-    _DECLARE[which](lib)
+    _declare(lib)
     return lib
 
 
-def _self_test_planes(lib: ctypes.CDLL) -> None:
+def self_test(lib: ctypes.CDLL) -> None:
+    """Raise RuntimeError unless the library's kernels give a small numpy reference product."""
     from engine.effort.planes import layout
 
     rng = np.random.default_rng(24)
@@ -226,8 +218,6 @@ def _self_test_planes(lib: ctypes.CDLL) -> None:
         else:
             d = (rng.random((64, 3)) * 0.01).astype(np.float16)
             pm = layout.from_codes("q4", rng.integers(0, 16, (64, 96)), d, (-8 * d.astype(np.float32)).astype(np.float16))
-        from engine.runtime.cpu_runtime import planes_struct
-
         x = rng.standard_normal(96).astype(np.float32)
         xq, dx = np.zeros(2 * 96, np.int8), np.zeros(3, np.float32)  # the levels, then the residuals
         lib.ee_quantize_x(x.ctypes.data, 96, xq.ctypes.data, dx.ctypes.data)
@@ -244,33 +234,13 @@ def _self_test_planes(lib: ctypes.CDLL) -> None:
             raise RuntimeError(f"its {kind} kernel fails the self-test (max error {float(np.abs(got - want).max()):.3g})")
 
 
-def _self_test_bucket(lib: ctypes.CDLL) -> None:
-    out_dim, in_dim = 64, 96
-    rng = np.random.default_rng(24)
-    w = rng.standard_normal((out_dim, in_dim)).astype(np.float16)
-    x = rng.standard_normal(in_dim).astype(np.float32)
-    want = w.astype(np.float32) @ x
-    dense = np.zeros(out_dim, np.float32)
-    lib.ecpu_dense_f16(w.ctypes.data, x.ctypes.data, dense.ctypes.data, out_dim, in_dim)
-    if not np.allclose(dense, want, rtol=1e-3, atol=1e-3):
-        raise RuntimeError(f"its dense kernel fails the self-test (max error {float(np.abs(dense - want).max()):.3g})")
-
-
-_SELF_TEST = {"planes": _self_test_planes, "bucket": _self_test_bucket}
-
-
-def self_test(lib: ctypes.CDLL, which: str = "planes") -> None:
-    """Raise RuntimeError unless the library's kernels give a small numpy reference product."""
-    _SELF_TEST[which](lib)
-
-
-def _checked(path: Path, which: str) -> ctypes.CDLL:
+def _checked(path: Path) -> ctypes.CDLL:
     """Load `path` if its checksum and self-test pass (RuntimeError or OSError otherwise)."""
     if checksum.verify(path) is False:
         raise RuntimeError("it does not match the checksum recorded when it was built")
-    lib = load(path, which)
+    lib = load(path)
     try:
-        self_test(lib, which)
+        self_test(lib)
     except RuntimeError:
         import _ctypes
 
@@ -280,42 +250,42 @@ def _checked(path: Path, which: str) -> ctypes.CDLL:
     return lib
 
 
-def library(which: str = "planes") -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (see `build_error()` and `broken()`)."""
     with _lock:
-        if which in _libs or which in _errors:
-            return _libs.get(which)
+        if "lib" in _state or "error" in _state:
+            return _state.get("lib")
         if os.environ.get("EFFORT_NATIVE", "1") == "0":
-            _errors[which] = "disabled by EFFORT_NATIVE=0"
+            _state["error"] = "disabled by EFFORT_NATIVE=0"
             return None
         try:
-            path = build(which=which)
+            path = build()
         except (RuntimeError, OSError) as exc:  # no compiler, or it failed: MLX alone (documented)
-            _errors[which] = str(exc)
+            _state["error"] = str(exc)
             return None
         try:
-            _libs[which] = _checked(path, which)
+            _state["lib"] = _checked(path)
         except (RuntimeError, OSError) as exc:
             try:  # damaged or foreign: build it again, once
-                _libs[which] = _checked(build(force=True, which=which), which)
+                _state["lib"] = _checked(build(force=True))
             except (RuntimeError, OSError) as again:
-                _errors[which] = (
+                _state["error"] = (
                     f"the CPU kernels in {path.parent} are broken ({' '.join(str(exc).split())[:120]}) "
                     f"and a rebuild failed too ({' '.join(str(again).split())[:120]})"
                 )
-                _broken.add(which)
-        return _libs.get(which)
+                _state["broken"] = True
+        return _state.get("lib")
 
 
-def build_error(which: str = "planes") -> str | None:
-    library(which)
-    return _errors.get(which)
+def build_error() -> str | None:
+    library()
+    return _state.get("error")
 
 
-def broken(which: str = "planes") -> bool:
+def broken() -> bool:
     """The kernels were built but fail their checks: refuse, rather than run another backend."""
-    library(which)
-    return which in _broken
+    library()
+    return bool(_state.get("broken"))
 
 
 ISA_FAMILIES = ("avx512vnni", "avx2", "scalar")  # widest first: what planes.c dispatches between

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.model.decoder import split_weight_name
+from engine.errors import EngineError
+from engine.events import SpeculativeStats
 from engine.model.diagnose import require_finite
 from engine.runtime.base import check_room, check_tokens
 
@@ -35,6 +37,8 @@ class SpeedResult:
     kernel_gbps: dict[str, float] = field(default_factory=dict)  # per projection kind
     spread: float = 0.0  # (slowest - fastest round) / median, of the rounds' ms per token
     speedup: float = 1.0  # median over rounds of this round's dense ms / this effort's ms
+    stream_gbps: float = 0.0  # dense only: a plain streaming read of the bytes a dense step reads, same rounds
+    step_gbps: float = 0.0  # dense only: those bytes over the dense step's time
 
 
 def peak_rss_bytes() -> int:
@@ -152,7 +156,13 @@ def run(
     shares: dict[float, list[float]] = {e: [] for e in configs}
     peer_steps: dict[str, list[float]] = {name: [] for name in peers}
     prompt_s: dict[str, list[float]] = {name: [] for name in ["engine", *peers]}
+    stream = getattr(runtime, "stream_seconds", None)
+    stream_s, stream_bytes = [], 0
     for r in range(rounds):
+        if stream is not None:
+            note(f"round {r + 1}/{rounds}: a plain streaming read of the dense step's bytes")
+            stream_bytes, seconds = stream()
+            stream_s.append(seconds)
         for effort in configs:
             note(f"round {r + 1}/{rounds}: decoding {tokens} tokens at effort {effort:g}")
             step_s, share = decode_speed(runtime, prompt_ids, effort, tokens)
@@ -189,6 +199,9 @@ def run(
         step_s = float(np.median(per_round))
         peer_results.append(PeerResult(name, 1.0 / step_s, step_s * 1e3, float((per_round.max() - per_round.min()) / step_s),
                                        float(np.median(per_round / np.array(steps[1.0])))))
+    if stream_s:
+        results[0].stream_gbps = stream_bytes / float(np.median(stream_s)) / 1e9
+        results[0].step_gbps = stream_bytes / (results[0].ms_per_token / 1e3) / 1e9
     prompt = None
     if long_prompt is not None:
         tps = {name: len(long_prompt) / float(np.median(s)) for name, s in prompt_s.items()}
@@ -199,6 +212,9 @@ def run(
 def format_peers(dense: SpeedResult, peers: list[PeerResult], prompt: PromptResult | None) -> str:
     """The peers' rows under the table, and the prompt speeds."""
     lines = []
+    if dense.stream_gbps:
+        lines.append(f"dense step: its weights at {dense.step_gbps:.1f} GB/s, {dense.step_gbps / dense.stream_gbps:.0%} of "
+                     f"a plain streaming read of the same bytes ({dense.stream_gbps:.1f} GB/s, same rounds)")
     for p in peers:
         lines.append(f"{p.name}: {p.decode_tps:.1f} tok/s ({p.ms_per_token:.2f} ms/tok, spread {100 * p.spread:.0f}%); "
                      f"the engine's dense decode runs at {p.engine_speedup:.2f}x its speed")
@@ -232,3 +248,91 @@ def format_table(dense: SpeedResult, results: list[SpeedResult], info, peak_byte
         for r in [dense, *results]:
             lines.append(f"{label(r):>7}{'':>33}  " + " ".join(f"{r.kernel_gbps[k]:.0f}" for k in kinds))
     return "\n".join(lines)
+
+
+# -- lossless mode (engine.speculative): `effort bench --speculative` ----------------------------------
+
+VERIFY_K = 4  # the verify whose cost is reported: VERIFY_K drafted tokens and the one before them
+
+
+@dataclass
+class SpeculativeSpeed:
+    decode_tps: float  # lossless greedy decoding, tokens per second (the token loop's own figure)
+    dense_tps: float  # plain greedy decoding at effort 1.0, timed the same way
+    speedup: float  # median over rounds of that round's dense time / lossless time
+    spread: float  # (slowest - fastest round) / median, of the lossless rounds
+    stats: SpeculativeStats  # acceptance, draft effort and k, over the last round
+    verify_steps: float  # one verify of VERIFY_K + 1 positions, in dense decode steps
+
+
+class _NoText:
+    """The token loop's text decoder, for a bench that prints no text."""
+
+    def step(self, token: int) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""
+
+
+def check_speculative_plan(runtime, prompt_ids: Sequence[int], tokens: int) -> None:
+    """`check_plan`, and a decode step to time after the first token (one line otherwise)."""
+    if tokens < 2:
+        raise EngineError("lossless mode is timed over decode steps after the first token: use --tokens 2 or more")
+    check_plan(runtime, prompt_ids, tokens)
+
+
+def verify_cost(runtime, prompt_ids: Sequence[int], repeats: int = 5) -> float:
+    """One `verify` of VERIFY_K + 1 positions in dense decode steps (medians), after the prompt."""
+    tail = list(prompt_ids[-(VERIFY_K + 1):])
+    runtime.reset(0)
+    runtime.prefill(prompt_ids)
+    base = len(prompt_ids)
+    verify, step = [], []
+    for _ in range(repeats):
+        runtime.reset(base)
+        start = time.perf_counter()
+        runtime.verify(tail)
+        verify.append(time.perf_counter() - start)
+        runtime.reset(base)
+        start = time.perf_counter()
+        runtime.step(tail[0], 1.0)
+        step.append(time.perf_counter() - start)
+    return float(np.median(verify) / np.median(step))
+
+
+def speculative(
+    runtime, prompt_ids: Sequence[int], tokens: int, on_step: Callable[[str], None] | None = None, rounds: int = 3
+) -> SpeculativeSpeed:
+    """Greedy decoding of `tokens` tokens at effort 1.0, plainly and in lossless mode, in turn for
+    `rounds` rounds, through the token loop itself (`engine.generate`, so sampling and bookkeeping
+    are timed too); the same text both ways."""
+    from engine.api import EffortSetting, SamplingSettings
+    from engine.generate import Generator
+
+    note = on_step or (lambda s: None)
+    check_speculative_plan(runtime, prompt_ids, tokens)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    costs, stats = [], None
+    for r in range(rounds):
+        for lossless in (False, True):
+            note(f"round {r + 1}/{rounds}: {tokens} tokens {'in lossless mode' if lossless else 'at effort 1'}")
+            loop = Generator(runtime, frozenset(), _NoText)  # no stop token: every run decodes `tokens`
+            res = loop.generate(prompt_ids, SamplingSettings(max_tokens=tokens), EffortSetting(1.0, lossless=lossless))
+            times[lossless].append(1.0 / res.decode_tps)
+            stats = res.speculative or stats
+        costs.append(verify_cost(runtime, prompt_ids))
+    plain, fast = np.array(times[False]), np.array(times[True])
+    return SpeculativeSpeed(
+        float(1.0 / np.median(fast)), float(1.0 / np.median(plain)), float(np.median(plain / fast)),
+        float((fast.max() - fast.min()) / np.median(fast)), stats, float(np.median(costs)),
+    )
+
+
+def format_speculative(s: SpeculativeSpeed) -> str:
+    return (
+        f"lossless (greedy, drafts checked at effort 1): {s.decode_tps:.1f} tok/s vs {s.dense_tps:.1f} plain, "
+        f"{s.speedup:.2f}x (spread {100 * s.spread:.0f}%); acceptance {100 * s.stats.acceptance:.0f}%, "
+        f"draft effort {s.stats.mean_draft_effort:.2f}, k {s.stats.mean_k:.1f}; "
+        f"a verify of {VERIFY_K + 1} positions costs {s.verify_steps:.2f} decode steps"
+    )

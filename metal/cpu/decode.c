@@ -48,6 +48,7 @@ typedef struct {
     const float *tau;
     const float *share;
     int whole_rows; /* the activation baseline: rows by x^2 alone, every plane or none */
+    int coarse;     /* the activations at their int8 level alone, everywhere (calibration: see planes.h) */
 } ee_effort;
 
 /* Calibration statistics (optional): per matrix and plane, a histogram of log2 of the rows' scores
@@ -258,6 +259,7 @@ static void project(ee_model *m, const ee_planes *const *ps, float *const *ys, c
                 long rows = (long)p->in * top_level(p), budget = lrintf(e->share[index[g]] * (float)rows);
                 tau = budget >= rows ? -1.0f : ee_budget_tau(p, x, budget, top, whole, m->scratch);
             }
+            w->coarse = e && e->coarse;
             ee_select(p, x, xq, dx, tau, top, whole, w, NULL);
             same &= tau < 0.0f;
             if (m->stats) record(m->stats, index[g], p, x);

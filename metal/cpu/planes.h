@@ -25,7 +25,9 @@
  * tokens). The kernels sum integer products per block for both levels, then fold them in with the block's
  * scales:   y[o] += d[b][o] * (dx[b] * (acc[b][o] + accr[b][o] / 256) + c0[b]) + m[b][o] * c1[b]
  * A matrix read at less than its top level (under effort) loses far more than int8 activations cost, so
- * there the residual is skipped (half the dot products): the residual is read exactly when every row is.
+ * there the residual is skipped (half the dot products): the residual is read exactly when every row is,
+ * unless the work list is `coarse` (calibration measures what skipping rows costs, which int8 activations
+ * on both sides of the comparison do not change, at half the arithmetic).
  */
 #ifndef EFFORT_PLANES_H
 #define EFFORT_PLANES_H
@@ -68,6 +70,7 @@ typedef struct {
     float *dx, *c0, *c1; /* [nb]: the fold's per-block constants (see above) */
     long rows_read;    /* plane rows read (x out/2 bytes each) */
     int residual;      /* whether the activations' residual level is multiplied (every row read at the top) */
+    int coarse;        /* set by the caller: never multiply the residual (calibration's cheaper measurements) */
 } ee_work;
 
 /* allocate / free a work list for matrices with up to `in` inputs (ee_select and ee_work_from_levels
@@ -126,4 +129,8 @@ int ee_use_isa(const char *name);
 #ifdef __cplusplus
 }
 #endif
+/* Read every byte of n spans once (in parallel, summed so the reads happen): a plain streaming read, the
+ * yardstick for the dense step's memory speed. */
+uint64_t ee_stream_read(const uint8_t *const *ptr, const size_t *size, int n);
+
 #endif

@@ -28,7 +28,7 @@ DEFAULT_INFO = ModelInfo(
     path="/models/fake-135m.gguf",
     architecture="llama",
     backend="cpu",
-    device="Fake CPU (2 threads)",
+    device="Fake CPU · 2 CPUs",
     context_limit=2048,
     parameters=135_000_000,
 )

@@ -83,7 +83,7 @@ async def test_generation_error_is_shown_not_raised(make_app) -> None:
 
 async def test_engine_that_raises_in_generate_is_reported(make_app) -> None:
     class Exploding(FakeEngine):
-        def generate(self, request, on_token, on_done):
+        def generate(self, request, on_token, on_done, on_prefill=None):
             raise ValueError("prompt does not fit the context (4100 > 4096 tokens)")
 
     app = make_app(Exploding())
@@ -273,7 +273,7 @@ async def test_regenerate_after_a_failed_answer(make_app) -> None:
 
 async def test_a_failure_before_any_text_is_not_saved(make_app) -> None:
     class FailsAtOnce(FakeEngine):
-        def generate(self, request, on_token, on_done):
+        def generate(self, request, on_token, on_done, on_prefill=None):
             self.requests.append(request)
             if len(self.requests) == 1:
                 raise RuntimeError("the KV cache could not be allocated")

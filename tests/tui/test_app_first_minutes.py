@@ -7,7 +7,8 @@ from dataclasses import replace
 from rich.color import Color, ColorSystem
 
 from effort_tui.keymap import validate_keymap
-from effort_tui.stats import collapse_effort, prompt_text, quality_at, summary_line
+from effort_tui.answer_meta import answer_meta, summary_text
+from effort_tui.stats import collapse_effort, prompt_text, quality_at
 from effort_tui.widgets.effort_sparkline import EFFORT_BANDS, effort_style, nice_ceiling, scale_for
 from engine.events import GenerationResult
 
@@ -25,7 +26,7 @@ def _result(**kw) -> GenerationResult:
 
 
 def test_one_token_answer_has_no_zero_speed_and_cached_prompt_reads_sensibly() -> None:
-    line = summary_line(_result(prompt_cached=230))
+    line = summary_text(answer_meta(_result(prompt_cached=230), "fake-135m", None))
     assert "0.0 tok/s" not in line and line.startswith("■ stopped · 1 tok")
     assert "prompt 8 new + 230 cached" in line
     assert prompt_text(238, 0, 55.0) == "prompt 55 tok/s"
@@ -60,11 +61,11 @@ async def test_quality_beside_the_gauge_and_a_one_time_hint(make_app) -> None:
     app = make_app(engine)
     async with app.run_test(size=SIZE) as pilot:
         chat = await ready(app, pilot)
-        chat.action_effort_set(50)
+        chat.action_effort_set(0.5)
         await pilot.pause()
         assert "≈80% top-1" in screen_text(app)
-        chat.action_effort_set(20)
-        chat.action_effort_set(10)
+        chat.action_effort_set(0.2)
+        chat.action_effort_set(0.1)
         await pilot.pause()
         hints = [n for n in app._notifications if "Quality drops" in (n.title or "")]
         assert len(hints) == 1 and "≈49%" in hints[0].message
@@ -176,19 +177,32 @@ async def test_copy_rename_search(make_app) -> None:
 
 async def test_first_launch_chats_at_once_while_the_effort_dial_is_prepared(make_app) -> None:
     """A model never converted loads dense; the effort conversion runs behind it: the chat says so,
-    effort keys say when they will act, and the end is announced."""
+    shows how far the conversion is (its own count, not a timer), effort keys say when they will
+    act, and the end is announced."""
     from engine.events import LoadProgress
+    from effort_tui.messages import EngineNews
 
-    engine = FakeEngine(after_load=(LoadProgress("effort", 10, 75, "s", "preparing the effort dial in the background"),))
+    engine = FakeEngine(after_load=(LoadProgress("effort", 12, 30, "", "calibrating"),))
     app = make_app(engine)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         chat = await ready(app, pilot)
         await wait_until(pilot, lambda: chat.effort_preparing is True, what="effort preparing")
         await wait_until(pilot, lambda: any("full effort until the effort dial is ready" in n.message for n in app._notifications))
+        await wait_until(pilot, lambda: "effort dial: calibrating 40%" in screen_text(app), what="progress shown")
         await pilot.press("ctrl+down")
-        await wait_until(pilot, lambda: any("Effort ready in about 65 s" in n.message for n in app._notifications))
-        chat._effort_progress(LoadProgress("effort", 1, 1, "", "the effort dial is ready (70 s)"))
-        assert chat.effort_preparing is False
+        await wait_until(pilot, lambda: any("being prepared (calibrating 40%)" in n.message for n in app._notifications))
+        chat.post_message(EngineNews(LoadProgress("effort-ready", 1, 1, "", "the effort dial is ready (70 s)")))
+        await wait_until(pilot, lambda: chat.effort_preparing is False)
         await wait_until(pilot, lambda: any("The effort dial is ready" in n.message for n in app._notifications))
-        chat._effort_progress(LoadProgress("effort", 0, 0, "failed", "the effort dial is unavailable: disk full"))
+        chat.post_message(EngineNews(LoadProgress("effort-failed", 0, 0, "", "the effort dial is unavailable: disk full")))
         await wait_until(pilot, lambda: any(n.severity == "warning" and "disk full" in n.message for n in app._notifications))
+
+
+async def test_the_status_bar_shows_what_the_weights_hold_in_memory(make_app) -> None:
+    """Issue 21: the chat shows the loaded model's resident size (the engine's ModelInfo.resident_bytes)."""
+    engine = FakeEngine()
+    engine.info = replace(engine.info, resident_bytes=97_300_000)
+    app = make_app(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await ready(app, pilot)
+        assert "92.8 MB" in chat.status.model_text().plain

@@ -28,14 +28,16 @@ async def test_loading_shows_bytes_percent_and_eta(make_app) -> None:
         assert "Downloading" in text and "40.0%" in text and "108.0 MB / 270.0 MB" in text
         assert "54.0 MB/s" in text and "ETA 3s" in text
         assert "loading smollm2-135m" in text  # the status bar says so too
-        # Typing and sending while loading is refused politely; the text stays.
+        # A message sent while loading is kept, shown, and sent as soon as the model is ready.
         await pilot.press(*"hello", "enter")
-        assert chat.prompt.text == "hello"
-        assert any("still loading" in n.message for n in app._notifications)
+        await wait_until(pilot, lambda: chat.prompt.text == "" and len(chat.turns) == 1, what="message kept")
+        assert "hello" in screen_text(app) and engine.requests == []
         engine.release_load(2)
         await wait_until(pilot, lambda: chat.model_state == "ready")
         assert not chat.load_panel.display
         assert "fake-135m" in screen_text(app)
+        await wait_until(pilot, lambda: len(engine.requests) == 1, what="sent when ready")
+        assert engine.requests[0].messages[-1]["content"] == "hello"
 
 
 async def test_load_failure_is_shown_and_the_app_stays_usable(make_app) -> None:

@@ -29,7 +29,7 @@ async def answer_with_effort_changes(pilot, app, engine) -> None:
     chat = await ready(app, pilot)
     await send(pilot, chat, "Write hello world in Python")
     gen = chat.generation
-    for effort, tokens in ((None, 12), (60, 10), (30, 10)):
+    for effort, tokens in ((None, 12), (0.6, 10), (0.3, 10)):
         if effort is not None:
             chat.action_effort_set(effort)
         n = len(engine.events)
@@ -71,7 +71,7 @@ def test_snapshot_streaming_with_cap(snap_compare, make_app) -> None:
         gen = chat.generation
         engine.release(8)
         await wait_until(pilot, lambda: chat.status.stats.tokens == 8)
-        chat.action_effort_step(-25)
+        chat.action_effort_step(-0.25)
         engine.release(8)
         await wait_until(pilot, lambda: chat.status.stats.tokens == 16)
         await wait_until(pilot, lambda: gen.widget.markdown.source == gen.text, what="markdown flushed")

@@ -7,7 +7,9 @@ from textual._xterm_parser import XTermParser
 
 from engine.events import GenerationResult, LoadProgress, TokenEvent
 from effort_tui.keymap import SPECS, bindings_for, install_alt_digit_sequences, validate_keymap
-from effort_tui.stats import SpeedStats, human_bytes, human_duration, summary_line
+from effort_tui.answer_meta import answer_meta, summary_text
+from effort_tui.stats import SpeedStats
+from engine.units import human_bytes, human_duration
 from effort_tui.widgets.load_panel import StageClock, progress_line
 
 
@@ -37,9 +39,14 @@ def result(reason: str = "stop", **kw) -> GenerationResult:
     return GenerationResult(**base)
 
 
+def summary_line(r: GenerationResult) -> str:
+    return summary_text(answer_meta(r, "fake-135m", None))
+
+
 def test_summary_line() -> None:
+    # efforts are those of the decoded tokens: the first token comes from the (dense) prompt
     assert summary_line(result()) == (
-        "✓ done · 12 tok @ 52.0 tok/s · ttft 0.25s · prompt 160 tok/s · effort 50–100% (mean 83%, eff 75%)"
+        "✓ done · 12 tok @ 52.0 tok/s · ttft 0.25s · prompt 160 tok/s · effort 50–100% (mean 75%, eff 68%)"
     )
     assert summary_line(result("cancelled")).startswith("■ stopped · 12 tok")
     assert summary_line(result(effort_trace=[0.6, 0.6], effective_trace=[])).endswith("effort 60%")

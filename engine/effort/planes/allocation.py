@@ -89,18 +89,21 @@ def bytes_at(hist: np.ndarray, bin_edges: np.ndarray, tau: float) -> float:
 
 
 def threshold_for(hist: np.ndarray, bin_edges: np.ndarray, share: float) -> float:
-    """The static threshold that reads `share` of a matrix's plane rows on average (from its histogram)."""
+    """The static threshold that reads `share` of a matrix's plane rows on average (from its histogram):
+    `bytes_at` solved exactly. Rows above a threshold inside bin j are the bins above it plus the part
+    of bin j above it, so the bin where the count passes share x total gives the threshold directly."""
     if share >= 1.0:
         return -1.0
-    total = float(hist.sum())
-    lo, hi = float(bin_edges[0]) - 1.0, float(bin_edges[-1]) + 1.0  # log2(tau)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if bytes_at(hist, bin_edges, 2.0 ** mid) > share * total:
-            lo = mid
-        else:
-            hi = mid
-    return 2.0 ** (0.5 * (lo + hi))
+    counts = hist.reshape(-1, hist.shape[-1]).sum(axis=0).astype(float)
+    from_top = np.cumsum(counts[::-1])  # from_top[k]: rows in the top k + 1 bins
+    target = share * from_top[-1]
+    k = int(np.searchsorted(from_top, target, side="right"))  # the first k whose top k + 1 bins exceed it
+    if k >= len(counts):  # nothing recorded: read nothing
+        return float(2.0 ** (bin_edges[-1] + 1.0))
+    j = len(counts) - 1 - k
+    higher = from_top[k - 1] if k else 0.0  # rows in the bins above bin j
+    width = bin_edges[1] - bin_edges[0]
+    return float(2.0 ** (bin_edges[j] + width * (1.0 - (target - higher) / counts[j])))
 
 
 FINE = np.round(np.linspace(0.0, 1.0, 51), 4)

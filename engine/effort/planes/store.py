@@ -62,7 +62,12 @@ class PlanesModel:
 
 def layout_path(files: ModelFiles) -> Path:
     """Keyed by the source's fingerprint, the format version and the tile width."""
-    return converted_dir() / f"{files.fingerprint[:24]}-planes-v{FORMAT_VERSION}-t{layout.TILE}.layout"
+    return layout_file(files.fingerprint)
+
+
+def layout_file(fingerprint: str) -> Path:
+    """The layout of the source whose content has this fingerprint (its sha256), opened or not."""
+    return converted_dir() / f"{fingerprint[:24]}-planes-v{FORMAT_VERSION}-t{layout.TILE}.layout"
 
 
 def matrix_names(config: ModelConfig) -> list[str]:
