@@ -380,7 +380,9 @@ def test_tiny_model_cache_after_a_lossless_answer_is_a_plain_answers(tiny):
             res = answer(gen, TINY_PROMPTS[0], lossless, max_tokens=40)
             n = rt.length
             assert n == len(gen._cached) == len(TINY_PROMPTS[0]) + res.generated_tokens - 1
-            kv = (rt.kcache[:, :, :n].copy(), rt.vcache[:, :, :n].copy())
+            k = rt.kcache  # [layers][kv heads][blocks][head_dim][block]: back to positions first
+            keys = k.transpose(0, 1, 2, 4, 3).reshape(*k.shape[:2], -1, k.shape[3])
+            kv = (keys[:, :, :n].copy(), rt.vcache[:, :, :n].copy())
             next_turn = rt.prefill([res.token_ids[-1], 40, 41])
             states.append((res.token_ids, kv, next_turn))
             if lossless:
