@@ -107,7 +107,7 @@ def test_activations_are_quantized_as_the_reference_says(lib):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_products_at_any_levels_equal_the_reference(lib, kind, shape):
     out_dim, in_dim = shape
-    for tile in (128, 512):
+    for tile in (128, 512, 1024):
         pm = _matrix(kind, out_dim, in_dim, out_dim + in_dim, tile)
         s = planes_struct(pm)
         x = _x(in_dim, in_dim)
@@ -196,11 +196,14 @@ def test_results_do_not_depend_on_the_thread_count(lib):
     assert np.array_equal(results[0], results[1]) and np.array_equal(results[0], results[2])
 
 
+@pytest.mark.parametrize("tile", [512, 1024])
 @pytest.mark.parametrize("kind", ["q4", "q8"])
-def test_a_batch_of_tokens_gets_the_bits_each_token_gets_alone(lib, kind):
+def test_a_batch_of_tokens_gets_the_bits_each_token_gets_alone(lib, kind, tile):
     """ee_matmul_multi (the prompt, drafted tokens to verify) reads the weights once for all tokens and
-    gives every token exactly what ee_matvec_multi gives it."""
-    mats = [_matrix(kind, 576, 576, 31, 512), _matrix(kind, 1536, 576, 32, 512)]
+    gives every token exactly what ee_matvec_multi gives it (tile 1024: the 1536 outputs are one tile,
+    which a batch walks in groups of 512 outputs, and cut into ranges of blocks whose partials are
+    merged token by token on every thread)."""
+    mats = [_matrix(kind, 576, 576, 31, tile), _matrix(kind, 1536, 576, 32, tile)]
     structs = [planes_struct(pm) for pm in mats]
     ntok = 5
     xs = [_x(576, 40 + j) for j in range(ntok)]

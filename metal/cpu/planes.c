@@ -689,27 +689,36 @@ static void run_chunk(const ee_planes *P, const ee_work *w, float *yc, int b, in
     chunk_scalar(P, w, yc, b, c);
 }
 
+/* Outputs a batch's tokens keep in flight together: a block visits every token's outputs of the group, so
+ * a whole wide tile (4096 outputs x 512 tokens: 8 MB) would leave the caches between blocks. */
+#define EE_BATCH_GROUP 512
+
 /* Blocks [b0, b1) of tile t for `ntok` tokens into yts[n] (the tile's outputs, overwritten): block by
  * block, each of the tile's chunks in turn, so the tile's rows of a block (32 x width/2 contiguous bytes)
- * are read together and stay in L1 while its chunks, and the tokens, go by. `same`: every token reads the
- * same rows (full effort), so a block's quads can be unpacked once for all of them. */
+ * are read together and stay in L1 while its chunks, and the tokens, go by. A batch walks the tile in
+ * groups of EE_BATCH_GROUP outputs, all the blocks for each group. Each output still sums its blocks in
+ * order, so the bits do not depend on the grouping. `same`: every token reads the same rows (full
+ * effort), so a block's quads can be unpacked once for all of them. */
 static void run_tile(const ee_planes *P, const ee_work *const *ws, float *const *yts, int ntok, int same, int t, int b0,
                      int b1) {
-    int t0 = t * P->tile, end = tile_end(P, t);
+    int t0 = t * P->tile, end = tile_end(P, t), group = ntok > 1 ? EE_BATCH_GROUP : end - t0;
     for (int n = 0; n < ntok; n++) memset(yts[n], 0, sizeof(float) * (size_t)(end - t0));
     float *ycs[EE_MAX_BATCH];
-    for (int b = b0; b < b1; b++) {
-        for (int c = t0 / 128; c < (end + 127) / 128; c++) {
-            for (int n = 0; n < ntok; n++) ycs[n] = yts[n] + (128 * c - t0);
+    for (int g0 = t0; g0 < end; g0 += group) {
+        int g1 = g0 + group < end ? g0 + group : end;
+        for (int b = b0; b < b1; b++) {
+            for (int c = g0 / 128; c < (g1 + 127) / 128; c++) {
+                for (int n = 0; n < ntok; n++) ycs[n] = yts[n] + (128 * c - t0);
 #if EE_X86
-            if (same && ntok > 1 && g_isa == ISA_AVX512 && chunk_width(P, c) == 128 &&
-                ws[0]->start[b + 1] - ws[0]->start[b] <= EE_MAX_QUADS_PER_BLOCK) {
-                if (ws[0]->start[b] < ws[0]->start[b + 1]) chunk128_batch_avx512(P, ws, ycs, ntok, b, 128 * c);
-                continue;
-            }
+                if (same && ntok > 1 && g_isa == ISA_AVX512 && chunk_width(P, c) == 128 &&
+                    ws[0]->start[b + 1] - ws[0]->start[b] <= EE_MAX_QUADS_PER_BLOCK) {
+                    if (ws[0]->start[b] < ws[0]->start[b + 1]) chunk128_batch_avx512(P, ws, ycs, ntok, b, 128 * c);
+                    continue;
+                }
 #endif
-            for (int n = 0; n < ntok; n++)
-                if (ws[n]->start[b] < ws[n]->start[b + 1]) run_chunk(P, ws[n], ycs[n], b, c);
+                for (int n = 0; n < ntok; n++)
+                    if (ws[n]->start[b] < ws[n]->start[b + 1]) run_chunk(P, ws[n], ycs[n], b, c);
+            }
         }
     }
 }
@@ -743,6 +752,26 @@ static void mv_worker(void *arg, int tid) {
             yts[n] = J->part[u] ? J->part[u] + (size_t)n * width : mv[n].y + t * P->tile;
         }
         run_tile(P, ws, yts, J->ntok, J->same, t, J->ub0[u], J->ub1[u]);
+    }
+}
+
+/* The partials into y, token by token (claimed in turn), each in unit order: the same sums whoever ran
+ * them. */
+static void merge_worker(void *arg, int tid) {
+    (void)tid;
+    mv_job *J = (mv_job *)arg;
+    for (;;) {
+        int j = atomic_fetch_add(&J->next, 1);
+        if (j >= J->ntok) break;
+        for (int u = 0; u < J->units; u++) {
+            if (!J->part[u]) continue;
+            const ee_mv *m = J->mv + (size_t)J->um[u] * J->ntok;
+            int t = J->ut[u], width = tile_end(m->P, t) - t * m->P->tile;
+            float *yt = m[j].y + t * m->P->tile;
+            const float *p = J->part[u] + (size_t)j * width;
+            if (J->ub0[u] == 0) memcpy(yt, p, sizeof(float) * (size_t)width);
+            else for (int o = 0; o < width; o++) yt[o] += p[o];
+        }
     }
 }
 
@@ -815,17 +844,10 @@ void ee_matmul_multi(int n, int ntok, const ee_mv *mv, int same) {
     atomic_store(&J.next, 0);
     if (J.units == 1 || !parallel) mv_worker(&J, 0);
     else ecpu_parallel(mv_worker, &J);
-    for (int u = 0; u < J.units; u++) { /* partials in unit order: the same sums whoever ran them */
-        if (!J.part[u]) continue;
-        const ee_mv *m = mv + (size_t)J.um[u] * ntok;
-        int t = J.ut[u], width = tile_end(m->P, t) - t * m->P->tile;
-        for (int j = 0; j < ntok; j++) {
-            float *yt = m[j].y + t * m->P->tile;
-            const float *p = J.part[u] + (size_t)j * width;
-            if (J.ub0[u] == 0) memcpy(yt, p, sizeof(float) * (size_t)width);
-            else for (int o = 0; o < width; o++) yt[o] += p[o];
-        }
-    }
+    if (!need) return;
+    atomic_store(&J.next, 0);
+    if (parallel && ntok > 1) ecpu_parallel(merge_worker, &J); /* a batch's partials are megabytes */
+    else merge_worker(&J, 0);
 }
 
 void ee_matvec_multi(int n, const ee_mv *mv) { ee_matmul_multi(n, 1, mv, 1); }
