@@ -210,7 +210,7 @@ def dumps(config: Config) -> str:
         "",
         "# Model to load at start: an alias (smollm2-135m), a GGUF file or a Hugging Face folder.",
         f"model = {toml_value(config.model)}",
-        "# Starting effort: share of the multiply-adds computed per token, 0.05-1.0 (or \"60%\").",
+        "# Starting effort: share of the weights read per token (CPU: bytes; MLX: multiply-adds), 0.05-1.0 (or \"60%\").",
         f"effort = {toml_value(config.effort)}",
         "# Theme: effort-dark, effort-light, or any built-in Textual theme (ctrl+t toggles).",
         f"theme = {toml_value(config.theme)}",

@@ -12,9 +12,9 @@ from textual.widgets import Label, Static
 from effort_tui.keymap import SCOPE_TITLES, SPECS, bindings_for, keys_for
 
 STATUS_HELP = """\
-effort NN%   the share of multiply-adds you ask for, per token (5 %–100 %)
+effort NN%   the share of the weights you ask to be read per token (5 %–100 %)
 ≈NN% top-1   how often this model picks the same token as at full effort, at this effort (measured)
-eff NN%      the share of weights the engine actually multiplied for the last token
+eff NN%      the share the engine actually read for the last token (CPU: bytes; MLX: multiply-adds)
 cap NN%      the highest effort this model allows (loaded with truncated ranks)
 N.N tok/s    the speed of the latest token; avg: the answer so far, without the first token
 ttft         time to first token; prompt: prompt tokens per second; ctx: context used / limit
