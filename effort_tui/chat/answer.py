@@ -5,8 +5,10 @@ the first event after a drain posts one `GenerationUpdate` to the screen. The sc
 answer at most every `DRAIN_INTERVAL_S` (the status bar's speed and sparkline follow) and redraws
 its text at most every `TEXT_INTERVAL_S`. Each text redraw lays out and repaints the conversation;
 on a two-core machine that Python work runs on the cores the decoding needs, and redrawn per token
-it made the chat decode at 0.6x the speed of `effort generate`. Four redraws a second read as
-live text and cost the UI thread about a tenth of a core (measured with a fake engine at ~80 tok/s).
+it made the chat decode at 0.6x the speed of `effort generate`. The figures (cheap) follow four
+times a second, the text (a Markdown layout of the whole answer) twice: with SmolLM2 answering at
+~220 tok/s, redrawing the text 4 times a second left the chat at 0.82-0.87x of `effort generate`,
+twice a second at 0.94-0.96x (headless, same prompt, in turn; 2026-12-05).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from effort_tui.stats import SpeedStats
 from effort_tui.widgets.chat_message import ChatMessage
 
 DRAIN_INTERVAL_S = 0.25  # the status bar's figures, at most 4 times a second
-TEXT_INTERVAL_S = 0.25  # the answer's text, at most 4 times a second
+TEXT_INTERVAL_S = 0.5  # the answer's text, at most twice a second
 
 
 @dataclass(eq=False)
