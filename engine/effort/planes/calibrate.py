@@ -40,8 +40,8 @@ from engine.runtime import native
 CALIBRATION_TEXT = Path(__file__).resolve().parents[2] / "data" / "calibration.txt"
 CALIBRATION_TOKENS = 96
 KINDS = (*PROJECTIONS, "lm_head")
-LEVELS = (0.1, 0.25, 0.5, 0.75)  # shares of a kind's bytes whose cost is measured (1.0 costs nothing)
-FORMAT_VERSION = 2
+LEVELS = (0.1, 0.175, 0.25, 0.35, 0.5, 0.75)  # shares of a kind's bytes whose cost is measured (1.0 costs nothing)
+FORMAT_VERSION = 3
 
 ProgressFn = Callable[[LoadProgress], None]
 
