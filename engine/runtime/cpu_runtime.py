@@ -193,7 +193,9 @@ class CPURuntime:
             total += self.lib.ee_bytes_total(self._handle)
             rows.append(out[:, :vocab])
         self.last_read = read / total if total else 1.0
-        return np.concatenate(rows) if all_logits else rows[-1][0].copy()
+        if not all_logits:
+            return rows[-1][0].copy()
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)  # one chunk: no second copy
 
     def forward(self, ids: Sequence[int], effort: float) -> tuple[np.ndarray, float]:
         """Every position's logits of `ids` appended at `effort` (a text scored teacher-forced), with the
