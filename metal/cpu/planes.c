@@ -482,63 +482,69 @@ T_AVX2 static void chunk_avx2(const ee_planes *P, const ee_work *w, float *yc, i
     }
 }
 
+/* A quad's four rows of one 128-output chunk as the eight code vectors dpbusd takes (vector a: outputs
+ * 16a .. 16a + 15, four inputs per 32-bit lane): the byte order of planes.h undone. `high`: the high
+ * plane of an 8-bit matrix, which enters as 16 u (its nibbles moved to the top). */
+T_AVX512 static inline __attribute__((always_inline)) void quad_codes128(const uint8_t *pl, size_t rb, const ee_quad *Q,
+                                                                         int high, __m512i c[8]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
+    __m512i R0 = _mm512_loadu_si512(pl + Q->row[0] * rb), R1 = _mm512_loadu_si512(pl + Q->row[1] * rb);
+    __m512i R2 = _mm512_loadu_si512(pl + Q->row[2] * rb), R3 = _mm512_loadu_si512(pl + Q->row[3] * rb);
+    __m512i U01 = _mm512_unpacklo_epi8(R0, R1), U23 = _mm512_unpacklo_epi8(R2, R3);
+    __m512i V01 = _mm512_unpackhi_epi8(R0, R1), V23 = _mm512_unpackhi_epi8(R2, R3);
+    __m512i Qk[4] = {_mm512_unpacklo_epi16(U01, U23), _mm512_unpackhi_epi16(U01, U23),
+                     _mm512_unpacklo_epi16(V01, V23), _mm512_unpackhi_epi16(V01, V23)};
+    for (int k = 0; k < 4; k++) {
+        if (high) {
+            c[k] = _mm512_and_si512(_mm512_slli_epi16(Qk[k], 4), mh);
+            c[4 + k] = _mm512_and_si512(Qk[k], mh);
+        } else {
+            c[k] = _mm512_and_si512(Qk[k], m4);
+            c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(Qk[k], 4), m4);
+        }
+    }
+}
+
+/* One (block, chunk)'s integer sums (A, and B for the activations' residual level) folded into
+ * yc[0 .. 128) with the block's scales (planes.h). */
+T_AVX512 static inline __attribute__((always_inline)) void fold128(const ee_planes *P, const ee_work *w, int b, int base,
+                                                                   const __m512i A[8], const __m512i B[8],
+                                                                   const int residual, float *yc) {
+    const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
+    const __m512 res = _mm512_set1_ps(residual ? 1.0f / EE_RESIDUAL : 0.0f);
+    const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
+    for (int a = 0; a < 8; a++) {
+        __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B[a]), res, _mm512_cvtepi32_ps(A[a]));
+        __m512 t = _mm512_fmadd_ps(f, dx, c0);
+        __m512 v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * a))), t,
+                                   _mm512_loadu_ps(yc + 16 * a));
+        if (m) v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + 16 * a))), c1, v);
+        _mm512_storeu_ps(yc + 16 * a, v);
+    }
+}
+
 /* AVX-512 VNNI, 128 outputs in eight zmm accumulators (accumulator a: outputs 16a .. 16a + 15). */
 T_AVX512 static inline __attribute__((always_inline)) void chunk128_body(const ee_planes *P, const ee_work *w, float *yc,
                                                                          int b, int base, const int residual) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
     size_t rb;
     const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
-    {
-        int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
-        __m512i A0 = _mm512_setzero_si512(), A1 = A0, A2 = A0, A3 = A0, A4 = A0, A5 = A0, A6 = A0, A7 = A0;
-        __m512i B0 = A0, B1 = A0, B2 = A0, B3 = A0, B4 = A0, B5 = A0, B6 = A0, B7 = A0;
-        for (int q = q0; q < q1; q++) {
-            const ee_quad *Q = w->quads + q;
-            int p = q < split ? 0 : 1;
-            const uint8_t *pl = rows[p];
-            prefetch_quad(P, w, b + EE_PREFETCH_BLOCKS, q - q0, base);
-            __m512i R0 = _mm512_loadu_si512(pl + Q->row[0] * rb), R1 = _mm512_loadu_si512(pl + Q->row[1] * rb);
-            __m512i R2 = _mm512_loadu_si512(pl + Q->row[2] * rb), R3 = _mm512_loadu_si512(pl + Q->row[3] * rb);
-            __m512i X = _mm512_set1_epi32(Q->xq), Xr = _mm512_set1_epi32(Q->xr);
-            __m512i U01 = _mm512_unpacklo_epi8(R0, R1), U23 = _mm512_unpacklo_epi8(R2, R3);
-            __m512i V01 = _mm512_unpackhi_epi8(R0, R1), V23 = _mm512_unpackhi_epi8(R2, R3);
-            __m512i Q0 = _mm512_unpacklo_epi16(U01, U23), Q1 = _mm512_unpackhi_epi16(U01, U23);
-            __m512i Q2 = _mm512_unpacklo_epi16(V01, V23), Q3 = _mm512_unpackhi_epi16(V01, V23);
-            if (P->kind == EE_Q8 && p == 0) { /* the high plane enters as 16 u: nibbles moved to the top */
-#define EE_DOT(A, B, c) do { __m512i c_ = (c); A = _mm512_dpbusd_epi32(A, c_, X); if (residual) B = _mm512_dpbusd_epi32(B, c_, Xr); } while (0)
-                EE_DOT(A0, B0, _mm512_and_si512(_mm512_slli_epi16(Q0, 4), mh));
-                EE_DOT(A1, B1, _mm512_and_si512(_mm512_slli_epi16(Q1, 4), mh));
-                EE_DOT(A2, B2, _mm512_and_si512(_mm512_slli_epi16(Q2, 4), mh));
-                EE_DOT(A3, B3, _mm512_and_si512(_mm512_slli_epi16(Q3, 4), mh));
-                EE_DOT(A4, B4, _mm512_and_si512(Q0, mh));
-                EE_DOT(A5, B5, _mm512_and_si512(Q1, mh));
-                EE_DOT(A6, B6, _mm512_and_si512(Q2, mh));
-                EE_DOT(A7, B7, _mm512_and_si512(Q3, mh));
-            } else {
-                EE_DOT(A0, B0, _mm512_and_si512(Q0, m4));
-                EE_DOT(A1, B1, _mm512_and_si512(Q1, m4));
-                EE_DOT(A2, B2, _mm512_and_si512(Q2, m4));
-                EE_DOT(A3, B3, _mm512_and_si512(Q3, m4));
-                EE_DOT(A4, B4, _mm512_and_si512(_mm512_srli_epi16(Q0, 4), m4));
-                EE_DOT(A5, B5, _mm512_and_si512(_mm512_srli_epi16(Q1, 4), m4));
-                EE_DOT(A6, B6, _mm512_and_si512(_mm512_srli_epi16(Q2, 4), m4));
-                EE_DOT(A7, B7, _mm512_and_si512(_mm512_srli_epi16(Q3, 4), m4));
+    int q0 = w->start[b], q1 = w->start[b + 1], split = w->split[b];
+    __m512i A0 = _mm512_setzero_si512(), A1 = A0, A2 = A0, A3 = A0, A4 = A0, A5 = A0, A6 = A0, A7 = A0;
+    __m512i B0 = A0, B1 = A0, B2 = A0, B3 = A0, B4 = A0, B5 = A0, B6 = A0, B7 = A0;
+    for (int q = q0; q < q1; q++) {
+        const ee_quad *Q = w->quads + q;
+        int p = q < split ? 0 : 1;
+        prefetch_quad(P, w, b + EE_PREFETCH_BLOCKS, q - q0, base);
+        __m512i c[8];
+        quad_codes128(rows[p], rb, Q, P->kind == EE_Q8 && p == 0, c);
+        const __m512i X = _mm512_set1_epi32(Q->xq), Xr = _mm512_set1_epi32(Q->xr);
+#define EE_DOT(A, B, k) do { A = _mm512_dpbusd_epi32(A, c[k], X); if (residual) B = _mm512_dpbusd_epi32(B, c[k], Xr); } while (0)
+        EE_DOT(A0, B0, 0); EE_DOT(A1, B1, 1); EE_DOT(A2, B2, 2); EE_DOT(A3, B3, 3);
+        EE_DOT(A4, B4, 4); EE_DOT(A5, B5, 5); EE_DOT(A6, B6, 6); EE_DOT(A7, B7, 7);
 #undef EE_DOT
-            }
-        }
-        const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
-        const __m512 res = _mm512_set1_ps(residual ? 1.0f / EE_RESIDUAL : 0.0f);
-        const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
-        __m512i A[8] = {A0, A1, A2, A3, A4, A5, A6, A7}, B[8] = {B0, B1, B2, B3, B4, B5, B6, B7};
-        for (int a = 0; a < 8; a++) {
-            __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B[a]), res, _mm512_cvtepi32_ps(A[a]));
-            __m512 t = _mm512_fmadd_ps(f, dx, c0);
-            __m512 v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * a))), t,
-                                       _mm512_loadu_ps(yc + 16 * a));
-            if (m) v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + 16 * a))), c1, v);
-            _mm512_storeu_ps(yc + 16 * a, v);
-        }
     }
+    const __m512i A[8] = {A0, A1, A2, A3, A4, A5, A6, A7}, B[8] = {B0, B1, B2, B3, B4, B5, B6, B7};
+    fold128(P, w, b, base, A, B, residual, yc);
 }
 
 T_AVX512 static void chunk128_avx512(const ee_planes *P, const ee_work *w, float *yc, int b, int base) {
@@ -605,33 +611,15 @@ T_AVX512 static inline __attribute__((always_inline)) void chunk128_batch_body(c
                                                                                const ee_work *const *ws,
                                                                                float *const *ycs, int ntok, int b,
                                                                                int base, const int residual) {
-    const __m512i m4 = _mm512_set1_epi8(0x0f), mh = _mm512_set1_epi8((char)0xf0);
     __m512i codes[EE_MAX_QUADS_PER_BLOCK][8];
     size_t rb;
     const uint8_t *rows[2] = {chunk_rows(P, 0, base, &rb), P->plane[1] ? chunk_rows(P, 1, base, &rb) : NULL};
     const ee_work *w0 = ws[0];
     int q0 = w0->start[b], q1 = w0->start[b + 1], split = w0->split[b];
     for (int q = q0; q < q1; q++) {
-        const ee_quad *Q = w0->quads + q;
         int p = q < split ? 0 : 1;
-        const uint8_t *pl = rows[p];
         prefetch_quad(P, w0, b + EE_PREFETCH_BLOCKS, q - q0, base);
-        __m512i R0 = _mm512_loadu_si512(pl + Q->row[0] * rb), R1 = _mm512_loadu_si512(pl + Q->row[1] * rb);
-        __m512i R2 = _mm512_loadu_si512(pl + Q->row[2] * rb), R3 = _mm512_loadu_si512(pl + Q->row[3] * rb);
-        __m512i U01 = _mm512_unpacklo_epi8(R0, R1), U23 = _mm512_unpacklo_epi8(R2, R3);
-        __m512i V01 = _mm512_unpackhi_epi8(R0, R1), V23 = _mm512_unpackhi_epi8(R2, R3);
-        __m512i Qk[4] = {_mm512_unpacklo_epi16(U01, U23), _mm512_unpackhi_epi16(U01, U23),
-                         _mm512_unpacklo_epi16(V01, V23), _mm512_unpackhi_epi16(V01, V23)};
-        __m512i *c = codes[q - q0];
-        for (int k = 0; k < 4; k++) {
-            if (P->kind == EE_Q8 && p == 0) {
-                c[k] = _mm512_and_si512(_mm512_slli_epi16(Qk[k], 4), mh);
-                c[4 + k] = _mm512_and_si512(Qk[k], mh);
-            } else {
-                c[k] = _mm512_and_si512(Qk[k], m4);
-                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(Qk[k], 4), m4);
-            }
-        }
+        quad_codes128(rows[p], rb, w0->quads + q, P->kind == EE_Q8 && p == 0, codes[q - q0]);
     }
     int nq = q1 - q0, half = split - q0;
     if (P->kind == EE_Q8 && half > 0 && 2 * half == nq) { /* plane 1 lists the rows of plane 0 (its subset) */
@@ -639,8 +627,6 @@ T_AVX512 static inline __attribute__((always_inline)) void chunk128_batch_body(c
             for (int a = 0; a < 8; a++) codes[q][a] = _mm512_or_si512(codes[q][a], codes[half + q][a]);
         nq = half;
     }
-    const __m512 res = _mm512_set1_ps(residual ? 1.0f / EE_RESIDUAL : 0.0f);
-    const uint16_t *d = P->d + (size_t)b * P->out + base, *m = P->m ? P->m + (size_t)b * P->out + base : NULL;
     for (int n = 0; n < ntok; n++) {
         const ee_work *w = ws[n];
         __m512i A[8], B[8];
@@ -653,16 +639,7 @@ T_AVX512 static inline __attribute__((always_inline)) void chunk128_batch_body(c
                 if (residual) B[a] = _mm512_dpbusd_epi32(B[a], c[a], Xr);
             }
         }
-        const __m512 dx = _mm512_set1_ps(w->dx[b]), c0 = _mm512_set1_ps(w->c0[b]), c1 = _mm512_set1_ps(w->c1[b]);
-        float *yc = ycs[n];
-        for (int a = 0; a < 8; a++) {
-            __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B[a]), res, _mm512_cvtepi32_ps(A[a]));
-            __m512 t = _mm512_fmadd_ps(f, dx, c0);
-            __m512 v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * a))), t,
-                                       _mm512_loadu_ps(yc + 16 * a));
-            if (m) v = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(m + 16 * a))), c1, v);
-            _mm512_storeu_ps(yc + 16 * a, v);
-        }
+        fold128(P, w, b, base, A, B, residual, ycs[n]);
     }
 }
 
