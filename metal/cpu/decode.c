@@ -322,6 +322,13 @@ static float exp_neg(float x) {
 typedef void chunk_fn(const float *q, int rows, int hd, const float *K, int nb, int off, int n, const float *V,
                       float scale, float *S, float *part);
 
+/* A chunk's scores outside the token's positions [off, off + n) of `len`: -inf, which exp takes to 0
+ * (the vector kernels score whole blocks of positions). */
+static inline void mask_outside(float *s, int off, int n, int len) {
+    for (int t = 0; t < off; t++) s[t] = -INFINITY;
+    for (int t = off + n; t < len; t++) s[t] = -INFINITY;
+}
+
 static void chunk_scalar(const float *q, int rows, int hd, const float *K, int nb, int off, int n, const float *V,
                          float scale, float *S, float *part) {
     for (int r = 0; r < rows; r++) {
@@ -481,9 +488,7 @@ T_AVX2 static void chunk_avx2(const float *q, int rows, int hd, const float *K, 
     }
     for (int r = 0; r < rows; r++) {
         float *s = S + r * EE_KV_CHUNK, *pr = part + (size_t)r * (hd + 2);
-        /* outside the token's positions: -inf, which exp takes to 0 */
-        for (int t = 0; t < off; t++) s[t] = -INFINITY;
-        for (int t = off + n; t < nb * EE_KV_BLOCK; t++) s[t] = -INFINITY;
+        mask_outside(s, off, n, nb * EE_KV_BLOCK);
         __m256 top = _mm256_set1_ps(-INFINITY), total = _mm256_setzero_ps();
         for (int t = 0; t < nb * EE_KV_BLOCK; t += 8) top = _mm256_max_ps(top, _mm256_loadu_ps(s + t));
         pr[0] = hmax8(top);
@@ -589,8 +594,7 @@ T_AVX512 static void chunk_avx512(const float *q, int rows, int hd, const float 
     }
     for (int r = 0; r < rows; r++) {
         float *s = S + r * EE_KV_CHUNK, *pr = part + (size_t)r * (hd + 2);
-        for (int t = 0; t < off; t++) s[t] = -INFINITY;
-        for (int t = off + n; t < nb * EE_KV_BLOCK; t++) s[t] = -INFINITY;
+        mask_outside(s, off, n, nb * EE_KV_BLOCK);
         __m512 top = _mm512_set1_ps(-INFINITY), total = _mm512_setzero_ps();
         for (int b = 0; b < nb; b++) top = _mm512_max_ps(top, _mm512_loadu_ps(s + b * EE_KV_BLOCK));
         pr[0] = hmax8(_mm256_max_ps(_mm512_castps512_ps256(top), high8(top)));
